@@ -1,0 +1,1 @@
+//! vessel benchmark harness: start latency and memory vs runc, VMM boot vs qemu

@@ -1,0 +1,1 @@
+//! builds vessel's guest initramfs (cpio newc) with the agent as /init

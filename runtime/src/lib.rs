@@ -1,0 +1,1 @@
+//! vessel's sandbox lifecycle: VMM process, agent connection, containers, config

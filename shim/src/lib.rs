@@ -1,0 +1,1 @@
+//! containerd Task API v2 shim for vessel

@@ -1,0 +1,1 @@
+//! vessel integration tests: VMM boot, agent, shim under containerd

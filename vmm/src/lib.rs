@@ -1,0 +1,1 @@
+//! vessel's micro-VM monitor: KVM, guest memory, direct Linux boot, virtio-mmio devices
