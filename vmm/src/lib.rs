@@ -1,1 +1,3 @@
-//! vessel's micro-VM monitor: KVM, guest memory, direct Linux boot, virtio-mmio devices
+//! vessel's micro-VM monitor: KVM, guest memory, direct Linux boot, virtio-mmio devices.
+
+pub mod devices;

@@ -1,0 +1,88 @@
+//! The contract between the virtio-mmio transport and a virtio device.
+//!
+//! The transport (`mmio.rs`) owns register state (status, feature selectors, queue selector) and
+//! programs each queue's size/addresses/ready bit through [`VirtioDevice::queues_mut`]. When the
+//! driver sets DRIVER_OK it calls [`VirtioDevice::activate`]; from then on the device processes
+//! its queues when their [`VirtioDevice::queue_events`] fire (KVM ioeventfds on QueueNotify) and
+//! raises interrupts through its [`IrqTrigger`].
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it.
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// `InterruptStatus` bit: a used buffer was added to a queue.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
+/// `InterruptStatus` bit: the device configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not valid (size, addresses or ready bit)")]
+    InvalidQueue(usize),
+    #[error("device needs {needed} queues, driver set up {got}")]
+    QueueCount { needed: usize, got: usize },
+    #[error("activating device: {0}")]
+    Backend(String),
+}
+
+/// Sets interrupt status bits and signals the device's IRQ line (a KVM irqfd).
+#[derive(Debug, Clone)]
+pub struct IrqTrigger {
+    /// Shared with the transport, which reads it on `InterruptStatus` and clears it on
+    /// `InterruptACK`.
+    pub irq_status: Arc<AtomicU32>,
+    pub irq_evt: Arc<EventFd>,
+}
+
+impl IrqTrigger {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            irq_status: Arc::new(AtomicU32::new(0)),
+            irq_evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        })
+    }
+
+    /// Raises `status_bit` (one of `VIRTIO_MMIO_INT_*`) and injects the interrupt.
+    pub fn trigger(&self, status_bit: u32) -> std::io::Result<()> {
+        self.irq_status.fetch_or(status_bit, Ordering::SeqCst);
+        self.irq_evt.write(1)
+    }
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (e.g. 19 for vsock).
+    fn device_type(&self) -> u32;
+    /// Feature bits the device offers (including `VIRTIO_F_VERSION_1`).
+    fn avail_features(&self) -> u64;
+    /// Feature bits the driver accepted so far.
+    fn acked_features(&self) -> u64;
+    /// Records the features the driver accepted; the transport masks them with
+    /// `avail_features` first.
+    fn set_acked_features(&mut self, features: u64);
+    fn queues(&self) -> &[Queue];
+    fn queues_mut(&mut self) -> &mut [Queue];
+    /// One eventfd per queue, written when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    fn interrupt_trigger(&self) -> &IrqTrigger;
+    /// Reads the device-specific configuration space; out-of-range reads leave `data`
+    /// untouched.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space; out-of-range writes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Called once the driver set DRIVER_OK with all queues ready.
+    fn activate(&mut self, mem: GuestMemory) -> Result<(), ActivateError>;
+    fn is_activated(&self) -> bool;
+    /// Device reset requested by the driver (status written 0). Returns false if the device
+    /// cannot be reset, in which case the transport marks it as needing reset.
+    fn reset(&mut self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,3 @@
+//! Virtio devices and the MMIO transport.
+
+pub mod device;
