@@ -1,1 +1,3 @@
-//! vessel integration tests: VMM boot, agent, shim under containerd
+//! Shared helpers for vessel's integration tests (bundles, agent scenarios, containerd).
+//!
+//! Integration tests live in `tests/tests/*.rs`; each layer is described in `tests/README.md`.
