@@ -1,0 +1,140 @@
+//! `vessel`: host-side tool over the vessel-runtime library.
+//!
+//! * `vessel check` — can this host run vessel (exit 1 if not)
+//! * `vessel config` — print the effective configuration and where it came from
+//! * `vessel list` — sandboxes under the state root
+//! * `vessel cleanup <sandbox-id>...` — release what a dead shim left behind
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vessel_runtime::check::{evaluate, HostFacts};
+use vessel_runtime::cleanup::cleanup_sandbox_dir;
+use vessel_runtime::mounts::HostMounter;
+use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
+use vessel_runtime::Config;
+
+#[derive(Parser)]
+#[command(name = "vessel", about = "vessel runtime host tool")]
+struct Cli {
+    /// Configuration file (default: $VESSEL_CONFIG, then /etc/vessel/config.toml, then built-in).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Report whether this host can run vessel, and why not.
+    Check,
+    /// Print the effective configuration.
+    Config,
+    /// List sandboxes in the state root.
+    List,
+    /// Kill leftover VMMs, unmount and remove the state of the named sandboxes.
+    Cleanup { ids: Vec<String> },
+}
+
+struct StderrLogger;
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vessel: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let (config, origin) = Config::load(cli.config.as_deref())?;
+    let _ = log::set_logger(&StderrLogger);
+    log::set_max_level(config.log_level());
+    match cli.cmd {
+        Cmd::Check => {
+            println!("config: {origin}");
+            let report = evaluate(&HostFacts::probe(&config));
+            println!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Config => {
+            println!("# from: {origin}");
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::List => {
+            let root = &config.runtime.state_root;
+            let entries = match std::fs::read_dir(root) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", root.display())),
+            };
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let Ok(paths) = SandboxPaths::new(root, &id) else {
+                    continue;
+                };
+                match SandboxStateFile::read(&paths.state_file()) {
+                    Ok(Some(s)) => {
+                        let vmm = s.vmm.map(|v| {
+                            format!(
+                                "{} ({})",
+                                v.pid,
+                                if v.is_alive() { "running" } else { "gone" }
+                            )
+                        });
+                        println!(
+                            "{id}\tvmm={}\tmounts={}",
+                            vmm.unwrap_or_else(|| "-".into()),
+                            s.mounts.len()
+                        );
+                    }
+                    Ok(None) => println!("{id}\t(no state file)"),
+                    Err(e) => println!("{id}\t({e})"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cleanup { ids } => {
+            let mut failed = false;
+            for id in ids {
+                let paths = SandboxPaths::new(&config.runtime.state_root, &id)?;
+                match cleanup_sandbox_dir(&paths, &HostMounter, config.shutdown_timeout()) {
+                    Ok(r) if !r.existed => println!("{id}: nothing to clean"),
+                    Ok(r) => println!(
+                        "{id}: cleaned (killed vmm: {}, unmounted: {})",
+                        r.killed_vmm, r.unmounted
+                    ),
+                    Err(e) => {
+                        eprintln!("{id}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Which VM a container belongs to, from the CRI annotations containerd puts in the spec.
+//!
+//! * `io.kubernetes.cri.container-type = sandbox`: the pod's sandbox (pause) container: it
+//!   starts the pod's VM; the VM is named after the container id.
+//! * `io.kubernetes.cri.container-type = container` + `io.kubernetes.cri.sandbox-id = S`: an
+//!   app container: it joins the VM of sandbox S (served by the same shim process).
+//! * no annotations (`ctr run`): a sandbox of its own holding this one container.
+
+use std::collections::HashMap;
+
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The role of a container in its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRole {
+    /// Starts a VM named after the container (a CRI sandbox, or a standalone container).
+    SandboxOwner { standalone: bool },
+    /// Runs in the VM of an existing sandbox.
+    Member { sandbox_id: String },
+}
+
+/// Why the annotations do not describe a usable role.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GroupingError {
+    #[error("container {id}: {CONTAINER_TYPE}=container without {SANDBOX_ID}")]
+    MissingSandboxId { id: String },
+    #[error("container {id}: unknown {CONTAINER_TYPE} {value:?}")]
+    UnknownType { id: String, value: String },
+}
+
+impl ContainerRole {
+    /// Classifies container `id` from its spec annotations.
+    pub fn from_annotations(
+        id: &str,
+        annotations: Option<&HashMap<String, String>>,
+    ) -> Result<ContainerRole, GroupingError> {
+        let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
+        match get(CONTAINER_TYPE) {
+            None => Ok(ContainerRole::SandboxOwner { standalone: true }),
+            Some("sandbox") => Ok(ContainerRole::SandboxOwner { standalone: false }),
+            Some("container") => match get(SANDBOX_ID) {
+                Some(sid) if !sid.is_empty() && sid != id => Ok(ContainerRole::Member {
+                    sandbox_id: sid.to_string(),
+                }),
+                Some(sid) if sid == id => Ok(ContainerRole::SandboxOwner { standalone: true }),
+                _ => Err(GroupingError::MissingSandboxId { id: id.to_string() }),
+            },
+            Some(other) => Err(GroupingError::UnknownType {
+                id: id.to_string(),
+                value: other.chars().take(64).collect(),
+            }),
+        }
+    }
+
+    /// The id of the sandbox (VM) this container runs in.
+    pub fn sandbox_id<'a>(&'a self, container_id: &'a str) -> &'a str {
+        match self {
+            ContainerRole::SandboxOwner { .. } => container_id,
+            ContainerRole::Member { sandbox_id } => sandbox_id,
+        }
+    }
+}
+
+/// The key containerd-shim's `start` groups shim processes by: one shim per sandbox.
+pub fn grouping_id(
+    container_id: &str,
+    annotations: Option<&HashMap<String, String>>,
+) -> Result<String, GroupingError> {
+    Ok(ContainerRole::from_annotations(container_id, annotations)?
+        .sandbox_id(container_id)
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plain_ctr_run_is_its_own_sandbox() {
+        let r = ContainerRole::from_annotations("c1", None).unwrap();
+        assert_eq!(r, ContainerRole::SandboxOwner { standalone: true });
+        assert_eq!(grouping_id("c1", Some(&HashMap::new())).unwrap(), "c1");
+    }
+
+    #[test]
+    fn cri_sandbox_and_members_group_together() {
+        let sb = ann(&[(CONTAINER_TYPE, "sandbox"), (SANDBOX_ID, "pod1")]);
+        assert_eq!(
+            ContainerRole::from_annotations("pod1", Some(&sb)).unwrap(),
+            ContainerRole::SandboxOwner { standalone: false }
+        );
+        let app = ann(&[(CONTAINER_TYPE, "container"), (SANDBOX_ID, "pod1")]);
+        let role = ContainerRole::from_annotations("app1", Some(&app)).unwrap();
+        assert_eq!(role.sandbox_id("app1"), "pod1");
+        assert_eq!(grouping_id("app1", Some(&app)).unwrap(), "pod1");
+        assert_eq!(grouping_id("pod1", Some(&sb)).unwrap(), "pod1");
+    }
+
+    #[test]
+    fn bad_annotations_are_errors() {
+        let no_sid = ann(&[(CONTAINER_TYPE, "container")]);
+        assert_eq!(
+            ContainerRole::from_annotations("a", Some(&no_sid)),
+            Err(GroupingError::MissingSandboxId { id: "a".into() })
+        );
+        let weird = ann(&[(CONTAINER_TYPE, "vm")]);
+        assert!(matches!(
+            ContainerRole::from_annotations("a", Some(&weird)),
+            Err(GroupingError::UnknownType { .. })
+        ));
+    }
+}

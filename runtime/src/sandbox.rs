@@ -1,0 +1,443 @@
+//! A sandbox: one VM (or host agent), its agent connection, its state dir and its mounts.
+//! Every path out of [`Sandbox::start`] that fails, and [`Sandbox::stop`], release every host
+//! resource: the VMM process, mounts, sockets and the state directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+use vessel_protocol::agent as pb;
+
+use crate::agent::{code, Agent, AgentError};
+use crate::cleanup::{cleanup_sandbox_dir, CleanupError};
+use crate::config::Config;
+use crate::mounts::Mounter;
+use crate::share::{apply_share, plan_container_share, release_share, ShareError};
+use crate::state::{SandboxPaths, SandboxStateFile, StateError};
+use crate::vm::{ExitInfo, LaunchRequest, VmBackend, VmError, VmInstance};
+
+/// Per-attempt bound on the agent's health check while waiting for it.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A sandbox operation failed. Each variant's inner error names the sandbox and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Cleanup(#[from] CleanupError),
+    #[error("sandbox {sandbox}: agent failed during {step}: {source}\n{diagnostics}")]
+    AgentStartup {
+        sandbox: String,
+        step: &'static str,
+        source: Box<AgentError>,
+        diagnostics: String,
+    },
+    #[error("sandbox {sandbox}: stopped")]
+    Stopped { sandbox: String },
+}
+
+impl SandboxError {
+    /// The agent's status code, when the agent answered with an error.
+    pub fn agent_code(&self) -> Option<i32> {
+        match self {
+            SandboxError::Agent(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// What is needed to start a sandbox.
+pub struct SandboxOptions {
+    pub id: String,
+    pub hostname: String,
+    pub config: Arc<Config>,
+    pub backend: Arc<dyn VmBackend>,
+    pub mounter: Arc<dyn Mounter>,
+}
+
+/// A container's placement in the sandbox.
+pub struct ContainerConfig<'a> {
+    pub id: &'a str,
+    /// OCI spec as containerd wrote it (host paths).
+    pub spec: &'a Spec,
+    /// The container's rootfs on the host, mounted (normally `<bundle>/rootfs`).
+    pub host_rootfs: &'a Path,
+    /// Keep a stdin pipe for the init process.
+    pub stdin: bool,
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    id: String,
+    config: Arc<Config>,
+    paths: SandboxPaths,
+    vm: Box<dyn VmInstance>,
+    agent: Agent,
+    mounter: Arc<dyn Mounter>,
+    state: Mutex<SandboxStateFile>,
+    vm_gone: Arc<AtomicBool>,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Creates the state dir, starts the VM, waits for its agent and creates the sandbox in it.
+    /// On failure nothing is left behind: no process, mount, socket or directory.
+    pub fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let paths = SandboxPaths::new(&opts.config.runtime.state_root, &opts.id)?;
+        if paths.dir().exists() {
+            log::warn!("sandbox {}: removing leftovers of an earlier run", opts.id);
+            cleanup_sandbox_dir(
+                &paths,
+                opts.mounter.as_ref(),
+                opts.config.shutdown_timeout(),
+            )?;
+        }
+        paths.create()?;
+        let state = SandboxStateFile::new(&opts.id);
+        if let Err(e) = state.write(&paths.state_file()) {
+            let _ = cleanup_sandbox_dir(
+                &paths,
+                opts.mounter.as_ref(),
+                opts.config.shutdown_timeout(),
+            );
+            return Err(e.into());
+        }
+        let req = LaunchRequest {
+            sandbox_id: &opts.id,
+            paths: &paths,
+            config: &opts.config,
+        };
+        let vm = match opts.backend.launch(&req) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = cleanup_sandbox_dir(
+                    &paths,
+                    opts.mounter.as_ref(),
+                    opts.config.shutdown_timeout(),
+                );
+                return Err(e.into());
+            }
+        };
+        let cleanup_vm = |vm: &dyn VmInstance| {
+            vm.process().kill_and_wait(opts.config.shutdown_timeout());
+            if let Err(e) = cleanup_sandbox_dir(
+                &paths,
+                opts.mounter.as_ref(),
+                opts.config.shutdown_timeout(),
+            ) {
+                log::error!("sandbox {}: cleanup after failed start: {e}", opts.id);
+            }
+        };
+        let mut state = state;
+        state.vmm = vm.process().identity();
+        if let Err(e) = state.write(&paths.state_file()) {
+            cleanup_vm(vm.as_ref());
+            return Err(e.into());
+        }
+        let vm_gone = Arc::new(AtomicBool::new(false));
+        {
+            let flag = Arc::clone(&vm_gone);
+            let sid = opts.id.clone();
+            let name = vm.process().name().to_string();
+            vm.process().on_exit(move |e: ExitInfo| {
+                flag.store(true, Ordering::SeqCst);
+                log::info!("sandbox {sid}: {name} {e}");
+            });
+        }
+        let deadline = Instant::now() + opts.config.agent_timeout();
+        let agent = match connect_agent(&opts.id, vm.as_ref(), deadline, &opts.config, &vm_gone) {
+            Ok(a) => a,
+            Err(e) => {
+                cleanup_vm(vm.as_ref());
+                return Err(e);
+            }
+        };
+        let create = pb::CreateSandboxRequest {
+            sandbox_id: opts.id.clone(),
+            hostname: opts.hostname.clone(),
+            storages: vm.sandbox_storages(),
+            ..Default::default()
+        };
+        if let Err(source) = agent.create_sandbox(&create) {
+            let diagnostics = vm.diagnostics();
+            cleanup_vm(vm.as_ref());
+            return Err(SandboxError::AgentStartup {
+                sandbox: opts.id.clone(),
+                step: "CreateSandbox",
+                source: Box::new(source),
+                diagnostics,
+            });
+        }
+        log::info!("sandbox {}: ready", opts.id);
+        Ok(Sandbox {
+            id: opts.id,
+            config: opts.config,
+            paths,
+            vm,
+            agent,
+            mounter: opts.mounter,
+            state: Mutex::new(state),
+            vm_gone,
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn paths(&self) -> &SandboxPaths {
+        &self.paths
+    }
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+    /// Pid of the VMM (or host agent) process.
+    pub fn vmm_pid(&self) -> i32 {
+        self.vm.process().pid()
+    }
+    /// The VMM's exit, if it exited.
+    pub fn vm_exit(&self) -> Option<ExitInfo> {
+        self.vm.process().exit_status()
+    }
+    /// Runs `hook` when the VM process exits (at once if it has).
+    pub fn on_vm_exit(&self, hook: impl FnOnce(ExitInfo) + Send + 'static) {
+        self.vm.process().on_exit(hook)
+    }
+    pub fn diagnostics(&self) -> String {
+        self.vm.diagnostics()
+    }
+
+    fn ensure_running(&self) -> Result<(), SandboxError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(SandboxError::Stopped {
+                sandbox: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn save_state(&self, f: impl FnOnce(&mut SandboxStateFile)) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        if let Err(e) = s.write(&self.paths.state_file()) {
+            log::error!("sandbox {}: saving state: {e}", self.id);
+        }
+    }
+
+    /// Shares the container's rootfs and volumes with the guest and creates it in the agent.
+    /// On failure the shares are released again.
+    pub fn create_container(&self, c: ContainerConfig<'_>) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        let plan = plan_container_share(
+            c.spec,
+            c.id,
+            c.host_rootfs,
+            &self.paths.shared(),
+            &self.vm.guest_shared_dir(),
+        )?;
+        apply_share(&plan, c.id, self.mounter.as_ref(), &mut |target| {
+            let t = target.to_path_buf();
+            self.save_state(|s| s.mounts.push(t));
+        })?;
+        if let Err(e) = self
+            .agent
+            .create_container(c.id, &plan.spec, Vec::new(), c.stdin)
+        {
+            if let Err(r) = self.release_container_share(c.id) {
+                log::error!("sandbox {}: container {}: rollback: {r}", self.id, c.id);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn release_container_share(&self, cid: &str) -> Result<(), SandboxError> {
+        release_share(&self.paths.shared(), cid, self.mounter.as_ref())?;
+        let prefix: PathBuf = self.paths.container_shared(cid)?;
+        self.save_state(|s| s.mounts.retain(|m| !m.starts_with(&prefix)));
+        Ok(())
+    }
+
+    /// Removes the container from the agent (killing what is left of it) and unmounts its
+    /// shares. A container the agent no longer knows, or a dead VM, is not an error here.
+    pub fn remove_container(&self, cid: &str) -> Result<(), SandboxError> {
+        if !self.stopped.load(Ordering::SeqCst) && !self.vm_gone.load(Ordering::SeqCst) {
+            let timeout =
+                u32::try_from(self.config.runtime.shutdown_timeout_secs).unwrap_or(u32::MAX);
+            match self.agent.remove_container(cid, timeout) {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(code::NOT_FOUND) || e.is_transport() => {
+                    log::info!("sandbox {}: remove {cid}: {e}", self.id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.release_container_share(cid)
+    }
+
+    pub fn start_container(&self, cid: &str) -> Result<u32, SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.start_container(cid)?)
+    }
+
+    pub fn exec_process(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        process: &Process,
+        stdin: bool,
+    ) -> Result<u32, SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.exec_process(cid, exec_id, process, stdin)?)
+    }
+
+    pub fn signal_process(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.signal_process(cid, exec_id, signal, all)?)
+    }
+
+    /// Blocks until the process exits: (status, exited_at Unix ns).
+    pub fn wait_process(&self, cid: &str, exec_id: &str) -> Result<(i32, u64), SandboxError> {
+        Ok(self.agent.wait_process(cid, exec_id)?)
+    }
+
+    pub fn pause_container(&self, cid: &str) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.pause_container(cid)?)
+    }
+
+    pub fn resume_container(&self, cid: &str) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.resume_container(cid)?)
+    }
+
+    pub fn stats_container(&self, cid: &str) -> Result<pb::StatsContainerResponse, SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.stats_container(cid)?)
+    }
+
+    pub fn update_container(
+        &self,
+        cid: &str,
+        resources: &LinuxResources,
+    ) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.update_container(cid, resources)?)
+    }
+
+    pub fn list_processes(&self, cid: &str) -> Result<Vec<u32>, SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.list_processes(cid)?)
+    }
+
+    pub fn resize_tty(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.tty_win_resize(cid, exec_id, rows, cols)?)
+    }
+
+    /// Blocks until a container hits OOM; returns its id.
+    pub fn next_oom_event(&self) -> Result<String, SandboxError> {
+        self.ensure_running()?;
+        Ok(self.agent.get_oom_event()?)
+    }
+
+    /// Destroys the sandbox in the agent (best effort, bounded), kills the VM, unmounts and
+    /// removes the state dir. Idempotent.
+    pub fn stop(&self) -> Result<(), SandboxError> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let timeout = self.config.shutdown_timeout();
+        if !self.vm_gone.load(Ordering::SeqCst) {
+            if let Err(e) = self.agent.destroy_sandbox(timeout) {
+                log::info!("sandbox {}: DestroySandbox: {e}", self.id);
+            }
+        }
+        if self.vm.process().kill_and_wait(timeout).is_none() {
+            log::error!(
+                "sandbox {}: {} pid {} did not exit {timeout:?} after SIGKILL",
+                self.id,
+                self.vm.process().name(),
+                self.vm.process().pid()
+            );
+        }
+        cleanup_sandbox_dir(&self.paths, self.mounter.as_ref(), timeout)?;
+        log::info!("sandbox {}: stopped, state removed", self.id);
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("sandbox {}: stop on drop: {e}", self.id);
+        }
+    }
+}
+
+/// Connects to the agent and waits until it answers Check, retrying until `deadline`.
+fn connect_agent(
+    sid: &str,
+    vm: &dyn VmInstance,
+    deadline: Instant,
+    config: &Config,
+    vm_gone: &Arc<AtomicBool>,
+) -> Result<Agent, SandboxError> {
+    loop {
+        let stream = vm.connect_agent(deadline)?;
+        let agent = Agent::new(stream, sid, config.agent_timeout(), Arc::clone(vm_gone))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match agent.check(remaining.clamp(Duration::from_secs(1), CHECK_TIMEOUT)) {
+            Ok(r) => {
+                log::info!(
+                    "sandbox {sid}: agent {} {} (guest uptime {} ms)",
+                    r.status,
+                    r.version,
+                    r.uptime_ms
+                );
+                return Ok(agent);
+            }
+            Err(e) if Instant::now() < deadline && vm.process().exit_status().is_none() => {
+                log::debug!("sandbox {sid}: agent not ready: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(source) => {
+                return Err(SandboxError::AgentStartup {
+                    sandbox: sid.to_string(),
+                    step: "Check",
+                    source: Box::new(source),
+                    diagnostics: vm.diagnostics(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The real backend: one `vessel-vmm` process per sandbox; the agent is reached over the VMM's
+//! hybrid vsock Unix socket (`CONNECT 1024` → `OK <port>`), the rootfs over virtio-fs.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vessel_protocol::agent::Storage;
+use vessel_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
+
+use super::{
+    connect_until, open_log, standard_diagnostics, ChildProcess, LaunchRequest, VmBackend, VmError,
+    VmInstance,
+};
+use crate::share::{GUEST_SHARED_ROOT, SHARED_FS_TAG};
+use crate::state::SandboxPaths;
+
+/// Starts `vessel-vmm` as configured in `[hypervisor]`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VmmBackend;
+
+/// The command line for the VMM of one sandbox (separate so it can be checked in tests).
+pub fn vmm_command(req: &LaunchRequest<'_>) -> Command {
+    let h = &req.config.hypervisor;
+    let mut cmd = Command::new(&h.path);
+    cmd.arg("--kernel")
+        .arg(&h.kernel)
+        .arg("--initrd")
+        .arg(&h.initrd)
+        .arg("--cmdline")
+        .arg(&h.kernel_params)
+        .arg("--mem-mib")
+        .arg(h.memory_mib.to_string())
+        .arg("--vcpus")
+        .arg(h.vcpus.to_string())
+        .arg("--vsock-uds")
+        .arg(req.paths.vsock())
+        .arg("--console")
+        .arg(req.paths.console())
+        .arg("--shared-dir")
+        .arg(format!("{SHARED_FS_TAG}={}", req.paths.shared().display()));
+    if !h.seccomp {
+        cmd.arg("--no-seccomp");
+    }
+    cmd
+}
+
+impl VmBackend for VmmBackend {
+    fn launch(&self, req: &LaunchRequest<'_>) -> Result<Box<dyn VmInstance>, VmError> {
+        let h = &req.config.hypervisor;
+        for (what, path) in [
+            ("VMM binary (hypervisor.path)", &h.path),
+            ("guest kernel (hypervisor.kernel)", &h.kernel),
+            ("guest initrd (hypervisor.initrd)", &h.initrd),
+        ] {
+            if !path.is_file() {
+                return Err(VmError::MissingFile {
+                    sandbox: req.sandbox_id.to_string(),
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        // A stale socket from a crashed run would make the VMM's bind fail.
+        let _ = std::fs::remove_file(req.paths.vsock());
+        let log = open_log(req.sandbox_id, &req.paths.vmm_log())?;
+        let log2 = log.try_clone().map_err(|source| VmError::Prepare {
+            sandbox: req.sandbox_id.to_string(),
+            path: req.paths.vmm_log(),
+            source,
+        })?;
+        let mut cmd = vmm_command(req);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .current_dir(req.paths.dir());
+        // Own process group: a terminal's signals for the shim do not reach the VM.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        log::info!(
+            "sandbox {}: starting {} ({} MiB, {} vCPU)",
+            req.sandbox_id,
+            h.path.display(),
+            h.memory_mib,
+            h.vcpus
+        );
+        let process = ChildProcess::spawn(cmd, "vessel-vmm").map_err(|source| VmError::Spawn {
+            sandbox: req.sandbox_id.to_string(),
+            program: h.path.clone(),
+            source,
+        })?;
+        Ok(Box::new(VmmInstance {
+            sandbox: req.sandbox_id.to_string(),
+            paths: req.paths.clone(),
+            process,
+        }))
+    }
+}
+
+struct VmmInstance {
+    sandbox: String,
+    paths: SandboxPaths,
+    process: ChildProcess,
+}
+
+impl VmInstance for VmmInstance {
+    fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    fn connect_agent(&self, deadline: Instant) -> Result<UnixStream, VmError> {
+        let uds = self.paths.vsock();
+        connect_until(
+            &self.sandbox,
+            &self.process,
+            deadline,
+            &|| self.diagnostics(),
+            &mut || vsock_attempt(&uds, deadline),
+        )
+    }
+
+    fn sandbox_storages(&self) -> Vec<Storage> {
+        vec![Storage {
+            driver: "virtiofs".to_string(),
+            source: SHARED_FS_TAG.to_string(),
+            fstype: "virtiofs".to_string(),
+            mount_point: GUEST_SHARED_ROOT.to_string(),
+            ..Default::default()
+        }]
+    }
+
+    fn guest_shared_dir(&self) -> PathBuf {
+        PathBuf::from(GUEST_SHARED_ROOT)
+    }
+
+    fn diagnostics(&self) -> String {
+        standard_diagnostics(&self.paths)
+    }
+}
+
+fn vsock_attempt(uds: &Path, deadline: Instant) -> Result<UnixStream, String> {
+    if !uds.exists() {
+        return Err(format!("{} does not exist yet", uds.display()));
+    }
+    let io_timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, io_timeout).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn command_line_follows_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let mut config = Config::default();
+        config.hypervisor.seccomp = false;
+        config.hypervisor.kernel_params = "quiet".into();
+        let req = LaunchRequest {
+            sandbox_id: "sb1",
+            paths: &paths,
+            config: &config,
+        };
+        let cmd = vmm_command(&req);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let sb = dir.path().join("sb1");
+        let expect = [
+            "--kernel",
+            "/usr/local/share/vessel/vmlinux",
+            "--initrd",
+            "/usr/local/share/vessel/initrd.cpio",
+            "--cmdline",
+            "quiet",
+            "--mem-mib",
+            "128",
+            "--vcpus",
+            "1",
+            "--vsock-uds",
+            &sb.join("vsock.sock").display().to_string(),
+            "--console",
+            &sb.join("console.log").display().to_string(),
+            "--shared-dir",
+            &format!("vessel={}", sb.join("shared").display()),
+            "--no-seccomp",
+        ];
+        assert_eq!(args, expect);
+        assert_eq!(cmd.get_program(), "/usr/local/bin/vessel-vmm");
+    }
+
+    #[test]
+    fn missing_kernel_is_reported_before_spawning() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        paths.create().unwrap();
+        let mut config = Config::default();
+        config.hypervisor.path = PathBuf::from("/bin/true");
+        config.hypervisor.kernel = dir.path().join("no-vmlinux");
+        let req = LaunchRequest {
+            sandbox_id: "sb1",
+            paths: &paths,
+            config: &config,
+        };
+        let err = VmmBackend.launch(&req).err().unwrap();
+        assert!(
+            matches!(&err, VmError::MissingFile { what, .. } if what.contains("kernel")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no-vmlinux"));
+    }
+
+    /// The real VMM-crash path: a "VMM" that prints to its console and dies is noticed at
+    /// once, with its status and console tail in the error.
+    #[test]
+    fn vmm_that_dies_is_reported_with_console_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        paths.create().unwrap();
+        let fake_vmm = dir.path().join("fake-vmm");
+        std::fs::write(
+            &fake_vmm,
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --console ] && c=$2; shift; done\n\
+             echo 'guest: i8042: No controller found' > \"$c\"; echo 'vmm: KVM_RUN failed' >&2; exit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &fake_vmm,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.hypervisor.path = fake_vmm.clone();
+        config.hypervisor.kernel = fake_vmm.clone();
+        config.hypervisor.initrd = fake_vmm;
+        let req = LaunchRequest {
+            sandbox_id: "sb1",
+            paths: &paths,
+            config: &config,
+        };
+        let vm = VmmBackend.launch(&req).unwrap();
+        let err = vm
+            .connect_agent(Instant::now() + Duration::from_secs(120))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, VmError::Exited { .. }), "{text}");
+        assert!(text.contains("exited with status 1"), "{text}");
+        assert!(text.contains("No controller found"), "{text}");
+        assert!(text.contains("KVM_RUN failed"), "{text}");
+    }
+}
