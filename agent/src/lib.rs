@@ -1,1 +1,22 @@
-//! vessel's in-guest agent: PID 1, ttrpc API on vsock, containers in namespaces
+//! vessel's in-guest agent: PID 1, ttrpc API on vsock, containers in namespaces.
+//!
+//! * [`init`]: PID 1 setup in the guest (mounts, cgroups, hostname, power-off).
+//! * [`server`]: the ttrpc `Agent` service; [`sandbox`]: the agent's state.
+//! * [`container`]: containers from OCI specs (namespaces, rootfs, devices, capabilities,
+//!   seccomp, cgroups v1/v2), created by re-executing the agent as a setup child.
+//! * [`reaper`]: the one place children are reaped; [`stdio`]: lossless output streams;
+//!   [`oom`]: OOM-kill events; [`network`]: rtnetlink.
+//! * [`sys`]: the only module with `unsafe`.
+
+pub mod agent;
+pub mod container;
+pub mod error;
+pub mod init;
+pub mod logger;
+pub mod network;
+pub mod oom;
+pub mod reaper;
+pub mod sandbox;
+pub mod server;
+pub mod stdio;
+pub mod sys;

@@ -1,0 +1,149 @@
+//! Start-up: options, logging, PID 1 setup, reaper, and the ttrpc server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::LevelFilter;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use vessel_protocol::agent_ttrpc::create_agent;
+
+use crate::reaper::Reaper;
+use crate::sandbox::Sandbox;
+use crate::server::AgentService;
+
+const USAGE: &str = "usage: vessel-agent [--listen unix:///path.sock | vsock://-1:1024] [--log-level LEVEL] [--state-dir DIR]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}\n{USAGE}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("ttrpc server on {addr}: {source}")]
+    Server { addr: String, source: ttrpc::Error },
+}
+
+/// Command-line options.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Options {
+    pub listen: Option<String>,
+    pub log_level: Option<LevelFilter>,
+    pub state_dir: Option<PathBuf>,
+}
+
+pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
+    let mut o = Options { listen: None, log_level: None, state_dir: None };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| StartupError::Usage(format!("{name} needs a value")));
+        match a.as_str() {
+            "--listen" => o.listen = Some(value("--listen")?),
+            "--log-level" => {
+                let v = value("--log-level")?;
+                o.log_level = Some(crate::logger::parse_level(&v).ok_or_else(|| StartupError::Usage(format!("bad log level {v:?}")))?);
+            }
+            "--state-dir" => o.state_dir = Some(PathBuf::from(value("--state-dir")?)),
+            "-h" | "--help" => return Err(StartupError::Usage("help".into())),
+            other => return Err(StartupError::Usage(format!("unknown argument {other:?}"))),
+        }
+    }
+    Ok(o)
+}
+
+/// Runs the agent; returns only on a start-up error (or after SIGTERM on a host).
+pub fn run(args: &[String]) -> Result<(), StartupError> {
+    let opts = parse_args(args)?;
+    let pid1 = nix::unistd::getpid().as_raw() == 1;
+    // Before any thread exists, so all inherit the mask: SIGCHLD goes to the reaper,
+    // SIGTERM/SIGINT to the main thread's sigwait.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(s);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
+
+    crate::logger::init(opts.log_level.unwrap_or(LevelFilter::Warn));
+    if pid1 {
+        let failures = crate::init::setup_pid1();
+        if opts.log_level.is_none() {
+            if let Some(level) = crate::init::cmdline_value("vessel.log").and_then(|v| crate::logger::parse_level(&v)) {
+                log::set_max_level(level);
+            }
+        }
+        if failures > 0 {
+            log::error!("PID 1 setup: {failures} steps failed; serving anyway");
+        }
+    } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    Reaper::global().start().map_err(|source| StartupError::Io { what: "starting reaper", source })?;
+
+    let listen = match (&opts.listen, pid1) {
+        (Some(l), _) => l.clone(),
+        (None, true) => format!("vsock://-1:{}", vessel_protocol::AGENT_VSOCK_PORT),
+        (None, false) => return Err(StartupError::Usage("--listen is required when not PID 1".into())),
+    };
+    let state_dir = opts.state_dir.clone().unwrap_or_else(|| {
+        if pid1 {
+            PathBuf::from("/run/vessel-agent")
+        } else {
+            std::env::temp_dir().join(format!("vessel-agent-{}", std::process::id()))
+        }
+    });
+    if let Some(path) = listen.strip_prefix("unix://") {
+        // A stale socket from an earlier run would make bind fail.
+        let _ = std::fs::remove_file(path);
+    }
+    let sandbox = Arc::new(Sandbox::new(state_dir.clone(), pid1).map_err(|source| StartupError::Io { what: "agent state", source })?);
+    let service = Arc::new(AgentService { sandbox: sandbox.clone() });
+    let server_err = |source| StartupError::Server { addr: listen.clone(), source };
+    let mut server = ttrpc::Server::new()
+        .bind(&listen)
+        .map_err(server_err)?
+        .register_service(create_agent(service))
+        .set_thread_count_min(2)
+        .set_thread_count_default(4)
+        .set_thread_count_max(32);
+    server.start().map_err(server_err)?;
+    log::info!("serving on {listen} (pid1: {pid1})");
+
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    loop {
+        match stop.wait() {
+            Ok(sig) if !pid1 => {
+                log::info!("{sig}: removing containers and exiting");
+                if let Err(e) = sandbox.destroy_sandbox() {
+                    log::error!("cleanup on {sig}: {e}");
+                }
+                if let Some(path) = listen.strip_prefix("unix://") {
+                    let _ = std::fs::remove_file(path);
+                }
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Ok(());
+            }
+            Ok(sig) => log::warn!("PID 1 ignores {sig}"),
+            Err(e) => {
+                log::error!("sigwait: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let o = a(&["--listen", "unix:///tmp/a.sock", "--log-level", "debug"]).unwrap();
+        assert_eq!(o.listen.as_deref(), Some("unix:///tmp/a.sock"));
+        assert_eq!(o.log_level, Some(LevelFilter::Debug));
+        assert!(a(&["--listen"]).is_err());
+        assert!(a(&["--bogus"]).is_err());
+        assert!(a(&["--log-level", "loud"]).is_err());
+    }
+}

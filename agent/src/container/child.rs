@@ -1,0 +1,265 @@
+//! The container-side half of process creation. The agent forks and re-executes itself
+//! (`vessel-agent __child`) so that all of this runs in a fresh single-threaded process:
+//! namespaces, rootfs, rlimits, then — after the agent says "start" — user, capabilities,
+//! seccomp and `execve` of the container's program.
+//!
+//! Descriptors: 0-2 stdio, 3 the sync socket to the agent, 4.. namespace fds (exec).
+//! Protocol on the sync socket (length-prefixed JSON): agent → [`ChildConfig`]; child →
+//! [`ChildReport::Ready`] once set up (only when `wait_for_start`); agent → `Start`; then
+//! either end of file (the socket is close-on-exec: `execve` succeeded) or
+//! [`ChildReport::Failed`].
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::Mode;
+use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+use oci_spec::runtime::{PosixRlimitType, Process, Spec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::capabilities;
+use super::mounts::CgroupMountStyle;
+use super::namespaces::{self, NsKind};
+use super::rootfs::{self, RootfsExtras};
+use super::seccomp::CompiledSeccomp;
+use super::ChildError;
+use crate::sys;
+
+/// argv[1] that selects the child entry point.
+pub const CHILD_ARG: &str = "__child";
+pub const SYNC_FD: RawFd = 3;
+pub const FIRST_NS_FD: RawFd = 4;
+const MAX_FRAME: u32 = 16 << 20;
+
+/// Everything the child needs, sent by the agent.
+#[derive(Serialize, Deserialize)]
+pub struct ChildConfig {
+    pub process: Process,
+    pub seccomp: Option<CompiledSeccomp>,
+    /// Set for a container's init process; `None` for an exec.
+    pub init: Option<InitConfig>,
+    /// Exec: the container's namespaces, passed as fds FIRST_NS_FD + i.
+    pub join: Vec<NsKind>,
+    /// Report Ready and wait for Start before the final steps (CreateContainer).
+    pub wait_for_start: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct InitConfig {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
+    pub cgroup_style: CgroupMountStyle,
+    /// Namespaces to create (the pid namespace is created by the fork).
+    pub new_namespaces: Vec<NsKind>,
+    /// Namespaces to join by path (not pid).
+    pub join_namespaces: Vec<(NsKind, PathBuf)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChildReport {
+    Ready,
+    /// Setup failed; `invalid`: the request asked for something impossible (e.g. a missing
+    /// executable) rather than the agent failing.
+    Failed { invalid: bool, message: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum AgentCommand {
+    Start,
+}
+
+/// Sends one length-prefixed JSON message.
+pub fn send<T: Serialize>(mut sock: &UnixStream, msg: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(msg)?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    sock.write_all(&len.to_le_bytes())?;
+    sock.write_all(&body)
+}
+
+/// Receives one message; `Ok(None)` on end of file before a message starts.
+pub fn recv<T: DeserializeOwned>(mut sock: &UnixStream) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match sock.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "sync message too large"));
+    }
+    let mut body = vec![0u8; len as usize];
+    sock.read_exact(&mut body)?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+/// Entry point of `vessel-agent __child`. Never returns.
+pub fn child_main() -> ! {
+    let sync = match sys::take_inherited_fd(SYNC_FD) {
+        Ok(fd) => UnixStream::from(fd),
+        Err(_) => std::process::exit(126),
+    };
+    let err = match run(&sync) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let invalid = matches!(err, ChildError::Invalid(_) | ChildError::NotFound(_));
+    let _ = send(&sync, &ChildReport::Failed { invalid, message: err.to_string() });
+    std::process::exit(127)
+}
+
+fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
+    let cfg: ChildConfig = recv(sync)
+        .map_err(|e| ChildError::io("read config", e))?
+        .ok_or_else(|| ChildError::Invalid("agent closed the sync socket".into()))?;
+    let terminal = cfg.process.terminal().unwrap_or(false);
+    match &cfg.init {
+        Some(init) => setup_init(init, terminal)?,
+        None => {
+            for (i, kind) in cfg.join.iter().enumerate() {
+                let fd = sys::take_inherited_fd(FIRST_NS_FD + i as RawFd).map_err(|e| ChildError::io("namespace fd", e))?;
+                namespaces::join(*kind, fd)?;
+            }
+        }
+    }
+    nix::unistd::setsid().map_err(|e| ChildError::sys("setsid", e))?;
+    if terminal {
+        sys::set_controlling_tty(sys::stdin_fd()).map_err(|e| ChildError::io("set controlling terminal", e))?;
+    }
+    apply_rlimits(&cfg.process)?;
+    if let Some(adj) = cfg.process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| ChildError::io("oom_score_adj", e))?;
+    }
+    let cwd = cfg.process.cwd().clone();
+    let chdir_done = nix::unistd::chdir(&cwd).is_ok();
+    let env: Vec<String> = cfg.process.env().clone().unwrap_or_default();
+    let args: Vec<String> = cfg.process.args().clone().unwrap_or_default();
+    let exe = resolve_executable(args.first().map(String::as_str).unwrap_or(""), &env)?;
+
+    if cfg.wait_for_start {
+        send(sync, &ChildReport::Ready).map_err(|e| ChildError::io("report ready", e))?;
+        match recv::<AgentCommand>(sync) {
+            Ok(Some(AgentCommand::Start)) => {}
+            // The agent removed the container before starting it.
+            _ => std::process::exit(0),
+        }
+    }
+    finalize(&cfg, chdir_done, &cwd)?;
+    let c = |s: &str| CString::new(s).map_err(|_| ChildError::Invalid(format!("NUL byte in {s:?}")));
+    let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|e| c(e)).collect::<Result<_, _>>()?;
+    let path = c(&exe.to_string_lossy())?;
+    sys::reset_signal_dispositions();
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(ChildError::sys(format!("exec {}", exe.display()), err))
+}
+
+
+fn setup_init(init: &InitConfig, terminal: bool) -> Result<(), ChildError> {
+    for (kind, path) in &init.join_namespaces {
+        namespaces::join_path(*kind, path)?;
+    }
+    namespaces::unshare_kinds(&init.new_namespaces)?;
+    let uts = init.new_namespaces.contains(&NsKind::Uts) || init.join_namespaces.iter().any(|(k, _)| *k == NsKind::Uts);
+    if let Some(hostname) = init.spec.hostname().as_deref().filter(|h| !h.is_empty() && uts) {
+        nix::unistd::sethostname(hostname).map_err(|e| ChildError::sys("sethostname", e))?;
+    }
+    let extras = RootfsExtras { resolv_conf: init.resolv_conf.as_deref(), cgroup_style: &init.cgroup_style, terminal };
+    rootfs::setup(&init.spec, &init.rootfs, &extras)
+}
+
+fn apply_rlimits(process: &Process) -> Result<(), ChildError> {
+    for rl in process.rlimits().iter().flatten() {
+        let res = match rl.typ() {
+            PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+            PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+            PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+            PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+            PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+            PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+            PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+            PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+            PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+            PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+            PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+            PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+            PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+            PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+            PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+            PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+        };
+        setrlimit(res, rl.soft(), rl.hard()).map_err(|e| ChildError::sys(format!("setrlimit {:?}", rl.typ()), e))?;
+    }
+    Ok(())
+}
+
+/// Finds the program: a path with '/' as given, else the first executable file on the
+/// process's PATH (resolved inside the container).
+fn resolve_executable(name: &str, env: &[String]) -> Result<PathBuf, ChildError> {
+    if name.is_empty() {
+        return Err(ChildError::Invalid("process.args is empty".into()));
+    }
+    let is_exe = |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if is_exe(&p) { Ok(p) } else { Err(ChildError::NotFound(format!("executable {name} not found in the container"))) };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if is_exe(&p) {
+            return Ok(p);
+        }
+    }
+    Err(ChildError::NotFound(format!("executable {name:?} not found in $PATH ({path}) in the container")))
+}
+
+/// The privileged-to-unprivileged transition, in runc's order.
+fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), ChildError> {
+    let p = &cfg.process;
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::sys("PR_SET_NO_NEW_PRIVS", e))?;
+    }
+    // Without NNP, loading a filter needs CAP_SYS_ADMIN: do it before dropping capabilities.
+    if !nnp {
+        load_seccomp(cfg)?;
+    }
+    let caps = p.capabilities().as_ref();
+    capabilities::apply_bounding(caps)?;
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| ChildError::sys("PR_SET_KEEPCAPS", e))?;
+    let user = p.user();
+    let groups: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups).map_err(|e| ChildError::sys("setgroups", e))?;
+    setgid(Gid::from_raw(user.gid())).map_err(|e| ChildError::sys(format!("setgid {}", user.gid()), e))?;
+    setuid(Uid::from_raw(user.uid())).map_err(|e| ChildError::sys(format!("setuid {}", user.uid()), e))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| ChildError::sys("PR_SET_KEEPCAPS", e))?;
+    capabilities::apply_sets(caps)?;
+    if !chdir_done {
+        nix::unistd::chdir(cwd).map_err(|e| ChildError::sys(format!("chdir {}", cwd.display()), e))?;
+    }
+    nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
+    if nnp {
+        load_seccomp(cfg)?;
+    }
+    Ok(())
+}
+
+fn load_seccomp(cfg: &ChildConfig) -> Result<(), ChildError> {
+    if let Some(s) = &cfg.seccomp {
+        sys::load_seccomp_filter(&s.to_sock_filters(), s.flags).map_err(|e| ChildError::io("load seccomp filter", e))?;
+    }
+    Ok(())
+}

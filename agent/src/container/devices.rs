@@ -1,0 +1,113 @@
+//! Device nodes in the container's /dev: the OCI default set (null, zero, full, random,
+//! urandom, tty), the spec's `linux.devices`, and the standard symlinks.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chown, Gid, Uid};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
+
+use super::mounts::{ensure_mountpoint, secure_join};
+use super::ChildError;
+
+/// (path, major, minor) of the devices every container gets.
+const DEFAULT_DEVICES: &[(&str, u64, u64)] =
+    &[("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
+
+/// Creates the default devices and the spec's devices under `rootfs` (before pivot_root).
+pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildError> {
+    for (path, major, minor) in DEFAULT_DEVICES {
+        if extra.iter().any(|d| d.path() == Path::new(path)) {
+            continue;
+        }
+        create_node(rootfs, Path::new(path), SFlag::S_IFCHR, *major, *minor, 0o666, None, None)?;
+    }
+    for d in extra {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => return Err(ChildError::Invalid(format!("device {}: type 'a' is not a node", d.path().display()))),
+        };
+        let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
+        create_node(rootfs, d.path(), kind, d.major() as u64, d.minor() as u64, mode, d.uid(), d.gid())?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_node(
+    rootfs: &Path,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), ChildError> {
+    let dest = secure_join(rootfs, path)?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
+    }
+    let _ = fs::remove_file(&dest);
+    match mknod(&dest, kind, Mode::from_bits_truncate(mode), makedev(major, minor)) {
+        Ok(()) => {
+            // mknod applies the umask; set the exact mode.
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &dest,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| ChildError::sys(format!("chmod {}", dest.display()), e))?;
+            chown(&dest, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                .map_err(|e| ChildError::sys(format!("chown {}", dest.display()), e))?;
+        }
+        // Without CAP_MKNOD (or on a nodev filesystem), bind the host's node instead.
+        Err(nix::errno::Errno::EPERM) if kind != SFlag::S_IFIFO => {
+            ensure_mountpoint(&dest, true)?;
+            mount(Some(path), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| ChildError::sys(format!("bind device {}", path.display()), e))?;
+        }
+        Err(e) => return Err(ChildError::sys(format!("mknod {}", dest.display()), e)),
+    }
+    Ok(())
+}
+
+/// /dev/fd, /dev/std{in,out,err}, /dev/ptmx → pts/ptmx (if the spec mounts /dev/pts).
+pub fn create_symlinks(rootfs: &Path, has_devpts: bool) -> Result<(), ChildError> {
+    let dev = secure_join(rootfs, Path::new("/dev"))?;
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    if has_devpts {
+        links.push(("pts/ptmx", "ptmx"));
+    }
+    for (target, name) in links {
+        let path = dev.join(name);
+        if name == "ptmx" {
+            let _ = fs::remove_file(&path);
+        }
+        match symlink(target, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ChildError::io(format!("symlink {}", path.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Binds the process's terminal (fd 0) onto /dev/console, as runc does for `terminal: true`.
+pub fn bind_console(rootfs: &Path) -> Result<(), ChildError> {
+    let dest = secure_join(rootfs, Path::new("/dev/console"))?;
+    ensure_mountpoint(&dest, true)?;
+    mount(Some("/proc/self/fd/0"), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| ChildError::sys("bind /dev/console", e))
+}

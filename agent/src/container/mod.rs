@@ -1,0 +1,316 @@
+//! Containers: creation from an OCI spec, start, exec, signals, wait, pause/resume,
+//! resource updates, stats and removal. The container-side setup lives in `child.rs` and
+//! the modules it uses; this file is the agent's bookkeeping.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod child;
+pub mod devices;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+mod syscall_table;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Process};
+
+use self::cgroups::{Cgroup, CgroupStats};
+use self::child::ChildConfig;
+use self::namespaces::NsKind;
+use self::process::{PidNs, Spawned};
+use self::seccomp::CompiledSeccomp;
+use crate::error::{RequestError, RequestResult};
+use crate::reaper::{lock, ExitCell, ExitInfo};
+use crate::stdio::{ProcessStreams, StdioSetup};
+
+/// An error in the child while setting up a container process.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("{context}: {source}")]
+    Sys { context: String, source: nix::errno::Errno },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ChildError {
+    pub fn sys(context: impl Into<String>, source: nix::errno::Errno) -> Self {
+        ChildError::Sys { context: context.into(), source }
+    }
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ChildError::Io { context: context.into(), source }
+    }
+}
+
+/// One process of a container (its init, or an exec), as the agent tracks it.
+pub struct ProcessHandle {
+    pub pid: Pid,
+    pub exit: Arc<ExitCell>,
+    pub streams: ProcessStreams,
+}
+
+impl ProcessHandle {
+    pub fn exited(&self) -> Option<ExitInfo> {
+        self.exit.get()
+    }
+}
+
+/// A created container.
+pub struct Container {
+    pub id: String,
+    cgroup: Cgroup,
+    seccomp: Option<CompiledSeccomp>,
+    pub init: Arc<ProcessHandle>,
+    /// The init process until StartContainer releases it.
+    pending: Mutex<Option<Spawned>>,
+    execs: Mutex<HashMap<String, Arc<ProcessHandle>>>,
+    /// The container's namespaces, for execs.
+    ns_fds: Mutex<Vec<(NsKind, OwnedFd)>>,
+    /// Whether the container has a pid namespace of its own (or joined one).
+    own_pid_ns: bool,
+    paused: AtomicBool,
+}
+
+/// What the sandbox provides to a new container.
+pub struct CreateContext<'a> {
+    pub layout: &'a cgroups::CgroupLayout,
+    pub resolv_conf: Option<&'a std::path::Path>,
+}
+
+impl Container {
+    /// Creates the container: cgroup, child set up and blocked before exec.
+    pub fn create(id: &str, spec_json: &[u8], stdin: bool, ctx: &CreateContext<'_>) -> RequestResult<Container> {
+        let plan = spec::plan(id, spec_json, ctx)?;
+        let cgroup = plan.cgroup.clone();
+        cgroup.create().map_err(|e| RequestError::internal(format!("creating cgroup: {e}")))?;
+        let result = Self::create_in(id, plan, stdin);
+        if result.is_err() {
+            if let Err(e) = cgroup.destroy() {
+                log::warn!("container {id}: removing cgroup after failed create: {e}");
+            }
+        }
+        result
+    }
+
+    fn create_in(id: &str, plan: spec::CreatePlan, stdin: bool) -> RequestResult<Container> {
+        if let Some(res) = &plan.resources {
+            plan.cgroup.apply(res).map_err(|e| RequestError::invalid(format!("applying resources: {e}")))?;
+        }
+        let terminal = plan.config.process.terminal().unwrap_or(false);
+        let stdio = if terminal { StdioSetup::pty(plan.console_size) } else { StdioSetup::pipes(stdin) }
+            .map_err(|e| RequestError::internal(e.to_string()))?;
+        let pid_ns_fd = match &plan.pid_ns_path {
+            Some(p) => Some(namespaces::open_ns(p).map_err(|e| RequestError::invalid(format!("pid namespace {}: {e}", p.display())))?),
+            None => None,
+        };
+        let pid_ns = match (&pid_ns_fd, plan.new_pid_ns) {
+            (Some(fd), _) => PidNs::Join(fd.as_fd()),
+            (None, true) => PidNs::New,
+            (None, false) => PidNs::Inherit,
+        };
+        let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
+        let spawned = process::spawn(&plan.config, &stdio.child, &[], pid_ns, &plan.cgroup)?;
+        drop(stdio.child);
+        if let Err(e) = spawned.wait_ready() {
+            spawned.abort();
+            return Err(e);
+        }
+        let mut ns_fds = Vec::new();
+        for kind in NsKind::JOIN_ORDER.iter().copied().chain([NsKind::Pid]) {
+            let path = format!("/proc/{}/ns/{}", spawned.pid, kind.proc_name());
+            match namespaces::open_ns(std::path::Path::new(&path)) {
+                Ok(fd) => ns_fds.push((kind, fd)),
+                Err(e) => {
+                    spawned.abort();
+                    return Err(RequestError::internal(format!("opening {path}: {e}")));
+                }
+            }
+        }
+        let init = Arc::new(ProcessHandle { pid: spawned.pid, exit: spawned.exit.clone(), streams: stdio.streams });
+        log::debug!("container {id}: created, init pid {}", init.pid);
+        Ok(Container {
+            id: id.to_string(),
+            cgroup: plan.cgroup,
+            seccomp: plan.config.seccomp,
+            init,
+            pending: Mutex::new(Some(spawned)),
+            execs: Mutex::new(HashMap::new()),
+            ns_fds: Mutex::new(ns_fds),
+            own_pid_ns,
+            paused: AtomicBool::new(false),
+        })
+    }
+
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Releases the init process to exec its program.
+    pub fn start(&self) -> RequestResult<Pid> {
+        let spawned = lock(&self.pending)
+            .take()
+            .ok_or_else(|| RequestError::precondition(format!("container {} is already started", self.id)))?;
+        if let Err(e) = spawned.start() {
+            spawned.abort();
+            return Err(e);
+        }
+        Ok(self.init.pid)
+    }
+
+    fn running(&self) -> RequestResult<()> {
+        if lock(&self.pending).is_some() {
+            return Err(RequestError::precondition(format!("container {} is not started", self.id)));
+        }
+        if self.init.exited().is_some() {
+            return Err(RequestError::precondition(format!("container {} is stopped", self.id)));
+        }
+        Ok(())
+    }
+
+    /// Runs an extra process in the container's namespaces and cgroup.
+    pub fn exec(&self, exec_id: &str, process_json: &[u8], stdin: bool) -> RequestResult<Pid> {
+        if exec_id.is_empty() || exec_id.len() > 256 {
+            return Err(RequestError::invalid("exec_id must be 1..=256 bytes"));
+        }
+        let process: Process =
+            serde_json::from_slice(process_json).map_err(|e| RequestError::invalid(format!("malformed OCI process: {e}")))?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(RequestError::invalid("process.args is empty"));
+        }
+        self.running()?;
+        if lock(&self.execs).contains_key(exec_id) {
+            return Err(RequestError::exists(format!("exec {exec_id} already exists in container {}", self.id)));
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let stdio = if terminal { StdioSetup::pty(size) } else { StdioSetup::pipes(stdin) }
+            .map_err(|e| RequestError::internal(e.to_string()))?;
+        let ns = lock(&self.ns_fds);
+        let join: Vec<NsKind> = ns.iter().filter(|(k, _)| *k != NsKind::Pid).map(|(k, _)| *k).collect();
+        let fds: Vec<BorrowedFd<'_>> = ns.iter().filter(|(k, _)| *k != NsKind::Pid).map(|(_, f)| f.as_fd()).collect();
+        let pid_fd = ns.iter().find(|(k, _)| *k == NsKind::Pid).map(|(_, f)| f.as_fd());
+        let pid_ns = match pid_fd {
+            Some(fd) if self.own_pid_ns => PidNs::Join(fd),
+            _ => PidNs::Inherit,
+        };
+        let config = ChildConfig { process, seccomp: self.seccomp.clone(), init: None, join, wait_for_start: false };
+        let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
+        drop(ns);
+        drop(stdio.child);
+        if let Err(e) = spawned.wait_exec() {
+            spawned.abort();
+            return Err(e);
+        }
+        let handle = Arc::new(ProcessHandle { pid: spawned.pid, exit: spawned.exit.clone(), streams: stdio.streams });
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            drop(execs);
+            spawned.abort();
+            return Err(RequestError::exists(format!("exec {exec_id} already exists in container {}", self.id)));
+        }
+        execs.insert(exec_id.to_string(), handle);
+        Ok(spawned.pid)
+    }
+
+    /// The init process ("") or an exec.
+    pub fn process(&self, exec_id: &str) -> RequestResult<Arc<ProcessHandle>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| RequestError::not_found(format!("no exec {exec_id:?} in container {}", self.id)))
+    }
+
+    pub fn signal(&self, exec_id: &str, signal: u32, all: bool) -> RequestResult<()> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| RequestError::invalid(format!("unknown signal {signal}")))?;
+        if all {
+            return self.cgroup.signal_all(sig).map_err(|e| RequestError::internal(e.to_string()));
+        }
+        let p = self.process(exec_id)?;
+        if p.exited().is_some() {
+            return Err(RequestError::precondition(format!("process {exec_id:?} of container {} has exited", self.id)));
+        }
+        if lock(&self.pending).is_some() && exec_id.is_empty() && sig == Signal::SIGKILL {
+            // Killing a created-but-not-started container: also release its setup.
+            if let Some(s) = lock(&self.pending).take() {
+                s.abort();
+                return Ok(());
+            }
+        }
+        kill(p.pid, sig).map_err(|e| RequestError::internal(format!("kill {}: {e}", p.pid)))
+    }
+
+    pub fn pids(&self) -> RequestResult<Vec<u32>> {
+        let pids = self.cgroup.pids().map_err(|e| RequestError::internal(e.to_string()))?;
+        Ok(pids.into_iter().filter_map(|p| u32::try_from(p).ok()).collect())
+    }
+
+    pub fn stats(&self) -> CgroupStats {
+        self.cgroup.stats()
+    }
+
+    pub fn set_paused(&self, paused: bool) -> RequestResult<()> {
+        if paused {
+            self.running()?;
+        }
+        self.cgroup.set_frozen(paused).map_err(|e| RequestError::internal(e.to_string()))?;
+        self.paused.store(paused, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn update(&self, resources_json: &[u8]) -> RequestResult<()> {
+        let res: LinuxResources =
+            serde_json::from_slice(resources_json).map_err(|e| RequestError::invalid(format!("malformed OCI resources: {e}")))?;
+        self.cgroup.apply(&res).map_err(|e| RequestError::invalid(format!("applying resources: {e}")))
+    }
+
+    /// Kills every process, waits for them to be reaped, removes the cgroup and releases
+    /// every descriptor the agent held for the container.
+    pub fn destroy(&self, timeout: Duration) -> RequestResult<()> {
+        if let Some(s) = lock(&self.pending).take() {
+            s.abort();
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            let _ = self.cgroup.set_frozen(false);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut procs: Vec<Arc<ProcessHandle>> = lock(&self.execs).values().cloned().collect();
+        procs.push(self.init.clone());
+        for p in &procs {
+            if p.exited().is_none() {
+                let _ = kill(p.pid, Signal::SIGKILL);
+            }
+        }
+        let _ = self.cgroup.signal_all(Signal::SIGKILL);
+        for p in &procs {
+            if p.exit.wait(Some(deadline)).is_none() {
+                return Err(RequestError::deadline(format!(
+                    "container {}: process {} did not exit within {timeout:?} after SIGKILL",
+                    self.id, p.pid
+                )));
+            }
+        }
+        self.cgroup.destroy().map_err(|e| RequestError::internal(format!("removing cgroup: {e}")))?;
+        lock(&self.ns_fds).clear();
+        lock(&self.execs).clear();
+        Ok(())
+    }
+}

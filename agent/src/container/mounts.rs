@@ -1,0 +1,264 @@
+//! The spec's mounts: option parsing, safe destination resolution inside the rootfs, and
+//! mounting (proc, sysfs, tmpfs, devpts, mqueue, cgroup/cgroup2, bind with ro/rbind/
+//! propagation options).
+
+use std::fs;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::Mount;
+
+use super::ChildError;
+
+/// Mount flags and data parsed from OCI mount options.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Flags to clear (e.g. `rw`, `suid`), relevant for remounts.
+    pub clear: MsFlags,
+    pub propagation: Vec<MsFlags>,
+    pub data: Vec<String>,
+}
+
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions { flags: MsFlags::empty(), clear: MsFlags::empty(), propagation: Vec::new(), data: Vec::new() };
+    for opt in options {
+        let (set, clear) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
+                o.propagation.push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                continue;
+            }
+            _ => {
+                o.data.push(opt.clone());
+                continue;
+            }
+        };
+        o.flags = (o.flags | set) & !clear;
+        o.clear |= clear;
+    }
+    o
+}
+
+/// MS_* flags for a propagation name (`rprivate`, `slave`, …).
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    let rec = MsFlags::MS_REC;
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | rec,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | rec,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | rec,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | rec,
+        _ => return None,
+    })
+}
+
+/// Resolves `path` inside `root` as if `root` were `/`: symlinks (absolute or relative) and
+/// `..` never leave `root`. Missing components are appended as they are.
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, ChildError> {
+    let mut resolved = PathBuf::new(); // relative to root
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(comp) = pending.pop() {
+        if comp == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&comp);
+        let full = root.join(&candidate);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(ChildError::Invalid(format!("too many symlinks resolving {}", path.display())));
+                }
+                let target = fs::read_link(&full).map_err(|e| ChildError::io(format!("readlink {}", full.display()), e))?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(s) => pending.push(s.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+/// Creates a mount point: a directory, or an empty file when the source is not a directory.
+pub fn ensure_mountpoint(dest: &Path, file: bool) -> Result<(), ChildError> {
+    if dest.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    if file {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
+        }
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(dest)
+            .map_err(|e| ChildError::io(format!("create {}", dest.display()), e))?;
+    } else {
+        fs::create_dir_all(dest).map_err(|e| ChildError::io(format!("mkdir {}", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+/// How to mount an OCI `cgroup` type on this host.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum CgroupMountStyle {
+    /// cgroup2 everywhere.
+    V2,
+    /// A tmpfs with one v1 hierarchy per entry (directory name, mount options).
+    V1(Vec<(String, String)>),
+}
+
+/// Mounts one spec mount under `rootfs` (before pivot_root).
+pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<(), ChildError> {
+    if !m.destination().is_absolute() {
+        return Err(ChildError::Invalid(format!("mount destination {} is not absolute", m.destination().display())));
+    }
+    let dest = secure_join(rootfs, m.destination())?;
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let typ = m.typ().as_deref().unwrap_or("");
+    let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let data = opts.data.join(",");
+    let ctx = |what: &str| format!("mount {what} on {}", m.destination().display());
+    if is_bind {
+        let src = m.source().as_ref().ok_or_else(|| ChildError::Invalid(ctx("bind without source")))?;
+        let src_meta = fs::metadata(src).map_err(|e| ChildError::io(ctx(&format!("bind source {}", src.display())), e))?;
+        ensure_mountpoint(&dest, !src_meta.is_dir())?;
+        let rec = opts.flags & MsFlags::MS_REC;
+        mount(Some(src), &dest, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(|e| ChildError::sys(ctx("bind"), e))?;
+        // Bind mounts ignore other flags until a remount.
+        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra, None::<&str>)
+                .map_err(|e| ChildError::sys(ctx("bind remount"), e))?;
+        }
+    } else if typ == "cgroup" || typ == "cgroup2" {
+        ensure_mountpoint(&dest, false)?;
+        mount_cgroup(&dest, opts.flags, cgroup).map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
+    } else {
+        ensure_mountpoint(&dest, false)?;
+        let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let data = if data.is_empty() { None } else { Some(data.as_str()) };
+        let fstype = if typ.is_empty() { None } else { Some(typ) };
+        let flags = opts.flags & !MsFlags::MS_REMOUNT;
+        match mount(Some(&src), &dest, fstype, flags, data) {
+            Ok(()) => {}
+            // mqueue and sysfs cannot be mounted from a container sharing the agent's ipc/net
+            // namespace on some kernels; runc falls back to a bind mount of the host's.
+            Err(nix::errno::Errno::EPERM | nix::errno::Errno::EBUSY) if matches!(typ, "sysfs" | "mqueue") => {
+                let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
+                mount(Some(host), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                    .map_err(|e| ChildError::sys(ctx(typ), e))?;
+            }
+            Err(e) => return Err(ChildError::sys(ctx(typ), e)),
+        }
+    }
+    for p in &opts.propagation {
+        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>).map_err(|e| ChildError::sys(ctx("propagation"), e))?;
+    }
+    Ok(())
+}
+
+fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::Result<()> {
+    let flags = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
+    match style {
+        CgroupMountStyle::V2 => mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>),
+        CgroupMountStyle::V1(hierarchies) => {
+            let base = flags & !MsFlags::MS_RDONLY;
+            mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))?;
+            for (name, options) in hierarchies {
+                let sub = dest.join(name);
+                let _ = fs::create_dir_all(&sub);
+                mount(Some("cgroup"), &sub, Some("cgroup"), flags, Some(options.as_str()))?;
+                // cpu,cpuacct style joint mounts also get one symlink per controller.
+                if name.contains(',') {
+                    for part in name.split(',') {
+                        let _ = symlink(name, dest.join(part));
+                    }
+                }
+            }
+            if flags.contains(MsFlags::MS_RDONLY) {
+                mount(None::<&str>, dest, None::<&str>, base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let o = parse_options(&["nosuid".into(), "ro".into(), "rbind".into(), "rslave".into(), "mode=755".into(), "size=65536k".into()]);
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        assert_eq!(o.data, vec!["mode=755".to_string(), "size=65536k".to_string()]);
+        let rw = parse_options(&["ro".into(), "rw".into()]);
+        assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn secure_join_stays_inside_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        symlink("/etc", r.join("a/abs")).unwrap();
+        symlink("../../../../..", r.join("a/up")).unwrap();
+        assert_eq!(secure_join(r, Path::new("/a/b/c")).unwrap(), r.join("a/b/c"));
+        assert_eq!(secure_join(r, Path::new("/a/abs/passwd")).unwrap(), r.join("etc/passwd"));
+        assert_eq!(secure_join(r, Path::new("/a/up/x")).unwrap(), r.join("x"));
+        assert_eq!(secure_join(r, Path::new("/../../x")).unwrap(), r.join("x"));
+        symlink("loop2", r.join("loop1")).unwrap();
+        symlink("loop1", r.join("loop2")).unwrap();
+        assert!(secure_join(r, Path::new("/loop1/x")).is_err());
+    }
+}

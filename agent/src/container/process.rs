@@ -1,0 +1,148 @@
+//! The agent-side half of process creation: fork + re-exec of the agent as the child
+//! (see `child.rs`) in the right pid namespace, registered with the reaper, put into the
+//! container's cgroup, and driven through the sync protocol.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::cgroups::Cgroup;
+use super::child::{self, AgentCommand, ChildConfig, ChildReport, CHILD_ARG};
+use crate::error::RequestError;
+use crate::reaper::{ExitCell, Reaper};
+
+/// How long the child may take to set up before the agent gives up on it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which pid namespace the child is forked into.
+pub enum PidNs<'a> {
+    /// The agent's own.
+    Inherit,
+    /// A new one: the child is its pid 1.
+    New,
+    /// An existing one (a path from the spec, or a running container's).
+    Join(BorrowedFd<'a>),
+}
+
+/// A child that has been forked and configured but not yet released.
+pub struct Spawned {
+    pub pid: Pid,
+    pub exit: Arc<ExitCell>,
+    sync: UnixStream,
+}
+
+/// Forks the child, moves it into `cgroup`, and sends it `config`.
+pub fn spawn(
+    config: &ChildConfig,
+    stdio: &[OwnedFd; 3],
+    extra_fds: &[BorrowedFd<'_>],
+    pid_ns: PidNs<'_>,
+    cgroup: &Cgroup,
+) -> Result<Spawned, RequestError> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| RequestError::internal(format!("{what}: {e}"));
+    let (agent_end, child_end) = UnixStream::pair().map_err(|e| internal("socketpair", &e))?;
+    let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
+    fds.push(child_end.as_fd());
+    fds.extend_from_slice(extra_fds);
+    let plan = crate::sys::ExecPlan::new("/proc/self/exe", &["vessel-agent", CHILD_ARG], &[], &fds)
+        .map_err(|e| internal("exec plan", &e))?;
+
+    // The pid namespace for children is a per-thread attribute: switch it on a short-lived
+    // thread so no request thread is ever left in a container's namespace.
+    let forked = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(Pid, Arc<ExitCell>), RequestError> {
+            match pid_ns {
+                PidNs::Inherit => {}
+                PidNs::New => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid namespace", &e))?,
+                PidNs::Join(fd) => setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| internal("join pid namespace", &e))?,
+            }
+            Reaper::global()
+                .spawn_watched(|| crate::sys::fork_exec(&plan))
+                .map_err(|e| match e.raw_os_error() {
+                    // fork into a pid namespace whose init has exited.
+                    Some(libc::ENOMEM) if !matches!(pid_ns, PidNs::Inherit | PidNs::New) => {
+                        RequestError::precondition("the container's pid namespace is gone (its init exited)")
+                    }
+                    _ => internal("fork", &e),
+                })
+        })
+        .join()
+    });
+    let (pid, exit) = forked.map_err(|_| RequestError::internal("spawn thread panicked"))??;
+    drop(child_end);
+    let spawned = Spawned { pid, exit, sync: agent_end };
+    if let Err(e) = cgroup.add_process(pid.as_raw()) {
+        spawned.abort();
+        return Err(internal("join cgroup", &e));
+    }
+    let _ = spawned.sync.set_read_timeout(Some(SETUP_TIMEOUT));
+    if let Err(e) = child::send(&spawned.sync, config) {
+        let err = spawned.failure().unwrap_or_else(|| internal("send child config", &e));
+        spawned.abort();
+        return Err(err);
+    }
+    Ok(spawned)
+}
+
+impl Spawned {
+    /// Waits for the child to report that it is set up (CreateContainer).
+    pub fn wait_ready(&self) -> Result<(), RequestError> {
+        match child::recv::<ChildReport>(&self.sync) {
+            Ok(Some(ChildReport::Ready)) => Ok(()),
+            Ok(Some(ChildReport::Failed { invalid, message })) => Err(report_error(invalid, message)),
+            Ok(None) => Err(self.died("during setup")),
+            Err(e) => Err(RequestError::internal(format!("waiting for container setup: {e}"))),
+        }
+    }
+
+    /// Releases the child to exec its program, and waits until `execve` has succeeded
+    /// (end of file on the close-on-exec socket) or failed.
+    pub fn start(&self) -> Result<(), RequestError> {
+        if let Err(e) = child::send(&self.sync, &AgentCommand::Start) {
+            return Err(self.failure().unwrap_or_else(|| RequestError::internal(format!("starting process: {e}"))));
+        }
+        self.wait_exec()
+    }
+
+    /// Waits for `execve` (exec processes, which do not wait for a start command).
+    pub fn wait_exec(&self) -> Result<(), RequestError> {
+        match child::recv::<ChildReport>(&self.sync) {
+            Ok(None) => Ok(()),
+            Ok(Some(ChildReport::Failed { invalid, message })) => Err(report_error(invalid, message)),
+            Ok(Some(ChildReport::Ready)) => Err(RequestError::internal("child reported ready twice")),
+            Err(e) => Err(RequestError::internal(format!("waiting for exec: {e}"))),
+        }
+    }
+
+    /// A failure report, if the child sent one before going away.
+    fn failure(&self) -> Option<RequestError> {
+        match child::recv::<ChildReport>(&self.sync) {
+            Ok(Some(ChildReport::Failed { invalid, message })) => Some(report_error(invalid, message)),
+            _ => None,
+        }
+    }
+
+    fn died(&self, when: &str) -> RequestError {
+        let status = self.exit.wait(Some(std::time::Instant::now() + Duration::from_secs(1)));
+        RequestError::internal(format!("container process died {when} (status {status:?})"))
+    }
+
+    /// Kills the child and waits until the reaper has it (no zombie, no leaked fds).
+    pub fn abort(&self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        self.exit.wait(None);
+    }
+}
+
+fn report_error(invalid: bool, message: String) -> RequestError {
+    if invalid {
+        RequestError::invalid(message)
+    } else {
+        RequestError::internal(message)
+    }
+}

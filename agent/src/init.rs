@@ -1,0 +1,107 @@
+//! PID 1 duties in the guest: the base filesystems, cgroup controllers, hostname, loopback,
+//! and powering off. Every step logs its error and goes on: PID 1 must never exit (that is a
+//! kernel panic), and a partly set-up guest that answers Check is easier to diagnose.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::mount::{mount, MsFlags};
+
+/// (source, target, fstype, flags, data)
+const BASE_MOUNTS: &[(&str, &str, &str, u64, &str)] = &[
+    ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+    ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    ("shm", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, ""),
+];
+const NOSUID_NODEV_NOEXEC: u64 = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Mounts the base filesystems and prepares cgroups. Returns the number of failed steps.
+pub fn setup_pid1() -> usize {
+    let mut failures = 0;
+    for (src, target, fstype, flags, data) in BASE_MOUNTS {
+        if let Err(e) = fs::create_dir_all(target) {
+            log::error!("mkdir {target}: {e}");
+        }
+        let data = (!data.is_empty()).then_some(*data);
+        match mount(Some(*src), *target, Some(*fstype), MsFlags::from_bits_truncate(*flags), data) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => {
+                log::error!("mount {fstype} on {target}: {e}");
+                failures += 1;
+            }
+        }
+    }
+    if !Path::new("/dev/ptmx").exists() {
+        let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    }
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    enable_cgroup_controllers(Path::new("/sys/fs/cgroup"));
+    if let Err(e) = nix::unistd::sethostname(cmdline_value("vessel.hostname").as_deref().unwrap_or("vessel")) {
+        log::error!("sethostname: {e}");
+        failures += 1;
+    }
+    if let Err(e) = loopback_up() {
+        log::error!("bringing up lo: {e}");
+        failures += 1;
+    }
+    failures
+}
+
+/// Enables every available controller for child cgroups.
+pub fn enable_cgroup_controllers(root: &Path) {
+    let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    if wanted.is_empty() {
+        return;
+    }
+    if let Err(e) = fs::write(root.join("cgroup.subtree_control"), wanted.join(" ")) {
+        log::error!("enabling cgroup controllers {wanted:?}: {e}");
+    }
+}
+
+fn loopback_up() -> Result<(), crate::network::NetlinkError> {
+    let mut nl = crate::network::Netlink::open()?;
+    let lo = nl.find_link("lo", "")?;
+    nl.set_link(lo.index, None, None)
+}
+
+/// A `key=value` from the kernel command line.
+pub fn cmdline_value(key: &str) -> Option<String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    parse_cmdline(&cmdline, key)
+}
+
+fn parse_cmdline(cmdline: &str, key: &str) -> Option<String> {
+    cmdline.split_whitespace().rev().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
+}
+
+/// After DestroySandbox: let the reply go out, flush filesystems, and reboot — which the
+/// VMM treats as power-off.
+pub fn power_off_soon() {
+    let spawned = std::thread::Builder::new().name("poweroff".into()).spawn(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        nix::unistd::sync();
+        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+        log::error!("reboot: {e}");
+    });
+    if let Err(e) = spawned {
+        log::error!("starting power-off thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cmdline_values() {
+        let c = "console=ttyS0 vessel.log=debug quiet vessel.log=info vessel.hostname=pod1";
+        assert_eq!(super::parse_cmdline(c, "vessel.log").as_deref(), Some("info"));
+        assert_eq!(super::parse_cmdline(c, "vessel.hostname").as_deref(), Some("pod1"));
+        assert_eq!(super::parse_cmdline(c, "vessel.missing"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! `vessel-agent`: see the library crate. As PID 1 in the guest it serves on vsock port
+//! 1024; on a host, `--listen unix:///path/agent.sock` (for tests).
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(vessel_agent::container::child::CHILD_ARG) {
+        vessel_agent::container::child::child_main();
+    }
+    if let Err(e) = vessel_agent::agent::run(&args[1..]) {
+        eprintln!("vessel-agent: {e}");
+        if nix::unistd::getpid().as_raw() == 1 {
+            // PID 1 must not exit.
+            loop {
+                std::thread::park();
+            }
+        }
+        std::process::exit(1);
+    }
+}

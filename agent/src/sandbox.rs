@@ -1,0 +1,258 @@
+//! The agent's state: the sandbox (hostname, DNS, storages) and its containers.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::container::cgroups::CgroupLayout;
+use crate::container::mounts::{ensure_mountpoint, parse_options};
+use crate::container::spec::check_id;
+use crate::container::{Container, CreateContext};
+use crate::error::{RequestError, RequestResult};
+use crate::oom::OomMonitor;
+use crate::reaper::lock;
+
+/// Most storages one request may ask for.
+const MAX_STORAGES: usize = 64;
+
+/// A storage description from the API.
+#[derive(Debug, Clone)]
+pub struct StorageSpec {
+    pub driver: String,
+    pub source: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+    pub mount_point: String,
+}
+
+/// Something the agent mounted, to unmount later.
+#[derive(Debug)]
+pub struct MountedStorage {
+    mount_point: PathBuf,
+}
+
+impl MountedStorage {
+    fn unmount(&self) {
+        if let Err(e) = umount2(&self.mount_point, MntFlags::empty()) {
+            log::warn!("unmount {}: {e}; detaching", self.mount_point.display());
+            let _ = umount2(&self.mount_point, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Mounts storages in order; on failure unmounts what this call mounted.
+pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage>> {
+    if specs.len() > MAX_STORAGES {
+        return Err(RequestError::invalid(format!("at most {MAX_STORAGES} storages per request")));
+    }
+    let mut done: Vec<MountedStorage> = Vec::new();
+    for s in specs {
+        match mount_storage(s) {
+            Ok(m) => done.push(m),
+            Err(e) => {
+                done.iter().rev().for_each(MountedStorage::unmount);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
+    let target = PathBuf::from(&s.mount_point);
+    if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(RequestError::invalid(format!("storage mount_point {:?} must be an absolute path without '..'", s.mount_point)));
+    }
+    let opts = parse_options(&s.options);
+    let data = opts.data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let fail = |e: nix::Error| RequestError::internal(format!("mount {} storage {:?} at {}: {e}", s.driver, s.source, s.mount_point));
+    match s.driver.as_str() {
+        "virtiofs" | "blk" | "tmpfs" => {
+            let fstype = match s.driver.as_str() {
+                "virtiofs" => "virtiofs",
+                "tmpfs" => "tmpfs",
+                _ if s.fstype.is_empty() => return Err(RequestError::invalid("blk storage needs fstype")),
+                _ => s.fstype.as_str(),
+            };
+            ensure_mountpoint(&target, false).map_err(|e| RequestError::internal(e.to_string()))?;
+            let source = if s.source.is_empty() { fstype } else { s.source.as_str() };
+            mount(Some(source), &target, Some(fstype), opts.flags, data).map_err(fail)?;
+        }
+        "bind" => {
+            let src = Path::new(&s.source);
+            let meta = fs::metadata(src).map_err(|e| RequestError::invalid(format!("bind storage source {:?}: {e}", s.source)))?;
+            ensure_mountpoint(&target, !meta.is_dir()).map_err(|e| RequestError::internal(e.to_string()))?;
+            mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(fail)?;
+            let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+            if !extra.is_empty() {
+                let m = MountedStorage { mount_point: target.clone() };
+                if let Err(e) = mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>) {
+                    m.unmount();
+                    return Err(fail(e));
+                }
+            }
+        }
+        other => return Err(RequestError::invalid(format!("unknown storage driver {other:?}"))),
+    }
+    Ok(MountedStorage { mount_point: target })
+}
+
+struct Entry {
+    container: Arc<Container>,
+    storages: Vec<MountedStorage>,
+}
+
+#[derive(Default)]
+struct SandboxInfo {
+    id: Option<String>,
+    storages: Vec<MountedStorage>,
+}
+
+/// All the agent's state.
+pub struct Sandbox {
+    containers: Mutex<HashMap<String, Entry>>,
+    /// Ids being created or removed right now (so a duplicate create fails fast).
+    busy: Mutex<HashSet<String>>,
+    layout: Result<CgroupLayout, String>,
+    pub oom: Arc<OomMonitor>,
+    state_dir: PathBuf,
+    info: Mutex<SandboxInfo>,
+    pub pid1: bool,
+    pub started: Instant,
+}
+
+impl Sandbox {
+    pub fn new(state_dir: PathBuf, pid1: bool) -> std::io::Result<Sandbox> {
+        fs::create_dir_all(&state_dir)?;
+        let layout = CgroupLayout::detect().map_err(|e| {
+            log::error!("cgroups: {e}");
+            e.to_string()
+        });
+        Ok(Sandbox {
+            containers: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            layout,
+            oom: OomMonitor::start()?,
+            state_dir,
+            info: Mutex::new(SandboxInfo::default()),
+            pid1,
+            started: Instant::now(),
+        })
+    }
+
+    fn resolv_conf_path(&self) -> PathBuf {
+        self.state_dir.join("resolv.conf")
+    }
+
+    pub fn create_sandbox(&self, id: &str, hostname: &str, storages: &[StorageSpec], dns: &[String]) -> RequestResult<()> {
+        let mut info = lock(&self.info);
+        if let Some(existing) = &info.id {
+            return Err(RequestError::exists(format!("sandbox {existing} already exists")));
+        }
+        if hostname.len() > 64 || dns.len() > 64 || dns.iter().any(|l| l.len() > 256 || l.contains('\n')) {
+            return Err(RequestError::invalid("hostname over 64 bytes or bad dns lines"));
+        }
+        if !hostname.is_empty() && self.pid1 {
+            nix::unistd::sethostname(hostname).map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;
+        }
+        if !dns.is_empty() {
+            let mut text = dns.join("\n");
+            text.push('\n');
+            fs::write(self.resolv_conf_path(), text).map_err(|e| RequestError::internal(format!("writing resolv.conf: {e}")))?;
+        }
+        info.storages = mount_storages(storages)?;
+        info.id = Some(id.to_string());
+        Ok(())
+    }
+
+    /// Kills and removes every container, unmounts the sandbox storages.
+    pub fn destroy_sandbox(&self) -> RequestResult<()> {
+        let ids: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.remove_container(&id, Duration::from_secs(10)) {
+                log::error!("destroying sandbox: container {id}: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut info = lock(&self.info);
+        info.storages.drain(..).rev().for_each(|m| m.unmount());
+        info.id = None;
+        let _ = fs::remove_file(self.resolv_conf_path());
+        first_err.map_or(Ok(()), Err)
+    }
+
+    pub fn get(&self, id: &str) -> RequestResult<Arc<Container>> {
+        lock(&self.containers)
+            .get(id)
+            .map(|e| e.container.clone())
+            .ok_or_else(|| RequestError::not_found(format!("container {id:?} not found")))
+    }
+
+    fn layout(&self) -> RequestResult<&CgroupLayout> {
+        self.layout.as_ref().map_err(|e| RequestError::precondition(format!("cgroups unavailable: {e}")))
+    }
+
+    pub fn create_container(&self, id: &str, spec: &[u8], storages: &[StorageSpec], stdin: bool) -> RequestResult<()> {
+        check_id(id)?;
+        {
+            let containers = lock(&self.containers);
+            let mut busy = lock(&self.busy);
+            if containers.contains_key(id) || !busy.insert(id.to_string()) {
+                return Err(RequestError::exists(format!("container {id:?} already exists")));
+            }
+        }
+        let result = self.create_unlocked(id, spec, storages, stdin);
+        lock(&self.busy).remove(id);
+        result
+    }
+
+    fn create_unlocked(&self, id: &str, spec: &[u8], storages: &[StorageSpec], stdin: bool) -> RequestResult<()> {
+        let layout = self.layout()?;
+        let mounted = mount_storages(storages)?;
+        let resolv = self.resolv_conf_path();
+        let ctx = CreateContext { layout, resolv_conf: resolv.exists().then_some(resolv.as_path()) };
+        match Container::create(id, spec, stdin, &ctx) {
+            Ok(c) => {
+                self.oom.watch(id, c.cgroup());
+                lock(&self.containers).insert(id.to_string(), Entry { container: Arc::new(c), storages: mounted });
+                Ok(())
+            }
+            Err(e) => {
+                mounted.iter().rev().for_each(MountedStorage::unmount);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn remove_container(&self, id: &str, timeout: Duration) -> RequestResult<()> {
+        {
+            let containers = lock(&self.containers);
+            let mut busy = lock(&self.busy);
+            if !containers.contains_key(id) {
+                return Err(RequestError::not_found(format!("container {id:?} not found")));
+            }
+            if !busy.insert(id.to_string()) {
+                return Err(RequestError::precondition(format!("container {id:?} is busy (being created or removed)")));
+            }
+        }
+        let result = self.remove_unlocked(id, timeout);
+        lock(&self.busy).remove(id);
+        result
+    }
+
+    fn remove_unlocked(&self, id: &str, timeout: Duration) -> RequestResult<()> {
+        let container = self.get(id)?;
+        container.destroy(timeout)?;
+        self.oom.unwatch(id);
+        if let Some(entry) = lock(&self.containers).remove(id) {
+            entry.storages.iter().rev().for_each(MountedStorage::unmount);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The agent's only `unsafe` code: thin wrappers over system calls that neither `nix` nor
+//! `std` offer safely. Each wrapper keeps its contract small and documented.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::unistd::Pid;
+
+/// A program to execute in a freshly forked child, with its file descriptors remapped.
+/// Everything is prepared before the fork, so the child only makes async-signal-safe calls.
+pub struct ExecPlan {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// (source fd in the parent, target fd number in the child); targets must be 0..n.
+    fds: Vec<(RawFd, RawFd)>,
+}
+
+impl ExecPlan {
+    /// `fds[i]` becomes fd `i` in the child; every other descriptor is closed on exec.
+    pub fn new(path: &str, argv: &[&str], env: &[String], fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
+        let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        Ok(Self {
+            path: cstr(path)?,
+            argv: argv.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?,
+            env: env.iter().map(|e| cstr(e)).collect::<io::Result<_>>()?,
+            fds: fds
+                .iter()
+                .enumerate()
+                .map(|(i, fd)| (fd.as_raw_fd(), i as RawFd))
+                .collect(),
+        })
+    }
+}
+
+/// Forks and executes `plan` in the child. Returns the child's pid in the parent.
+///
+/// The agent is multi-threaded, so the child only makes async-signal-safe system calls
+/// (`fcntl`, `dup2`, `sigprocmask`, `close_range`, `execve`, `_exit`) before `execve`.
+/// The signal mask is cleared in the child (the agent blocks SIGCHLD for its reaper).
+pub fn fork_exec(plan: &ExecPlan) -> io::Result<Pid> {
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let base = plan.fds.len() as RawFd + 3;
+    // SAFETY: fork() itself is sound; the child below only calls async-signal-safe functions
+    // on memory prepared before the fork and never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(Pid::from_raw(pid));
+    }
+    child_after_fork(plan, base, &argv, &envp)
+}
+
+fn child_after_fork(
+    plan: &ExecPlan,
+    base: RawFd,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    let mut tmp = [0 as RawFd; 16];
+    if plan.fds.len() > tmp.len() {
+        child_exit();
+    }
+    for (i, (src, _)) in plan.fds.iter().enumerate() {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor the parent keeps open; async-signal-safe.
+        let fd = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, base) };
+        if fd < 0 {
+            child_exit();
+        }
+        tmp[i] = fd;
+    }
+    for (i, (_, dst)) in plan.fds.iter().enumerate() {
+        // SAFETY: dup2 between valid descriptors; it clears FD_CLOEXEC on the target.
+        if unsafe { libc::dup2(tmp[i], *dst) } < 0 {
+            child_exit();
+        }
+    }
+    // SAFETY: an all-zero sigset_t is a valid (empty) set, filled by sigemptyset below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: installs an empty mask for this (single-threaded) child.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    let first_other = plan.fds.len() as libc::c_uint;
+    // SAFETY: marks every descriptor above the mapped ones close-on-exec; no memory involved.
+    unsafe { libc::syscall(libc::SYS_close_range, first_other, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings built before fork.
+    unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    child_exit()
+}
+
+fn child_exit() -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(127) }
+}
+
+/// Takes ownership of an inherited descriptor number (the child's sync socket).
+/// Fails if `fd` is not open.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    nix::fcntl::fcntl(
+        // SAFETY: the borrow only lives for this fcntl call; an invalid fd yields EBADF.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the fd is open (checked above) and nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `fd` (a terminal) the calling process's controlling terminal (`TIOCSCTTY`).
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`).
+pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that lives on our stack for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs a seccomp BPF filter on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`).
+pub fn load_seccomp_filter(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores the default disposition of every catchable signal (before exec of container
+/// code: the agent's runtime ignores SIGPIPE, and ignored dispositions survive execve).
+pub fn reset_signal_dispositions() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL involves no handler code; failures (invalid signals)
+        // are harmless and ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// Reads the calling process's CPU clock ticks per second (for cgroup v1 cpuacct.stat).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory side effects.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as u64
+    } else {
+        100
+    }
+}
+
+/// `waitpid(-1, WNOHANG | __WALL)`: `Ok(None)` when no child has changed state.
+/// Returns (pid, raw wait status).
+pub fn wait_any_nohang() -> io::Result<Option<(i32, i32)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable int for the duration of the call.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+    match pid {
+        0 => Ok(None),
+        p if p > 0 => Ok(Some((p, status))),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// The calling process's standard input.
+pub fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 is set up by the agent before the child runs and stays open for the
+    // life of the process.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
