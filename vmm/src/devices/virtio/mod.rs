@@ -1,3 +1,4 @@
 //! Virtio devices and the MMIO transport.
 
 pub mod device;
+pub mod vsock;

@@ -1,0 +1,21 @@
+//! Errors of the vsock device's constructor.
+
+use std::path::PathBuf;
+
+/// Why a [`super::Vsock`] could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved (CIDs 0-2 and u32::MAX belong to the hypervisor/host)")]
+    InvalidCid(u64),
+    #[error("vsock socket path {0} already exists (stale socket of a previous VMM?)")]
+    PathExists(PathBuf),
+    #[error("binding vsock socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("creating vsock queue: {0}")]
+    Queue(virtio_queue::Error),
+    #[error("creating vsock event/timer fd: {0}")]
+    EventFd(std::io::Error),
+}
