@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
 
 use super::super::device::GuestMemory;
-use super::metrics::VsockMetrics;
+use super::metrics::{limited_warn, LogLimiter, VsockMetrics};
 use super::packet::{
     PacketHeader, RxBuffer, HDR_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
     OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -311,7 +311,8 @@ impl Connection {
     }
 
     /// Handles a packet from the guest (already routed to this connection).
-    pub(crate) fn handle_tx(&mut self, hdr: &PacketHeader, payload: &[u8]) {
+    /// `log` rate-limits what the guest can make us log.
+    pub(crate) fn handle_tx(&mut self, hdr: &PacketHeader, payload: &[u8], log: &mut LogLimiter) {
         // Every packet carries the guest's current credit.
         self.peer_buf_alloc = hdr.buf_alloc;
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
@@ -332,13 +333,14 @@ impl Connection {
                 VsockMetrics::inc(&self.metrics.resets_from_guest);
                 self.close_quietly();
             }
-            (ConnState::Established, OP_RW) => self.recv_guest_data(payload),
+            (ConnState::Established, OP_RW) => self.recv_guest_data(payload, log),
             (ConnState::Established, OP_CREDIT_UPDATE) => {}
             (ConnState::Established, OP_CREDIT_REQUEST) => self.pending.credit_update = true,
             (ConnState::Established, OP_SHUTDOWN) => self.recv_shutdown(hdr.flags),
             (ConnState::LocalInit | ConnState::Established, _) => {
                 VsockMetrics::inc(&self.metrics.malformed_packets);
-                log::debug!(
+                limited_warn!(
+                    log,
                     "vsock: op {} unexpected in state {:?} on {:?}; resetting",
                     hdr.op,
                     self.state,
@@ -351,7 +353,7 @@ impl Connection {
         }
     }
 
-    fn recv_guest_data(&mut self, payload: &[u8]) {
+    fn recv_guest_data(&mut self, payload: &[u8], log: &mut LogLimiter) {
         if payload.is_empty() {
             return;
         }
@@ -373,7 +375,7 @@ impl Connection {
             let buffered = self.tx_buf.len() - self.preamble;
             if buffered + rest.len() > self.buf_alloc as usize {
                 VsockMetrics::inc(&self.metrics.credit_violations);
-                log::debug!("vsock: guest exceeded its credit on {:?}", self.key);
+                limited_warn!(log, "vsock: guest exceeded its credit on {:?}", self.key);
                 self.reset();
                 return;
             }

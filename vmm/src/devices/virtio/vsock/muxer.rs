@@ -298,7 +298,7 @@ impl Muxer {
             return;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.handle_tx(hdr, payload);
+            conn.handle_tx(hdr, payload, &mut self.log);
             self.sync(key, reg);
             return;
         }

@@ -218,3 +218,26 @@ fn rx_chain_loop() {
     );
     assert_rx_rejected_then_delivered(&mut vm, 24);
 }
+
+#[test]
+fn header_and_payload_in_one_descriptor() {
+    let mut vm = TestVm::new();
+    let (mut host, local) = establish(&mut vm, 1024, GUEST_BUF_ALLOC);
+    let mut hdr = guest_hdr(OP_RW, 1024, local);
+    hdr.len = 5;
+    let mut bytes = hdr.to_bytes().to_vec();
+    bytes.extend_from_slice(b"hello");
+    // Trailing bytes beyond `len` in the chain are ignored.
+    bytes.extend_from_slice(b"junk");
+    let head = vm.send_parts(&[(Some(&bytes), bytes.len() as u32, 0)]);
+    assert_eq!(vm.wait_tx_used(head), 0);
+    let mut at_host = Vec::new();
+    vm.run_until("payload at host", |_| {
+        read_some(&mut host, &mut at_host);
+        at_host.len() >= 5
+    });
+    vm.run_for(Duration::from_millis(20));
+    read_some(&mut host, &mut at_host);
+    assert_eq!(at_host, b"hello");
+    assert_eq!(m(&vm.metrics.tx_malformed_chains), 0);
+}

@@ -6,6 +6,7 @@ mod chains;
 mod guest_connect;
 mod host_connect;
 mod lifecycle;
+mod limits;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
