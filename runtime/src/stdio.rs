@@ -242,7 +242,7 @@ impl InputSink for AgentInput {
 /// The copy threads of one process.
 pub struct ProcessIo {
     label: String,
-    outputs: Vec<JoinHandle<PumpReport>>,
+    outputs: std::sync::Mutex<Vec<JoinHandle<PumpReport>>>,
     output_cancel: Canceller,
     input_cancel: Canceller,
 }
@@ -294,7 +294,7 @@ impl ProcessIo {
         }
         Ok(ProcessIo {
             label: label.to_string(),
-            outputs: handles,
+            outputs: std::sync::Mutex::new(handles),
             output_cancel,
             input_cancel,
         })
@@ -302,9 +302,10 @@ impl ProcessIo {
 
     /// Waits until every output stream reached its end, up to `grace`. Returns false if some
     /// stream is still open then (e.g. a background child holds it); its pump goes on.
-    pub fn wait_outputs(&mut self, grace: Duration) -> bool {
+    pub fn wait_outputs(&self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
-        while self.outputs.iter().any(|h| !h.is_finished()) {
+        let mut outputs = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        while outputs.iter().any(|h| !h.is_finished()) {
             if Instant::now() >= deadline {
                 log::warn!(
                     "{}: output still open {grace:?} after exit; reporting the exit anyway",
@@ -314,7 +315,7 @@ impl ProcessIo {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        for h in self.outputs.drain(..) {
+        for h in outputs.drain(..) {
             let _ = h.join();
         }
         true

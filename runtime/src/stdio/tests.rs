@@ -157,7 +157,7 @@ fn one_mib_through_a_fifo_is_intact() {
     let cancel = Canceller::new().unwrap();
     let writer = open_fifo_writer(&p, cancel.clone()).unwrap();
     let (src, data) = chunks(1 << 20, 65536, Duration::ZERO);
-    let mut io = ProcessIo::start(
+    let io = ProcessIo::start(
         "t",
         vec![(Box::new(src), Box::new(writer))],
         None,
@@ -179,7 +179,7 @@ fn wait_outputs_returns_only_after_the_tail() {
     // return before the last chunk is in the sink.
     let (src, data) = chunks(64 * 1024, 1024, Duration::from_millis(2));
     let sink = SharedSink::default();
-    let mut io = ProcessIo::start(
+    let io = ProcessIo::start(
         "t",
         vec![(Box::new(src), Box::new(sink.clone()))],
         None,
@@ -197,7 +197,7 @@ fn wait_outputs_is_bounded_by_grace() {
         chunks: VecDeque::from(vec![b"a".to_vec()]),
         delay: Duration::from_millis(1500),
     };
-    let mut io = ProcessIo::start(
+    let io = ProcessIo::start(
         "t",
         vec![(Box::new(src), Box::new(SharedSink::default()))],
         None,

@@ -1,0 +1,215 @@
+//! The shim's lifecycle on the `containerd-shim` crate's [`Shim`] trait: `start` (find or spawn
+//! the pod's shim), `delete` (clean up after a dead shim), the task service, and waiting for
+//! Shutdown.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{ExitSignal, Flags, Shim, StartOpts};
+use vessel_runtime::cleanup::cleanup_sandbox_dir;
+use vessel_runtime::grouping::ContainerRole;
+use vessel_runtime::mounts::HostMounter;
+use vessel_runtime::share::release_share;
+use vessel_runtime::state::SandboxPaths;
+use vessel_runtime::vm::vmm::VmmBackend;
+use vessel_runtime::Config;
+
+use crate::events::ContainerdEvents;
+use crate::rootfs::unmount_rootfs;
+use crate::task::{TaskService, TaskServiceDeps};
+
+/// containerd's name for this runtime.
+pub const RUNTIME_ID: &str = "io.containerd.vessel.v2";
+
+/// One shim process (serving one pod).
+pub struct VesselShim {
+    namespace: String,
+    id: String,
+    bundle: PathBuf,
+    debug: bool,
+    publish_binary: String,
+    exit: Arc<ExitSignal>,
+}
+
+fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> containerd_shim::Error + '_ {
+    move |err| containerd_shim::Error::IoError {
+        context: context.to_string(),
+        err,
+    }
+}
+
+/// `unix:///path` → `/path`.
+pub fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Whether something accepts connections on the shim socket at `address`.
+pub fn socket_serving(address: &str) -> bool {
+    UnixStream::connect(socket_path(address)).is_ok()
+}
+
+/// Reads the CRI role of container `id` from `<bundle>/config.json` (none → standalone).
+pub fn role_from_bundle(bundle: &Path, id: &str) -> Result<ContainerRole, String> {
+    let path = bundle.join("config.json");
+    if !path.exists() {
+        return Ok(ContainerRole::SandboxOwner { standalone: true });
+    }
+    let spec =
+        oci_spec::runtime::Spec::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ContainerRole::from_annotations(id, spec.annotations().as_ref()).map_err(|e| e.to_string())
+}
+
+impl Shim for VesselShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
+        VesselShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle,
+            debug: args.debug,
+            publish_binary: args.publish_binary.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// Returns the address of the pod's shim: an existing one (a CRI container joining its
+    /// sandbox) or a new one spawned here, which serves once this returns.
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let role = role_from_bundle(&self.bundle, &opts.id)
+            .map_err(containerd_shim::Error::InvalidArgument)?;
+        let grouping = role.sandbox_id(&opts.id).to_string();
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        if socket_serving(&address) {
+            containerd_shim::util::write_address(&address)?;
+            return Ok(address);
+        }
+        let exe = std::env::current_exe().map_err(io_err("locating the shim binary"))?;
+        let mut cmd = Command::new(exe);
+        cmd.current_dir(&self.bundle)
+            .args([
+                "-namespace",
+                &opts.namespace,
+                "-id",
+                &opts.id,
+                "-address",
+                &opts.address,
+            ])
+            .args(["-socket", &address])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if !self.publish_binary.is_empty() {
+            cmd.args(["-publish-binary", &self.publish_binary]);
+        }
+        if self.debug {
+            cmd.arg("-debug");
+        }
+        if !opts.ttrpc_address.is_empty() {
+            cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
+        }
+        // Own process group: containerd's signals to this short-lived process stay here.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().map_err(io_err("spawning the shim server"))?;
+        // The server closes its stdout once it serves (or dies).
+        let mut out = Vec::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_end(&mut out);
+        }
+        if !socket_serving(&address) {
+            let status = child.try_wait().ok().flatten();
+            return Err(containerd_shim::Error::Other(format!(
+                "shim server for {grouping} is not serving {address} (exit: {status:?})"
+            )));
+        }
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    /// Called by containerd after the shim is gone (or failed to start): release whatever the
+    /// container's sandbox left on the host.
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let mut errors = Vec::new();
+        let mounter = HostMounter;
+        match Config::load(None) {
+            Ok((config, _)) => match role_from_bundle(&self.bundle, &self.id) {
+                Ok(role) => {
+                    let root = &config.runtime.state_root;
+                    let result = match &role {
+                        ContainerRole::SandboxOwner { .. } => SandboxPaths::new(root, &self.id)
+                            .map_err(|e| e.to_string())
+                            .and_then(|p| {
+                                cleanup_sandbox_dir(&p, &mounter, config.shutdown_timeout())
+                                    .map(drop)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        ContainerRole::Member { sandbox_id } => SandboxPaths::new(root, sandbox_id)
+                            .map_err(|e| e.to_string())
+                            .and_then(|p| {
+                                release_share(&p.shared(), &self.id, &mounter)
+                                    .map_err(|e| e.to_string())
+                            }),
+                    };
+                    if let Err(e) = result {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(format!("vessel configuration: {e}")),
+        }
+        if let Err(e) = unmount_rootfs(&self.bundle, &mounter) {
+            errors.push(e);
+        }
+        if !errors.is_empty() {
+            let msg = format!("cleaning up {}: {}", self.id, errors.join("; "));
+            log::error!("{msg}");
+            return Err(containerd_shim::Error::Other(msg));
+        }
+        Ok(DeleteResponse {
+            pid: 0,
+            exit_status: 128 + 9,
+            exited_at: Some(containerd_shim::util::timestamp()?).into(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+        // Let the Shutdown reply reach containerd before the server goes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let config = Config::load(None)
+            .map(|(c, origin)| {
+                log::info!("configuration from {origin}");
+                Arc::new(c)
+            })
+            .map_err(|e| e.to_string());
+        if let Err(e) = &config {
+            log::error!("{e}");
+        }
+        let events = ContainerdEvents::new(publisher, self.namespace.clone())
+            .unwrap_or_else(|e| panic!("cannot start the event thread: {e}"));
+        TaskService::new(TaskServiceDeps {
+            namespace: self.namespace.clone(),
+            events: Arc::new(events),
+            config,
+            backend: Arc::new(VmmBackend),
+            mounter: Arc::new(HostMounter),
+            exit: Arc::clone(&self.exit),
+        })
+    }
+}
