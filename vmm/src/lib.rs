@@ -1,3 +1,32 @@
 //! vessel's micro-VM monitor: KVM, guest memory, direct Linux boot, virtio-mmio devices.
+//!
+//! In-process use:
+//! ```no_run
+//! use vessel_vmm::{Vm, VmConfig};
+//! let mut config = VmConfig::with_kernel("/usr/local/share/vessel/vmlinux");
+//! config.mem_mib = 256;
+//! let vm = Vm::start(config)?;
+//! let reason = vm.wait();
+//! println!("exit code {}", reason.exit_code());
+//! # Ok::<(), vessel_vmm::VmmError>(())
+//! ```
 
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod cpu_policy;
 pub mod devices;
+pub mod error;
+pub mod exit;
+pub mod kvm;
+pub mod log_limit;
+pub mod seccomp;
+pub mod vmm;
+mod vsock_wiring;
+
+pub use arch::regs::BootEntry;
+pub use config::{ConsoleConfig, VmConfig, VsockConfig};
+pub use cpu_policy::{HostKind, HostKindChoice};
+pub use error::VmmError;
+pub use exit::ExitReason;
+pub use vmm::{RunningVm, VirtioDeviceHandle, Vm, VmInfo, VmStopper};

@@ -1,4 +1,5 @@
 //! Virtio devices and the MMIO transport.
 
 pub mod device;
+pub mod mmio;
 pub mod vsock;

@@ -1,0 +1,221 @@
+//! What to boot and how: [`VmConfig`], with validation that names what is wrong.
+
+use std::path::PathBuf;
+
+use crate::arch::layout::MAX_VCPUS;
+use crate::arch::regs::BootEntry;
+use crate::cpu_policy::{HostKind, HostKindChoice};
+
+pub const DEFAULT_KERNEL: &str = "/usr/local/share/vessel/vmlinux";
+pub const DEFAULT_INITRD: &str = "/usr/local/share/vessel/initrd.cpio";
+pub const DEFAULT_MEM_MIB: u32 = 128;
+pub const MIN_MEM_MIB: u32 = 32;
+/// Guest RAM is capped well below the host's 24 GiB.
+pub const MAX_MEM_MIB: u32 = 16 * 1024;
+pub const DEFAULT_VSOCK_CID: u64 = 3;
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConsoleConfig {
+    #[default]
+    Stdout,
+    File(PathBuf),
+    /// Dropped (benchmarks).
+    Discard,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the command line the VMM builds.
+    pub cmdline_extra: String,
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    /// `None`: the default for the host ([`default_boot_entry`]).
+    pub boot_entry: Option<BootEntry>,
+    pub console: ConsoleConfig,
+    pub vsock: Option<VsockConfig>,
+    /// Per-thread seccomp filters (turn off only to debug).
+    pub seccomp: bool,
+    pub host_kind: HostKindChoice,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: PathBuf::from(DEFAULT_KERNEL),
+            initrd: Some(PathBuf::from(DEFAULT_INITRD)),
+            cmdline_extra: String::new(),
+            mem_mib: DEFAULT_MEM_MIB,
+            vcpus: 1,
+            boot_entry: None,
+            console: ConsoleConfig::Stdout,
+            vsock: None,
+            seccomp: true,
+            host_kind: HostKindChoice::Auto,
+        }
+    }
+}
+
+/// The boot entry used when none is given.
+pub fn default_boot_entry(_host: HostKind) -> BootEntry {
+    // Both entries work with tiny guests on either host; the 64-bit entry skips the kernel's
+    // 32-bit trampoline (fewer emulated instructions on PVM), as Firecracker does.
+    BootEntry::Linux64
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("guest memory of {0} MiB is too small (at least {MIN_MEM_MIB} MiB)")]
+    MemoryTooSmall(u32),
+    #[error("guest memory of {0} MiB is too large (at most {MAX_MEM_MIB} MiB)")]
+    MemoryTooLarge(u32),
+    #[error("{0} vCPUs: must be between 1 and {MAX_VCPUS}")]
+    BadVcpuCount(u8),
+    #[error("kernel {0} does not exist")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0} does not exist")]
+    InitrdMissing(PathBuf),
+    #[error("vsock guest CID {0} is reserved (must be at least 3 and fit in 32 bits)")]
+    BadVsockCid(u64),
+    #[error("vsock socket path {0} is empty or its directory does not exist")]
+    BadVsockPath(PathBuf),
+}
+
+impl VmConfig {
+    /// A config for `kernel` with the other defaults and no initrd.
+    pub fn with_kernel(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            ..Self::default()
+        }
+    }
+
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.mem_mib));
+        }
+        if self.mem_mib > MAX_MEM_MIB {
+            return Err(ConfigError::MemoryTooLarge(self.mem_mib));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::BadVcpuCount(self.vcpus));
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < 3 || vsock.guest_cid > u64::from(u32::MAX - 1) {
+                return Err(ConfigError::BadVsockCid(vsock.guest_cid));
+            }
+            let dir_ok = vsock
+                .uds_path
+                .parent()
+                .map(|p| p.as_os_str().is_empty() || p.is_dir())
+                .unwrap_or(false);
+            if vsock.uds_path.as_os_str().is_empty() || !dir_ok {
+                return Err(ConfigError::BadVsockPath(vsock.uds_path.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> (tempfile::TempDir, VmConfig) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF").expect("write");
+        (dir, VmConfig::with_kernel(kernel))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = VmConfig::default();
+        assert_eq!(c.kernel, PathBuf::from(DEFAULT_KERNEL));
+        assert_eq!(c.initrd, Some(PathBuf::from(DEFAULT_INITRD)));
+        assert_eq!((c.mem_mib, c.vcpus, c.seccomp), (128, 1, true));
+        assert_eq!(c.console, ConsoleConfig::Stdout);
+        assert_eq!(c.mem_bytes(), 128 << 20);
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        let (_d, c) = valid();
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn memory_and_vcpu_bounds() {
+        let (_d, mut c) = valid();
+        c.mem_mib = 31;
+        assert_eq!(c.validate(), Err(ConfigError::MemoryTooSmall(31)));
+        c.mem_mib = MAX_MEM_MIB + 1;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::MemoryTooLarge(MAX_MEM_MIB + 1))
+        );
+        c.mem_mib = 32;
+        c.vcpus = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadVcpuCount(0)));
+        c.vcpus = MAX_VCPUS + 1;
+        assert_eq!(c.validate(), Err(ConfigError::BadVcpuCount(MAX_VCPUS + 1)));
+        c.vcpus = MAX_VCPUS;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let (d, mut c) = valid();
+        c.initrd = Some(d.path().join("nope.cpio"));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::InitrdMissing(d.path().join("nope.cpio")))
+        );
+        c.kernel = d.path().join("missing");
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::KernelMissing(d.path().join("missing")))
+        );
+    }
+
+    #[test]
+    fn vsock_checks() {
+        let (d, mut c) = valid();
+        c.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: d.path().join("v.sock"),
+        });
+        assert_eq!(c.validate(), Err(ConfigError::BadVsockCid(2)));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: d.path().join("no/dir/v.sock"),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::BadVsockPath(_))));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: d.path().join("v.sock"),
+        });
+        assert_eq!(c.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,5 @@
+//! KVM: the VM, its vCPUs and how their exits are handled.
+
+pub mod exits;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,284 @@
+//! vCPUs: boot-time configuration and the run loop on a `vcpuN` thread.
+//!
+//! Stopping: the VMM sets the shared stop flag and sends [`kick_signal`] to each vCPU thread.
+//! The handler sets `kvm_run.immediate_exit`, so KVM_RUN returns EINTR whether the signal
+//! lands inside KVM_RUN or just before it (Firecracker's scheme).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{
+    CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use seccompiler::BpfProgram;
+
+use super::exits::{build_report, internal_error_data};
+use super::vm::{ioctl_err, KvmError};
+use crate::arch::msr::{boot_msr_entries, set_lint};
+use crate::arch::regs::{boot_fpu, boot_regs, setup_sregs, BootEntry, RegsError};
+use crate::cpu_policy::set_vcpu_topology;
+use crate::devices::bus::Bus;
+use crate::devices::virtio::device::GuestMemory;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::log_limit::LogLimiter;
+
+static UNHANDLED_IO: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("vcpu{index}: {source}")]
+    Kvm { index: u8, source: KvmError },
+    #[error("vcpu{index}: {source}")]
+    Regs { index: u8, source: RegsError },
+    #[error("registering the vCPU kick signal handler: {0}")]
+    SignalHandler(vmm_sys_util::errno::Error),
+    #[error("spawning thread vcpu{index}: {source}")]
+    Spawn { index: u8, source: std::io::Error },
+}
+
+/// The real-time signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let ptr = IMMEDIATE_EXIT.with(|p| p.get());
+    if !ptr.is_null() {
+        // SAFETY: the pointer is this thread's kvm_run mapping, set by `VcpuRunner::run` while
+        // the VcpuFd (which owns the mapping) is alive and cleared before it is dropped.
+        unsafe { ptr.write_volatile(1) };
+    }
+    std::sync::atomic::fence(Ordering::Release);
+}
+
+/// Installs the kick handler (idempotent).
+pub fn register_kick_handler() -> Result<(), VcpuError> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
+        .map_err(VcpuError::SignalHandler)
+}
+
+/// Everything a vCPU needs before it first runs.
+pub struct VcpuBoot<'a> {
+    pub entry: BootEntry,
+    pub entry_addr: u64,
+    pub cpuid: &'a CpuId,
+    pub vcpu_count: u8,
+}
+
+/// Creates vCPU `index` and sets CPUID, MSRs, registers, FPU and LAPIC.
+pub fn create_vcpu(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    index: u8,
+    boot: &VcpuBoot<'_>,
+) -> Result<VcpuFd, VcpuError> {
+    let kvm_err = |source| VcpuError::Kvm { index, source };
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(ioctl_err("KVM_CREATE_VCPU"))
+        .map_err(kvm_err)?;
+    let mut cpuid = boot.cpuid.clone();
+    set_vcpu_topology(cpuid.as_mut_slice(), index, boot.vcpu_count);
+    fd.set_cpuid2(&cpuid)
+        .map_err(ioctl_err("KVM_SET_CPUID2"))
+        .map_err(kvm_err)?;
+
+    let entries = boot_msr_entries();
+    let msrs = Msrs::from_entries(&entries)
+        .map_err(|_| kvm_err(KvmError::GuestMemoryMap("too many boot MSRs".to_string())))?;
+    let written = fd
+        .set_msrs(&msrs)
+        .map_err(ioctl_err("KVM_SET_MSRS"))
+        .map_err(kvm_err)?;
+    if written != entries.len() {
+        // KVM stops at the first MSR it refuses; the rest are optional for booting.
+        let failed = entries.get(written).map_or(0, |e| e.index);
+        log::warn!(
+            "vcpu{index}: KVM accepted {written} of {} boot MSRs (refused {failed:#x})",
+            entries.len()
+        );
+    }
+
+    let mut sregs = fd
+        .get_sregs()
+        .map_err(ioctl_err("KVM_GET_SREGS"))
+        .map_err(kvm_err)?;
+    setup_sregs(mem, boot.entry, &mut sregs).map_err(|source| VcpuError::Regs { index, source })?;
+    fd.set_sregs(&sregs)
+        .map_err(ioctl_err("KVM_SET_SREGS"))
+        .map_err(kvm_err)?;
+    fd.set_regs(&boot_regs(boot.entry, boot.entry_addr))
+        .map_err(ioctl_err("KVM_SET_REGS"))
+        .map_err(kvm_err)?;
+    fd.set_fpu(&boot_fpu())
+        .map_err(ioctl_err("KVM_SET_FPU"))
+        .map_err(kvm_err)?;
+
+    let mut lapic = fd
+        .get_lapic()
+        .map_err(ioctl_err("KVM_GET_LAPIC"))
+        .map_err(kvm_err)?;
+    set_lint(&mut lapic);
+    fd.set_lapic(&lapic)
+        .map_err(ioctl_err("KVM_SET_LAPIC"))
+        .map_err(kvm_err)?;
+    Ok(fd)
+}
+
+/// A configured vCPU and what its run loop needs.
+pub struct VcpuRunner {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub io_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub mem: GuestMemory,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
+    pub seccomp: Option<Arc<BpfProgram>>,
+}
+
+/// What one KVM_RUN exit asks the loop to do.
+enum Step {
+    Continue,
+    Interrupted,
+    Stop(ExitReason),
+}
+
+impl VcpuRunner {
+    /// Runs until the VM stops. Meant to be the body of thread `vcpu{index}`.
+    pub fn run(mut self) {
+        let index = self.index;
+        let immediate_exit: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        if let Some(filter) = &self.seccomp {
+            if let Err(e) = seccompiler::apply_filter(filter) {
+                self.exit.request(ExitReason::VcpuFailed {
+                    vcpu: index,
+                    message: format!("installing seccomp filter: {e}"),
+                });
+                IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+                return;
+            }
+        }
+        while !self.stop.load(Ordering::Acquire) {
+            match self.run_once() {
+                Step::Continue => {}
+                Step::Interrupted => {
+                    if !self.stop.load(Ordering::Acquire) {
+                        self.fd.set_kvm_immediate_exit(0);
+                    }
+                }
+                Step::Stop(reason) => {
+                    self.exit.request(reason);
+                    break;
+                }
+            }
+        }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        log::debug!("vcpu{index} stopped");
+    }
+
+    fn run_once(&mut self) -> Step {
+        let index = self.index;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Step::Interrupted
+            }
+            Err(e) => {
+                return Step::Stop(ExitReason::VcpuFailed {
+                    vcpu: index,
+                    message: format!("KVM_RUN: {e}"),
+                })
+            }
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !self.io_bus.read(u64::from(port), data) {
+                    // Nothing there: the bus floats high.
+                    data.fill(0xff);
+                    crate::log_limited!(
+                        UNHANDLED_IO,
+                        log::Level::Debug,
+                        "vcpu{index}: in from unhandled port {port:#x}"
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::IoOut(port, data) => {
+                if !self.io_bus.write(u64::from(port), data) {
+                    crate::log_limited!(
+                        UNHANDLED_IO,
+                        log::Level::Debug,
+                        "vcpu{index}: out to unhandled port {port:#x}"
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !self.mmio_bus.read(addr, data) {
+                    data.fill(0xff);
+                    crate::log_limited!(
+                        UNHANDLED_IO,
+                        log::Level::Warn,
+                        "vcpu{index}: MMIO read from unmapped {addr:#x}"
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if !self.mmio_bus.write(addr, data) {
+                    crate::log_limited!(
+                        UNHANDLED_IO,
+                        log::Level::Warn,
+                        "vcpu{index}: MMIO write to unmapped {addr:#x}"
+                    );
+                }
+                Step::Continue
+            }
+            VcpuExit::Intr => Step::Interrupted,
+            VcpuExit::Hlt => Step::Stop(ExitReason::Halted { vcpu: index }),
+            VcpuExit::Shutdown => {
+                let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                log::warn!("vcpu{index}: triple fault (KVM_EXIT_SHUTDOWN) at rip {rip:#x}");
+                Step::Stop(ExitReason::TripleFault { vcpu: index, rip })
+            }
+            VcpuExit::SystemEvent(kind, _) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
+                    Step::Stop(ExitReason::GuestSystemEvent { kind })
+                }
+                KVM_SYSTEM_EVENT_CRASH => Step::Stop(ExitReason::GuestCrash { vcpu: index }),
+                other => Step::Stop(ExitReason::VcpuFailed {
+                    vcpu: index,
+                    message: format!("unexpected system event {other}"),
+                }),
+            },
+            VcpuExit::InternalError => Step::Stop(self.internal_error()),
+            VcpuExit::FailEntry(reason, cpu) => Step::Stop(ExitReason::VcpuFailed {
+                vcpu: index,
+                message: format!("KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on cpu {cpu}"),
+            }),
+            other => Step::Stop(ExitReason::VcpuFailed {
+                vcpu: index,
+                message: format!("unexpected exit {other:?}"),
+            }),
+        }
+    }
+
+    fn internal_error(&mut self) -> ExitReason {
+        let (suberror, data) = internal_error_data(self.fd.get_kvm_run());
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        let report = build_report(&self.mem, self.index, suberror, data, &regs, &sregs);
+        log::error!("{report}");
+        ExitReason::InternalError(Box::new(report))
+    }
+}

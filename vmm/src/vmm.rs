@@ -1,0 +1,503 @@
+//! Building and running one VM: [`Vm::start`] returns a [`RunningVm`] to wait on or stop.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::IoEventAddress;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::layout::{
+    IRQ_MAX, SERIAL_IRQ, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+};
+use crate::arch::mptable::setup_mptable;
+use crate::arch::regs::BootEntry;
+use crate::boot::cmdline::{compose, MmioDeviceSlot};
+use crate::boot::loader::{load_initrd, load_kernel};
+use crate::boot::params::{build_boot_params, write_boot_params, write_cmdline};
+use crate::boot::pvh::write_start_info;
+use crate::config::{default_boot_entry, ConsoleConfig, VmConfig};
+use crate::cpu_policy::{HostKind, HostProfile, SysfsProbe};
+use crate::devices::bus::Bus;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{ConsoleOutput, SerialDevice};
+use crate::devices::legacy::{I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::devices::virtio::device::VirtioDevice;
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::error::VmmError;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::kvm::vcpu::{create_vcpu, kick_signal, register_kick_handler, VcpuBoot, VcpuRunner};
+use crate::kvm::vm::KvmVm;
+use crate::seccomp::{default_filters, install, ThreadFilters};
+
+pub type SharedSubscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A virtio device to put on the MMIO bus, and its event-loop side if it has one.
+pub struct VirtioDeviceHandle {
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    pub subscriber: Option<SharedSubscriber>,
+}
+
+impl VirtioDeviceHandle {
+    /// A device that also handles its own events (queue notifications, backend sockets).
+    pub fn with_events<D: VirtioDevice + MutEventSubscriber + 'static>(device: D) -> Self {
+        let shared = Arc::new(Mutex::new(device));
+        Self {
+            device: shared.clone(),
+            subscriber: Some(shared),
+        }
+    }
+
+    /// A device with no event-loop side (tests).
+    pub fn passive<D: VirtioDevice + 'static>(device: D) -> Self {
+        Self {
+            device: Arc::new(Mutex::new(device)),
+            subscriber: None,
+        }
+    }
+}
+
+/// What the VMM chose for this VM (also logged at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub host: HostKind,
+    pub removed_cpu_features: Vec<&'static str>,
+    pub boot_entry: BootEntry,
+    pub cmdline: String,
+    pub virtio_slots: Vec<MmioDeviceSlot>,
+}
+
+/// Stops a VM from any thread.
+#[derive(Clone)]
+pub struct VmStopper(Arc<ExitSignal>);
+
+impl VmStopper {
+    pub fn stop(&self) {
+        self.0.request(ExitReason::Stopped);
+    }
+}
+
+pub struct Vm;
+
+impl Vm {
+    /// Boots `config` (with its vsock device, if configured).
+    pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
+        let mut devices = Vec::new();
+        if let Some(vsock) = &config.vsock {
+            devices.push(crate::vsock_wiring::create(vsock)?);
+        }
+        Self::start_with_devices(config, devices)
+    }
+
+    /// Boots `config` with `devices` on the virtio-mmio bus, in order.
+    pub fn start_with_devices(
+        config: VmConfig,
+        devices: Vec<VirtioDeviceHandle>,
+    ) -> Result<RunningVm, VmmError> {
+        config.validate()?;
+        let profile = HostProfile::detect(config.host_kind, &SysfsProbe);
+        let mem_size = config.mem_bytes();
+        let vm = KvmVm::new(mem_size)?;
+        let exit = Arc::new(ExitSignal::new().map_err(|source| VmmError::EventFd {
+            what: "the VM exit signal",
+            source,
+        })?);
+
+        // Kernel, initrd.
+        let kernel = load_kernel(&vm.mem, &config.kernel, mem_size)?;
+        let boot_entry = config
+            .boot_entry
+            .unwrap_or_else(|| default_boot_entry(profile.kind));
+        let entry_addr = kernel.entry_addr(boot_entry, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(load_initrd(&vm.mem, path, kernel.end, mem_size)?),
+            None => None,
+        };
+
+        // Devices.
+        let io_bus = Arc::new(legacy_bus(&vm, &config.console, &exit)?);
+        let (mmio_bus, slots, subscribers) = virtio_bus(&vm, devices)?;
+
+        // Command line and boot data.
+        let cmdline = compose(&profile.cmdline, &slots, &config.cmdline_extra)?;
+        write_cmdline(&vm.mem, &cmdline)?;
+        match boot_entry {
+            BootEntry::Pvh => {
+                write_start_info(&vm.mem, mem_size, initrd)?;
+            }
+            BootEntry::Linux64 => {
+                let params = build_boot_params(mem_size, cmdline.len(), initrd)?;
+                write_boot_params(&vm.mem, &params)?;
+            }
+        }
+        setup_mptable(&vm.mem, config.vcpus)?;
+
+        let info = VmInfo {
+            host: profile.kind,
+            removed_cpu_features: profile.removed_names(),
+            boot_entry,
+            cmdline,
+            virtio_slots: slots,
+        };
+        log::info!(
+            "host {}; CPUID features removed: [{}]; boot entry {} at {entry_addr:#x}; {} vCPU(s), {} MiB",
+            info.host,
+            info.removed_cpu_features.join(","),
+            info.boot_entry,
+            config.vcpus,
+            config.mem_mib
+        );
+        log::info!("kernel command line: {}", info.cmdline);
+
+        // vCPUs, configured here, run on their own threads.
+        let mut cpuid = vm
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(crate::kvm::vm::ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
+        profile.filter_cpuid(cpuid.as_mut_slice());
+        let boot = VcpuBoot {
+            entry: boot_entry,
+            entry_addr,
+            cpuid: &cpuid,
+            vcpu_count: config.vcpus,
+        };
+        let mut vcpu_fds = Vec::new();
+        for index in 0..config.vcpus {
+            vcpu_fds.push(create_vcpu(&vm.fd, &vm.mem, index, &boot)?);
+        }
+        let filters = if config.seccomp {
+            Some(default_filters()?)
+        } else {
+            log::warn!("seccomp disabled (--no-seccomp)");
+            None
+        };
+        register_kick_handler()?;
+
+        let mem = vm.mem.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut running = RunningVm {
+            exit: exit.clone(),
+            stop: stop.clone(),
+            vcpus: Vec::new(),
+            event_loop: None,
+            info,
+            finished: None,
+            vm: Some(vm),
+        };
+        running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
+        let mmio_bus = Arc::new(mmio_bus);
+        for (index, fd) in (0u8..).zip(vcpu_fds) {
+            let runner = VcpuRunner {
+                index,
+                fd,
+                io_bus: io_bus.clone(),
+                mmio_bus: mmio_bus.clone(),
+                mem: mem.clone(),
+                exit: exit.clone(),
+                stop: stop.clone(),
+                seccomp: filters.as_ref().map(|f| Arc::new(f.vcpu.clone())),
+            };
+            let name = format!("vcpu{index}");
+            let handle = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || runner.run())
+                .map_err(|source| VmmError::Spawn { name, source })?;
+            running.vcpus.push(handle);
+        }
+        Ok(running)
+    }
+}
+
+fn console_output(console: &ConsoleConfig) -> Result<ConsoleOutput, VmmError> {
+    Ok(match console {
+        ConsoleConfig::Stdout => Box::new(std::io::stdout()),
+        ConsoleConfig::Discard => Box::new(std::io::sink()),
+        ConsoleConfig::File(path) => Box::new(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|source| VmmError::Console {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+/// Serial port and i8042 on the port-I/O bus.
+fn legacy_bus(
+    vm: &KvmVm,
+    console: &ConsoleConfig,
+    exit: &Arc<ExitSignal>,
+) -> Result<Bus, VmmError> {
+    let mut bus = Bus::new();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
+        what: "the serial IRQ",
+        source,
+    })?;
+    vm.fd
+        .register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|source| VmmError::Register {
+            what: format!("serial irqfd (IRQ {SERIAL_IRQ})"),
+            source,
+        })?;
+    let serial = SerialDevice::new(serial_irq, console_output(console)?);
+    bus.insert(
+        Arc::new(Mutex::new(serial)),
+        SERIAL_PORT_BASE,
+        SERIAL_PORT_LEN,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+    )?;
+    Ok(bus)
+}
+
+/// One 4 KiB virtio-mmio window and one IRQ per device; QueueNotify as ioeventfds.
+fn virtio_bus(
+    vm: &KvmVm,
+    devices: Vec<VirtioDeviceHandle>,
+) -> Result<(Bus, Vec<MmioDeviceSlot>, Vec<SharedSubscriber>), VmmError> {
+    let max = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
+    if devices.len() > max {
+        return Err(VmmError::TooManyDevices(devices.len()));
+    }
+    let mut bus = Bus::new();
+    let mut slots = Vec::new();
+    let mut subscribers = Vec::new();
+    for (i, handle) in devices.into_iter().enumerate() {
+        let slot = MmioDeviceSlot {
+            base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
+            size: VIRTIO_MMIO_SIZE,
+            irq: VIRTIO_IRQ_BASE + i as u32,
+        };
+        {
+            let dev = handle.device.lock().unwrap_or_else(|e| e.into_inner());
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                let addr = IoEventAddress::Mmio(slot.base + REG_QUEUE_NOTIFY);
+                vm.fd
+                    .register_ioevent(evt, &addr, queue as u32)
+                    .map_err(|source| VmmError::Register {
+                        what: format!("ioeventfd for queue {queue} at {:#x}", slot.base),
+                        source,
+                    })?;
+            }
+            vm.fd
+                .register_irqfd(&dev.interrupt_trigger().irq_evt, slot.irq)
+                .map_err(|source| VmmError::Register {
+                    what: format!("irqfd for IRQ {}", slot.irq),
+                    source,
+                })?;
+        }
+        let transport = MmioTransport::new(handle.device, vm.mem.clone());
+        bus.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
+        slots.push(slot);
+        subscribers.extend(handle.subscriber);
+    }
+    Ok((bus, slots, subscribers))
+}
+
+/// Ends the event loop when its eventfd fires.
+struct LoopStop {
+    evt: EventFd,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for LoopStop {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("event loop: cannot watch its stop eventfd: {e}");
+        }
+    }
+}
+
+fn spawn_event_loop(
+    subscribers: Vec<SharedSubscriber>,
+    filters: Option<&ThreadFilters>,
+    exit: &Arc<ExitSignal>,
+) -> Result<(JoinHandle<()>, EventFd), VmmError> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
+        what: "the event loop stop",
+        source,
+    })?;
+    let thread_evt = evt.try_clone().map_err(|source| VmmError::EventFd {
+        what: "the event loop stop",
+        source,
+    })?;
+    let filter = filters.map(|f| f.vmm.clone());
+    let exit = exit.clone();
+    let name = "vmm-events".to_string();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let fail = |message: String| {
+                log::error!("event loop: {message}");
+                exit.request(ExitReason::VcpuFailed {
+                    vcpu: u8::MAX,
+                    message,
+                });
+            };
+            let stopped = Arc::new(AtomicBool::new(false));
+            let mut manager = match EventManager::<SharedSubscriber>::new() {
+                Ok(m) => m,
+                Err(e) => return fail(format!("creating the event manager: {e}")),
+            };
+            manager.add_subscriber(Arc::new(Mutex::new(LoopStop {
+                evt: thread_evt,
+                stopped: stopped.clone(),
+            })));
+            for sub in subscribers {
+                manager.add_subscriber(sub);
+            }
+            if let Some(filter) = &filter {
+                if let Err(e) = install(filter) {
+                    return fail(format!("{e}"));
+                }
+            }
+            while !stopped.load(Ordering::Acquire) {
+                if let Err(e) = manager.run() {
+                    return fail(format!("epoll: {e}"));
+                }
+            }
+        })
+        .map_err(|source| VmmError::Spawn { name, source })?;
+    Ok((handle, evt))
+}
+
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_loop: Option<(JoinHandle<()>, EventFd)>,
+    info: VmInfo,
+    finished: Option<ExitReason>,
+    /// Kept until the vCPU threads are gone.
+    vm: Option<KvmVm>,
+}
+
+/// How long teardown keeps kicking a vCPU thread before giving up on it.
+const KICK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RunningVm {
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    pub fn stopper(&self) -> VmStopper {
+        VmStopper(self.exit.clone())
+    }
+
+    /// Readable when the VM wants to stop (for callers with their own poll loop).
+    pub fn exit_fd(&self) -> RawFd {
+        self.exit.event().as_raw_fd()
+    }
+
+    /// Blocks until the VM stops (guest power-off, failure or `stop`), then tears it down.
+    pub fn wait(mut self) -> ExitReason {
+        self.wait_for_exit(None);
+        self.teardown()
+    }
+
+    /// Like [`RunningVm::wait`] with a timeout; `None` if the VM still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
+        if let Some(reason) = &self.finished {
+            return Some(reason.clone());
+        }
+        self.wait_for_exit(Some(timeout)).then(|| self.teardown())
+    }
+
+    /// Stops the VM and waits for its threads.
+    pub fn stop(self) -> ExitReason {
+        self.exit.request(ExitReason::Stopped);
+        self.wait()
+    }
+
+    fn wait_for_exit(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.exit.reason().is_some() {
+                return true;
+            }
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+                }
+            };
+            poll_readable(self.exit_fd(), ms);
+        }
+    }
+
+    fn teardown(&mut self) -> ExitReason {
+        if let Some(reason) = &self.finished {
+            return reason.clone();
+        }
+        self.stop.store(true, Ordering::Release);
+        for handle in self.vcpus.drain(..) {
+            let name = handle.thread().name().unwrap_or("vcpu").to_string();
+            let start = Instant::now();
+            while !handle.is_finished() && start.elapsed() < KICK_TIMEOUT {
+                let _ = handle.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                if handle.join().is_err() {
+                    log::error!("{name} panicked");
+                }
+            } else {
+                log::error!("{name} did not stop within {KICK_TIMEOUT:?}; leaving it");
+            }
+        }
+        if let Some((handle, evt)) = self.event_loop.take() {
+            let _ = evt.write(1);
+            if handle.join().is_err() {
+                log::error!("event loop thread panicked");
+            }
+        }
+        self.vm = None;
+        let reason = self.exit.reason().unwrap_or(ExitReason::Stopped);
+        log::info!("VM stopped: {reason}");
+        self.finished = Some(reason.clone());
+        reason
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            self.exit.request(ExitReason::Stopped);
+            self.teardown();
+        }
+    }
+}
+
+fn poll_readable(fd: RawFd, timeout_ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, count 1; the result is only used to loop.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
