@@ -51,6 +51,15 @@ fn build(
         }
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules(ioctls)?);
+    // Rust's std checks fds with fcntl(F_GETFD) in debug builds (OwnedFd sanity checks).
+    rules
+        .entry(libc::SYS_fcntl)
+        .or_insert(vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?]);
     if socket_unix_only {
         let cond = SeccompCondition::new(
             0,

@@ -1,0 +1,237 @@
+//! KVM tests with tiny guests assembled by hand: they run through the VMM's real boot paths
+//! (ELF loader, PVH / 64-bit entry setup, buses, devices) and assert what reaches the serial
+//! console and how the VM ends. They need root and /dev/kvm and fail loudly without them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require_kvm, run, wait, TestGuest};
+use vessel_vmm::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use vessel_vmm::{BootEntry, ExitReason, VirtioDeviceHandle, Vm};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// 64-bit guest entered through the linux64 path (long mode, our GDT and page tables,
+/// RSI = zero page, RSP = boot stack):
+/// ```text
+///     mov dx, 0x3f8
+///     lea rsi, [rip + msg]
+///     call puts                       ; needs the boot stack
+///     mov rbx, 0x7000                 ; zero page
+///     cmp word ptr [rbx + 0x1fe], 0xaa55
+///     jne bad
+///     mov esi, dword ptr [rbx + 0x228] ; hdr.cmd_line_ptr
+///     call puts
+///     mov al, 10 ; out dx, al
+///     mov al, 0xfe ; out 0x64, al     ; i8042 reset = power off
+///     hlt
+/// bad: mov al, 'B' ; out dx, al ; hlt
+/// puts: lodsb ; test al, al ; jz 1f ; out dx, al ; jmp puts
+/// 1:  ret
+/// msg: .asciz "hello from long mode\ncmdline: "
+/// ```
+const LONG_MODE_HELLO: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x35, 0x37, 0x00, 0x00, 0x00, 0xe8, 0x29, 0x00, 0x00, 0x00,
+    0x48, 0xc7, 0xc3, 0x00, 0x70, 0x00, 0x00, 0x66, 0x81, 0xbb, 0xfe, 0x01, 0x00, 0x00, 0x55, 0xaa,
+    0x75, 0x13, 0x8b, 0xb3, 0x28, 0x02, 0x00, 0x00, 0xe8, 0x0c, 0x00, 0x00, 0x00, 0xb0, 0x0a, 0xee,
+    0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xb0, 0x42, 0xee, 0xf4, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb,
+    0xf8, 0xc3, b'h', b'e', b'l', b'l', b'o', b' ', b'f', b'r', b'o', b'm', b' ', b'l', b'o', b'n',
+    b'g', b' ', b'm', b'o', b'd', b'e', b'\n', b'c', b'm', b'd', b'l', b'i', b'n', b'e', b':',
+    b' ', 0x00,
+];
+
+/// 32-bit flat guest entered through PVH (protected mode, no paging, EBX = hvm_start_info;
+/// PVH gives no stack, so the guest sets one):
+/// ```text
+///     mov esp, 0x8000
+///     mov dx, 0x3f8
+///     call 1f ; 1: pop esi ; add esi, msg - 1b
+///     call puts
+///     cmp dword ptr [ebx], 0x336ec578 ; start_info magic
+///     jne bad
+///     mov al, 'M' ; out dx, al
+///     mov eax, [ebx + 0x30] ; add al, '0' ; out dx, al   ; memmap_entries
+///     mov al, 10 ; out dx, al
+///     mov al, 0xfe ; out 0x64, al ; hlt
+/// bad: mov al, 'B' ; out dx, al ; hlt
+/// puts: (as above)
+/// msg: .asciz "hello from pvh\n"
+/// ```
+const PVH_HELLO: &[u8] = &[
+    0xbc, 0x00, 0x80, 0x00, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x5e, 0x81,
+    0xc6, 0x32, 0x00, 0x00, 0x00, 0xe8, 0x1d, 0x00, 0x00, 0x00, 0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33,
+    0x75, 0x11, 0xb0, 0x4d, 0xee, 0x8b, 0x43, 0x30, 0x04, 0x30, 0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe,
+    0xe6, 0x64, 0xf4, 0xb0, 0x42, 0xee, 0xf4, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xc3,
+    b'h', b'e', b'l', b'l', b'o', b' ', b'f', b'r', b'o', b'm', b' ', b'p', b'v', b'h', b'\n',
+    0x00,
+];
+
+/// 32-bit PVH guest poking MMIO:
+/// ```text
+///     mov dx, 0x3f8
+///     mov eax, ds:0xd0000000          ; virtio-mmio MagicValue
+///     mov ecx, 4 ; 1: out dx, al ; shr eax, 8 ; loop 1b
+///     mov eax, ds:0xd0000008          ; DeviceID
+///     out dx, al
+///     mov dword ptr ds:0xe0000000, 0x12345678   ; unmapped: ignored
+///     mov eax, ds:0xe0000000          ; unmapped: reads all ones
+///     cmp eax, 0xffffffff ; jne 2f ; mov al, 'U' ; out dx, al
+/// 2:  mov al, 10 ; out dx, al
+///     mov al, 0xfe ; out 0x64, al ; hlt
+/// ```
+const PVH_MMIO: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xa1, 0x00, 0x00, 0x00, 0xd0, 0xb9, 0x04, 0x00, 0x00, 0x00, 0xee, 0xc1,
+    0xe8, 0x08, 0xe2, 0xfa, 0xa1, 0x08, 0x00, 0x00, 0xd0, 0xee, 0xc7, 0x05, 0x00, 0x00, 0x00, 0xe0,
+    0x78, 0x56, 0x34, 0x12, 0xa1, 0x00, 0x00, 0x00, 0xe0, 0x83, 0xf8, 0xff, 0x75, 0x03, 0xb0, 0x55,
+    0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+];
+
+/// `ud2` with no IDT: #UD -> #GP -> double fault -> triple fault (KVM_EXIT_SHUTDOWN).
+const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
+
+/// `cli ; 1: hlt ; jmp 1b` — parks the vCPU in KVM (in-kernel LAPIC), so only a kick ends it.
+const PARK: &[u8] = &[0xfa, 0xf4, 0xeb, 0xfd];
+
+#[test]
+fn pvh_flat_guest_says_hello_and_powers_off() {
+    let g = TestGuest::new(PVH_HELLO, true);
+    let reason = run(&g, g.config(BootEntry::Pvh), vec![]);
+    assert_eq!(
+        reason,
+        ExitReason::GuestReset,
+        "console: {:?}",
+        String::from_utf8_lossy(&g.console_output())
+    );
+    // Two RAM entries in the PVH memmap for a 64 MiB guest.
+    assert_eq!(g.console_output(), b"hello from pvh\nM2\n");
+    assert_eq!(reason.exit_code(), 0);
+}
+
+#[test]
+fn long_mode_guest_through_linux64_setup() {
+    let g = TestGuest::new(LONG_MODE_HELLO, false);
+    let mut config = g.config(BootEntry::Linux64);
+    config.cmdline_extra = "vessel.test=1".to_string();
+    let vm = {
+        require_kvm();
+        Vm::start_with_devices(config, vec![]).expect("VM starts")
+    };
+    let cmdline = vm.info().cmdline.clone();
+    let reason = wait(vm);
+    let out = String::from_utf8_lossy(&g.console_output()).into_owned();
+    assert_eq!(reason, ExitReason::GuestReset, "console: {out:?}");
+    assert_eq!(reason.exit_code(), 0);
+    // The guest printed the command line it found through the zero page.
+    assert_eq!(out, format!("hello from long mode\ncmdline: {cmdline}\n"));
+    assert!(
+        cmdline.starts_with("console=ttyS0 reboot=k panic=-1"),
+        "{cmdline}"
+    );
+    assert!(cmdline.ends_with(" vessel.test=1"), "{cmdline}");
+}
+
+#[test]
+fn mmio_reads_virtio_magic_and_unmapped_reads_all_ones() {
+    let g = TestGuest::new(PVH_MMIO, true);
+    let device = VirtioDeviceHandle::passive(NullDevice::new());
+    let reason = run(&g, g.config(BootEntry::Pvh), vec![device]);
+    assert_eq!(reason, ExitReason::GuestReset);
+    // "virt" = 0x74726976 little endian, device id 42, 'U' for the unmapped read.
+    assert_eq!(g.console_output(), b"virt\x2aU\n");
+}
+
+#[test]
+fn triple_fault_stops_the_vm_with_a_failure_status() {
+    let g = TestGuest::new(TRIPLE_FAULT, false);
+    let reason = run(&g, g.config(BootEntry::Linux64), vec![]);
+    match &reason {
+        ExitReason::TripleFault { vcpu: 0, .. } => {}
+        other => panic!("expected a triple fault, got {other}"),
+    }
+    assert_eq!(reason.exit_code(), 2);
+}
+
+#[test]
+fn stop_kicks_parked_vcpus_out_of_kvm() {
+    require_kvm();
+    let g = TestGuest::new(PARK, false);
+    let mut config = g.config(BootEntry::Linux64);
+    config.vcpus = 2;
+    let mut vm = Vm::start_with_devices(config, vec![]).expect("VM starts");
+    assert_eq!(
+        vm.wait_timeout(Duration::from_millis(300)),
+        None,
+        "parked guest must keep running"
+    );
+    let stopper = vm.stopper();
+    stopper.stop();
+    let reason = wait(vm);
+    assert_eq!(reason, ExitReason::Stopped);
+    assert_eq!(reason.exit_code(), 0);
+}
+
+#[test]
+fn pvh_entry_needs_the_elf_note() {
+    require_kvm();
+    let g = TestGuest::new(PVH_HELLO, false);
+    let err = Vm::start_with_devices(g.config(BootEntry::Pvh), vec![])
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("no PVH entry note"), "{err}");
+}
+
+/// A virtio device with one queue that never does anything (device id 42).
+struct NullDevice {
+    queues: Vec<Queue>,
+    events: Vec<EventFd>,
+    irq: IrqTrigger,
+    acked: u64,
+}
+
+impl NullDevice {
+    fn new() -> Self {
+        use virtio_queue::QueueT;
+        Self {
+            queues: vec![Queue::new(16).expect("queue")],
+            events: vec![EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")],
+            irq: IrqTrigger::new().expect("irq"),
+            acked: 0,
+        }
+    }
+}
+
+impl VirtioDevice for NullDevice {
+    fn device_type(&self) -> u32 {
+        42
+    }
+    fn avail_features(&self) -> u64 {
+        1 << 32
+    }
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.queues
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.events
+    }
+    fn interrupt_trigger(&self) -> &IrqTrigger {
+        &self.irq
+    }
+    fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, _mem: GuestMemory) -> Result<(), ActivateError> {
+        Ok(())
+    }
+    fn is_activated(&self) -> bool {
+        false
+    }
+}
