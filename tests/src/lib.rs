@@ -1,3 +1,7 @@
 //! Shared helpers for vessel's integration tests (bundles, agent scenarios, containerd).
 //!
 //! Integration tests live in `tests/tests/*.rs`; each layer is described in `tests/README.md`.
+
+pub mod agent_scenarios;
+pub mod bundle;
+pub mod containerd;

@@ -1,0 +1,241 @@
+//! The real agent binary on this host (`--listen unix://…`), driven over ttrpc through the
+//! scenarios in `vessel_tests::agent_scenarios`. Needs root (namespaces, mounts, cgroups).
+//!
+//! The agent binary: `$VESSEL_AGENT_BIN` if set (e.g. the static release build), else the
+//! test runs `cargo build -p vessel-agent` and uses `<target>/debug/vessel-agent`.
+//! Each test starts its own agent in a temp dir and stops it with SIGTERM (the agent then
+//! removes what is left); the test then checks that no cgroup of its containers remains.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use vessel_protocol::agent_ttrpc::AgentClient;
+use vessel_tests::agent_scenarios as sc;
+use vessel_tests::bundle::Rootfs;
+
+fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("agent host tests need root (namespaces, mounts, cgroups); run them as root");
+    }
+}
+
+fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("VESSEL_AGENT_BIN") {
+            return PathBuf::from(p);
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let workspace = manifest.parent().expect("workspace root");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "vessel-agent", "--bin", "vessel-agent"])
+            .current_dir(workspace)
+            .status()
+            .expect("running cargo build -p vessel-agent");
+        assert!(status.success(), "cargo build -p vessel-agent failed");
+        target.join("debug/vessel-agent")
+    })
+    .clone()
+}
+
+/// A running agent process with its own socket and state dir.
+struct HostAgent {
+    child: Option<Child>,
+    dir: TempDir,
+    client: AgentClient,
+}
+
+impl HostAgent {
+    fn start() -> HostAgent {
+        require_root();
+        let bin = agent_binary();
+        assert!(bin.exists(), "agent binary {} missing", bin.display());
+        let dir = tempfile::Builder::new().prefix("vessel-agent-test-").tempdir().expect("temp dir");
+        let sock = dir.path().join("agent.sock");
+        let log = File::create(dir.path().join("agent.log")).expect("log file");
+        let child = Command::new(&bin)
+            .arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting vessel-agent");
+        let start = Instant::now();
+        let client = loop {
+            if sock.exists() {
+                if let Ok(c) = ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
+                    break AgentClient::new(c);
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "agent did not listen on {}", sock.display());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        HostAgent { child: Some(child), dir, client }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs a scenario; on failure prints the agent's log.
+    fn run(&self, name: &str, f: impl FnOnce(&AgentClient) -> anyhow::Result<()>) {
+        if let Err(e) = f(&self.client) {
+            panic!("{name}: {e:#}\n--- agent log ---\n{}", self.log());
+        }
+        sc::check(&self.client).unwrap_or_else(|e| panic!("{name}: agent unhealthy afterwards: {e:#}\n{}", self.log()));
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // This test's containers' cgroups must be gone.
+        let me = sc::thread_marker();
+        for base in cgroup_parents() {
+            if let Ok(entries) = std::fs::read_dir(&base) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.contains(&me) && !std::thread::panicking() {
+                        panic!("cgroup {} left behind", e.path().display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `vessel` cgroup directories the agent creates containers under (v1 per controller,
+/// relative to the test process's own cgroup, which the agent inherits; or v2).
+fn cgroup_parents() -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let rel = path.trim_start_matches('/');
+        if ctrls.is_empty() {
+            out.push(Path::new("/sys/fs/cgroup").join(rel).join("vessel"));
+        }
+        for c in ctrls.split(',').filter(|c| !c.is_empty() && !c.starts_with("name=")) {
+            out.push(Path::new("/sys/fs/cgroup").join(c).join(rel).join("vessel"));
+        }
+    }
+    out
+}
+
+fn with_agent(name: &str, f: impl FnOnce(&AgentClient, &Path) -> anyhow::Result<()>) {
+    let agent = HostAgent::start();
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    agent.run(name, |c| f(c, rootfs.path()));
+}
+
+#[test]
+fn check_answers() {
+    let agent = HostAgent::start();
+    agent.run("check", sc::check);
+}
+
+#[test]
+fn exit_code_and_streams() {
+    with_agent("exit_code_and_streams", sc::exit_code_and_streams);
+}
+
+#[test]
+fn pid_namespace_shows_pid_1() {
+    with_agent("pid_namespace", sc::pid_namespace);
+}
+
+#[test]
+fn user_and_capabilities_as_specified() {
+    with_agent("user_and_capabilities", sc::user_and_capabilities);
+}
+
+#[test]
+fn seccomp_errno_denies_syscalls() {
+    with_agent("seccomp_errno", sc::seccomp_errno);
+}
+
+#[test]
+fn seccomp_kill_kills() {
+    with_agent("seccomp_kill", sc::seccomp_kill);
+}
+
+#[test]
+fn sigkill_reports_137() {
+    with_agent("signal_kill", sc::signal_kill);
+}
+
+#[test]
+fn one_mib_of_stdout_is_intact() {
+    with_agent("big_stdout", sc::big_stdout);
+}
+
+#[test]
+fn output_tail_is_never_lost() {
+    with_agent("tail_not_lost", sc::tail_not_lost);
+}
+
+#[test]
+fn exec_joins_the_container() {
+    with_agent("exec_in_container", sc::exec_in_container);
+}
+
+#[test]
+fn exec_with_a_pty() {
+    with_agent("pty_exec", sc::pty_exec);
+}
+
+#[test]
+fn stdin_reaches_the_process() {
+    with_agent("stdin_pipe", sc::stdin_pipe);
+}
+
+#[test]
+fn memory_limit_produces_oom_event() {
+    with_agent("oom_event", sc::oom_event);
+}
+
+#[test]
+fn pause_resume_list_stats_update() {
+    with_agent("lifecycle_ops", sc::lifecycle_ops);
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    with_agent("bad_input", sc::bad_input);
+}
+
+#[test]
+fn no_zombie_or_fd_leak_when_containers_die() {
+    let agent = HostAgent::start();
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    let pid = agent.pid();
+    agent.run("no_leaks", |c| sc::no_leaks_when_containers_die(c, rootfs.path(), pid));
+}
