@@ -235,3 +235,50 @@ impl VirtioDevice for NullDevice {
         false
     }
 }
+
+/// Maps the kernel's virtual range like Linux (0xffffffff80000000 -> 0) on top of our boot
+/// page tables, jumps to 0xffffffff8100002a and runs `popcnt`, which KVM-PVM's emulator lacks:
+/// ```text
+///     mov qword ptr ds:0x9ff8, 0xc003     ; PML4[511] -> PDPT at 0xc000
+///     mov qword ptr ds:0xcff0, 0xb003     ; PDPT[510] -> our PD (2 MiB identity pages)
+///     mov rax, cr3 ; mov cr3, rax
+///     movabs rax, 0xffffffff8100002a ; jmp rax
+/// high:                                   ; = LOAD_ADDR + 0x2a physical
+///     popcnt rax, rbx
+///     mov dx, 0x3f8 ; mov al, 'P' ; out dx, al      ; (hardware KVM gets here)
+///     mov al, 0xfe ; out 0x64, al ; hlt
+/// ```
+const POPCNT_AT_KERNEL_ADDRESS: &[u8] = &[
+    0x48, 0xc7, 0x04, 0x25, 0xf8, 0x9f, 0x00, 0x00, 0x03, 0xc0, 0x00, 0x00, 0x48, 0xc7, 0x04, 0x25,
+    0xf0, 0xcf, 0x00, 0x00, 0x03, 0xb0, 0x00, 0x00, 0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0x48, 0xb8,
+    0x2a, 0x00, 0x00, 0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xe0, 0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0x66,
+    0xba, 0xf8, 0x03, 0xb0, 0x50, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+];
+
+#[test]
+fn emulation_failure_is_reported_with_rip_and_instruction_bytes() {
+    let g = TestGuest::new(POPCNT_AT_KERNEL_ADDRESS, false);
+    let reason = run(&g, g.config(BootEntry::Linux64), vec![]);
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // Hardware KVM runs popcnt natively: the guest prints 'P' and powers off.
+        assert_eq!(reason, ExitReason::GuestReset);
+        assert_eq!(g.console_output(), b"P");
+        return;
+    }
+    let ExitReason::InternalError(report) = &reason else {
+        panic!("expected KVM_EXIT_INTERNAL_ERROR on KVM-PVM, got {reason}");
+    };
+    assert_eq!(report.suberror, 1, "emulation failure");
+    assert_eq!(report.rip, 0xffff_ffff_8100_002a);
+    assert_eq!(report.rip_gpa, Some(common::LOAD_ADDR + 0x2a));
+    assert_eq!(&report.insn_bytes[..5], &[0xf3, 0x48, 0x0f, 0xb8, 0xc3]);
+    assert_eq!(report.insn_bytes.len(), 15);
+    let text = reason.to_string();
+    assert!(
+        text.contains("rip 0xffffffff8100002a (gpa 0x100002a)"),
+        "{text}"
+    );
+    assert!(text.contains("insn bytes [f3 48 0f b8 c3"), "{text}");
+    assert_eq!(reason.exit_code(), 3);
+    assert!(g.console_output().is_empty());
+}

@@ -1,0 +1,134 @@
+//! The `vessel-vmm` binary: errors for bad input, exit status for guest outcomes.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{elf_kernel, require_kvm};
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .args(args)
+        .output()
+        .expect("run vessel-vmm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// PVH guest: `mov esp, 0x8000; mov dx, 0x3f8; mov al, 'K'; out dx, al; mov al, 10;
+/// out dx, al; mov al, 0xfe; out 0x64, al; hlt`.
+const PVH_OK: &[u8] = &[
+    0xbc, 0x00, 0x80, 0x00, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, 0x0a, 0xee, 0xb0,
+    0xfe, 0xe6, 0x64, 0xf4,
+];
+
+fn kernel_file(dir: &tempfile::TempDir, code: &[u8], pvh: bool) -> String {
+    let path = dir.path().join("vmlinux");
+    std::fs::write(&path, elf_kernel(code, pvh)).expect("write");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let o = vmm(&["--kernel", "/nonexistent/vmlinux", "--no-initrd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("kernel /nonexistent/vmlinux does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bzimage_or_garbage_kernel_is_rejected() {
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("bzImage");
+    std::fs::write(&path, b"MZ\x00\x00not an elf").expect("write");
+    let o = vmm(&["--kernel", path.to_str().expect("utf8"), "--no-initrd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not an ELF vmlinux"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_memory_and_vcpu_counts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(&dir, PVH_OK, true);
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--mem-mib", "16"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("16 MiB is too small"), "{}", stderr(&o));
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--vcpus", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("0 vCPUs"), "{}", stderr(&o));
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--boot-entry", "bios"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("unknown boot entry"), "{}", stderr(&o));
+}
+
+#[test]
+fn initrd_larger_than_memory_is_rejected() {
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(&dir, PVH_OK, true);
+    let initrd = dir.path().join("big.cpio");
+    let f = std::fs::File::create(&initrd).expect("create");
+    f.set_len(40 << 20).expect("sparse initrd");
+    let o = vmm(&[
+        "--kernel",
+        &k,
+        "--initrd",
+        initrd.to_str().expect("utf8"),
+        "--mem-mib",
+        "32",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not fit"), "{}", stderr(&o));
+}
+
+#[test]
+fn guest_power_off_exits_zero_with_console_on_stdout() {
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(&dir, PVH_OK, true);
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--boot-entry", "pvh"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"K\n");
+    let err = stderr(&o);
+    assert!(
+        err.contains("host kvm-"),
+        "the host profile is logged: {err}"
+    );
+    assert!(err.contains("kernel command line: console=ttyS0"), "{err}");
+}
+
+#[test]
+fn console_file_and_triple_fault_status() {
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    // 64-bit: `mov dx, 0x3f8; mov al, 'T'; out dx, al; ud2` -> triple fault.
+    let k = kernel_file(
+        &dir,
+        &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'T', 0xee, 0x0f, 0x0b],
+        false,
+    );
+    let console = dir.path().join("console.log");
+    let o = vmm(&[
+        "--kernel",
+        &k,
+        "--no-initrd",
+        "--boot-entry",
+        "linux64",
+        "--console",
+        console.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("triple fault"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&console).expect("console"), b"T");
+    assert!(o.stdout.is_empty());
+}
