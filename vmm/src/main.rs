@@ -112,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let reason = vm.wait();
     let code = reason.exit_code();
     if code != 0 {
-        log::error!("VM failed: {reason}");
+        log::error!("VM failed (exit status {code})");
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -132,3 +132,28 @@ fn console_file_and_triple_fault_status() {
     assert_eq!(std::fs::read(&console).expect("console"), b"T");
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn emulation_failure_is_reported_on_stderr_with_status_3() {
+    require_kvm();
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // Only KVM-PVM's emulator lacks popcnt; the library test covers hardware KVM.
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // 64-bit: `popcnt rax, rbx; hlt` at the kernel entry.
+    let k = kernel_file(&dir, &[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], false);
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--boot-entry", "linux64"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("KVM_EXIT_INTERNAL_ERROR suberror 1 (emulation failure), rip 0x1000000"),
+        "{err}"
+    );
+    assert!(err.contains("insn bytes [f3 48 0f b8 c3 f4"), "{err}");
+    assert!(
+        err.contains("addr2line -f -i -e vmlinux 0x1000000"),
+        "{err}"
+    );
+    eprintln!("{err}");
+}

@@ -49,6 +49,16 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// Most vCPUs the MP table has room for in the EBDA.
 pub const MAX_VCPUS: u8 = 32;
 
+// The fixed boot areas must not overlap (checked at compile time).
+const _: () = {
+    assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(MPTABLE_START + MPTABLE_MAX_SIZE as u64 <= 0xa0000);
+};
+
 /// The guest RAM regions for `mem_size` bytes: below the MMIO hole, then past 4 GiB.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
@@ -86,15 +96,5 @@ mod tests {
         let total: u64 = regions.iter().map(|r| r.1).sum();
         assert_eq!(total, 4 << 30);
         assert_eq!(low_mem_end(4 << 30), MMIO_GAP_START);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(MPTABLE_START + MPTABLE_MAX_SIZE as u64 <= 0xa0000);
     }
 }

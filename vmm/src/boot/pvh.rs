@@ -71,7 +71,7 @@ mod tests {
     fn start_info_memmap_and_initrd_module() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
         let initrd = InitrdRegion {
-            addr: 0x7000_000,
+            addr: 0x0700_0000,
             size: 4096,
         };
         write_start_info(&mem, 256 << 20, Some(initrd)).expect("pvh");
@@ -84,7 +84,7 @@ mod tests {
         let m: hvm_modlist_entry = mem
             .read_obj(GuestAddress(info.modlist_paddr))
             .expect("read");
-        assert_eq!((m.paddr, m.size), (0x7000_000, 4096));
+        assert_eq!((m.paddr, m.size), (0x0700_0000, 4096));
         let e: hvm_memmap_table_entry = mem
             .read_obj(GuestAddress(PVH_MEMMAP_START + 24))
             .expect("read");

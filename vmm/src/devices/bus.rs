@@ -117,7 +117,7 @@ mod tests {
         let mut buf = [0u8; 1];
         assert!(bus.read(0x3fd, &mut buf));
         assert_eq!(buf, [5]);
-        assert!(bus.write(0x3f8, &[b'h']));
+        assert!(bus.write(0x3f8, b"h"));
         assert_eq!(a.lock().expect("lock").last_write, Some((0, vec![b'h'])));
         assert!(!bus.read(0x400, &mut buf));
         assert!(!bus.read(0x3f7, &mut buf));

@@ -159,16 +159,18 @@ mod tests {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             let code = match install(&filters.vmm) {
-                // SAFETY: raw syscalls in the forked child, see above.
-                Ok(()) => unsafe {
+                Ok(()) => {
                     // AF_UNIX sockets are allowed, AF_INET ones are not.
-                    let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    // SAFETY: raw syscall in the forked child, see above.
+                    let unix = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
                     if unix < 0 {
-                        libc::_exit(3);
+                        3
+                    } else {
+                        // SAFETY: as above; this one must kill the child.
+                        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                        4
                     }
-                    libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                    4
-                },
+                }
                 Err(_) => 5,
             };
             // SAFETY: terminating the forked child.

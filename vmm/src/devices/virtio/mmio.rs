@@ -427,7 +427,7 @@ impl BusDevice for MmioTransport {
             lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             guest_warn!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
             data.fill(0);
             return;
@@ -446,7 +446,7 @@ impl BusDevice for MmioTransport {
             guest_warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             guest_warn!("virtio-mmio: unaligned write at {offset:#x}");
             return;
         }
