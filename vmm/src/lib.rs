@@ -21,6 +21,7 @@ pub mod exit;
 pub mod kvm;
 pub mod log_limit;
 pub mod seccomp;
+pub mod signals;
 pub mod vmm;
 mod vsock_wiring;
 

@@ -104,6 +104,7 @@ fn config_from(cli: Cli) -> VmConfig {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let seccomp = !cli.no_seccomp;
     let vm = Vm::start(config_from(cli)).context("starting the VM")?;
+    vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
     if seccomp {
         // This thread now only waits for the VM and tears it down.
         let filters = vessel_vmm::seccomp::default_filters().context("building seccomp filters")?;

@@ -445,7 +445,10 @@ impl RunningVm {
                     i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
                 }
             };
-            poll_readable(self.exit_fd(), ms);
+            if poll_readable(self.exit_fd(), ms) && self.exit.reason().is_none() {
+                // Written without a reason: a termination signal (see `signals`).
+                self.exit.request(ExitReason::Stopped);
+            }
         }
     }
 
@@ -492,12 +495,14 @@ impl Drop for RunningVm {
     }
 }
 
-fn poll_readable(fd: RawFd, timeout_ms: i32) {
+/// True if `fd` became readable within `timeout_ms` (-1: no timeout).
+fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd on the stack, count 1; the result is only used to loop.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    // SAFETY: one valid pollfd on the stack, count 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
 }

@@ -157,3 +157,27 @@ fn emulation_failure_is_reported_on_stderr_with_status_3() {
     );
     eprintln!("{err}");
 }
+
+#[test]
+fn sigterm_stops_the_vm_cleanly_and_reports_where_the_guest_was() {
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    // `cli; 1: hlt; jmp 1b` at 0x1000000.
+    let k = kernel_file(&dir, &[0xfa, 0xf4, 0xeb, 0xfd], false);
+    let child = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .args(["--kernel", &k, "--no-initrd", "--boot-entry", "linux64"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until the VM runs (the host profile line is logged before the vCPUs start).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let o = child.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("vcpu0 stopped at rip 0x100000"), "{err}");
+    assert!(err.contains("VM stopped: stopped by the host"), "{err}");
+}

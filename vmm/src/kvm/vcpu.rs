@@ -183,7 +183,18 @@ impl VcpuRunner {
             }
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
-        log::debug!("vcpu{index} stopped");
+        if self.stop.load(Ordering::Acquire) {
+            // Stopped from outside (host stop, another vCPU, a signal): say where the guest
+            // was, which is what one needs to find a guest that hangs.
+            match self.fd.get_regs() {
+                Ok(regs) => log::info!(
+                    "vcpu{index} stopped at rip {:#x} rsp {:#x}",
+                    regs.rip,
+                    regs.rsp
+                ),
+                Err(e) => log::info!("vcpu{index} stopped (registers unavailable: {e})"),
+            }
+        }
     }
 
     fn run_once(&mut self) -> Step {
