@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{require_kvm, run, wait, TestGuest};
@@ -67,23 +68,27 @@ const PVH_HELLO: &[u8] = &[
     0x00,
 ];
 
-/// 32-bit PVH guest poking MMIO:
+/// 32-bit PVH guest poking MMIO and legacy ports:
 /// ```text
 ///     mov dx, 0x3f8
 ///     mov eax, ds:0xd0000000          ; virtio-mmio MagicValue
 ///     mov ecx, 4 ; 1: out dx, al ; shr eax, 8 ; loop 1b
 ///     mov eax, ds:0xd0000008          ; DeviceID
 ///     out dx, al
+///     mov dword ptr ds:0xd0000050, 0  ; QueueNotify(0): caught by the KVM ioeventfd
 ///     mov dword ptr ds:0xe0000000, 0x12345678   ; unmapped: ignored
 ///     mov eax, ds:0xe0000000          ; unmapped: reads all ones
 ///     cmp eax, 0xffffffff ; jne 2f ; mov al, 'U' ; out dx, al
-/// 2:  mov al, 10 ; out dx, al
+/// 2:  in al, 0x71 ; out dx, al        ; CMOS, no device: 0xff
+///     in al, 0x64 ; out dx, al        ; i8042 status: 0
+///     mov al, 10 ; out dx, al
 ///     mov al, 0xfe ; out 0x64, al ; hlt
 /// ```
 const PVH_MMIO: &[u8] = &[
     0x66, 0xba, 0xf8, 0x03, 0xa1, 0x00, 0x00, 0x00, 0xd0, 0xb9, 0x04, 0x00, 0x00, 0x00, 0xee, 0xc1,
-    0xe8, 0x08, 0xe2, 0xfa, 0xa1, 0x08, 0x00, 0x00, 0xd0, 0xee, 0xc7, 0x05, 0x00, 0x00, 0x00, 0xe0,
-    0x78, 0x56, 0x34, 0x12, 0xa1, 0x00, 0x00, 0x00, 0xe0, 0x83, 0xf8, 0xff, 0x75, 0x03, 0xb0, 0x55,
+    0xe8, 0x08, 0xe2, 0xfa, 0xa1, 0x08, 0x00, 0x00, 0xd0, 0xee, 0xc7, 0x05, 0x50, 0x00, 0x00, 0xd0,
+    0x00, 0x00, 0x00, 0x00, 0xc7, 0x05, 0x00, 0x00, 0x00, 0xe0, 0x78, 0x56, 0x34, 0x12, 0xa1, 0x00,
+    0x00, 0x00, 0xe0, 0x83, 0xf8, 0xff, 0x75, 0x03, 0xb0, 0x55, 0xee, 0xe4, 0x71, 0xee, 0xe4, 0x64,
     0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
 ];
 
@@ -134,11 +139,19 @@ fn long_mode_guest_through_linux64_setup() {
 #[test]
 fn mmio_reads_virtio_magic_and_unmapped_reads_all_ones() {
     let g = TestGuest::new(PVH_MMIO, true);
-    let device = VirtioDeviceHandle::passive(NullDevice::new());
-    let reason = run(&g, g.config(BootEntry::Pvh), vec![device]);
+    let device = Arc::new(Mutex::new(NullDevice::new()));
+    let handle = VirtioDeviceHandle {
+        device: device.clone(),
+        subscriber: None,
+    };
+    let reason = run(&g, g.config(BootEntry::Pvh), vec![handle]);
     assert_eq!(reason, ExitReason::GuestReset);
-    // "virt" = 0x74726976 little endian, device id 42, 'U' for the unmapped read.
-    assert_eq!(g.console_output(), b"virt\x2aU\n");
+    // "virt" = 0x74726976 little endian, device id 42, 'U' for the unmapped read,
+    // 0xff from the empty CMOS port, 0 from the i8042 status port.
+    assert_eq!(g.console_output(), b"virt\x2aU\xff\x00\n");
+    // The QueueNotify write went to queue 0's eventfd (KVM ioeventfd, datamatch 0).
+    let dev = device.lock().expect("lock");
+    assert_eq!(dev.events[0].read().expect("queue 0 notified"), 1);
 }
 
 #[test]
