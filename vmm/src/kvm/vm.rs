@@ -38,13 +38,17 @@ pub(crate) fn ioctl_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) ->
     move |source| KvmError::Ioctl { what, source }
 }
 
-/// Opens /dev/kvm with errors that say what is wrong.
-pub fn open_kvm() -> Result<Kvm, KvmError> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
+fn classify_open_error(e: kvm_ioctls::Error) -> KvmError {
+    match e.errno() {
         libc::ENOENT => KvmError::NoKvmDevice,
         libc::EACCES | libc::EPERM => KvmError::NoPermission,
         _ => KvmError::Open(e),
-    })?;
+    }
+}
+
+/// Opens /dev/kvm with errors that say what is wrong.
+pub fn open_kvm() -> Result<Kvm, KvmError> {
+    let kvm = Kvm::new().map_err(classify_open_error)?;
     let version = kvm.get_api_version();
     if version != 12 {
         return Err(KvmError::ApiVersion(version));
@@ -112,6 +116,20 @@ impl KvmVm {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn open_errors_say_what_is_wrong() {
+        let missing = classify_open_error(kvm_ioctls::Error::new(libc::ENOENT));
+        assert!(matches!(missing, KvmError::NoKvmDevice));
+        assert!(missing.to_string().contains("/dev/kvm does not exist"));
+        let denied = classify_open_error(kvm_ioctls::Error::new(libc::EACCES));
+        assert!(matches!(denied, KvmError::NoPermission));
+        assert!(denied.to_string().contains("no permission"));
+        assert!(matches!(
+            classify_open_error(kvm_ioctls::Error::new(libc::EIO)),
+            KvmError::Open(_)
+        ));
+    }
 
     #[test]
     fn guest_memory_is_split_around_the_mmio_hole() {
