@@ -45,6 +45,8 @@ pub struct VmConfig {
     /// Per-thread seccomp filters (turn off only to debug).
     pub seccomp: bool,
     pub host_kind: HostKindChoice,
+    /// Sample guest RIPs every 10 ms and write the histogram here at the end (debugging).
+    pub rip_profile: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -60,6 +62,7 @@ impl Default for VmConfig {
             vsock: None,
             seccomp: true,
             host_kind: HostKindChoice::Auto,
+            rip_profile: None,
         }
     }
 }

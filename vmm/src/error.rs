@@ -36,6 +36,11 @@ pub enum VmmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("creating the RIP profile {path}: {source}")]
+    Profile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("creating an eventfd for {what}: {source}")]
     EventFd {
         what: &'static str,

@@ -46,6 +46,9 @@ struct Cli {
     /// Run without seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Sample guest RIPs every 10 ms; write `count rip` lines here when the VM stops.
+    #[arg(long)]
+    profile_rips: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -98,6 +101,7 @@ fn config_from(cli: Cli) -> VmConfig {
         }),
         seccomp: !cli.no_seccomp,
         host_kind: cli.host_kind,
+        rip_profile: cli.profile_rips,
     }
 }
 

@@ -33,6 +33,7 @@ use crate::devices::virtio::device::VirtioDevice;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::error::VmmError;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::kvm::profile::{RipHistogram, Sampler};
 use crate::kvm::vcpu::{create_vcpu, kick_signal, register_kick_handler, VcpuBoot, VcpuRunner};
 use crate::kvm::vm::KvmVm;
 use crate::seccomp::{default_filters, install, ThreadFilters};
@@ -179,6 +180,17 @@ impl Vm {
             None
         };
         register_kick_handler()?;
+        let profile = match &config.rip_profile {
+            Some(path) => Some(RipProfile {
+                file: std::fs::File::create(path).map_err(|source| VmmError::Profile {
+                    path: path.clone(),
+                    source,
+                })?,
+                samples: RipHistogram::default(),
+                sampler: None,
+            }),
+            None => None,
+        };
 
         let mem = vm.mem.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -190,6 +202,7 @@ impl Vm {
             info,
             finished: None,
             vm: Some(vm),
+            profile,
         };
         running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
         let mmio_bus = Arc::new(mmio_bus);
@@ -203,6 +216,7 @@ impl Vm {
                 exit: exit.clone(),
                 stop: stop.clone(),
                 seccomp: filters.as_ref().map(|f| Arc::new(f.vcpu.clone())),
+                rip_samples: running.profile.as_ref().map(|p| p.samples.clone()),
             };
             let name = format!("vcpu{index}");
             let handle = std::thread::Builder::new()
@@ -210,6 +224,18 @@ impl Vm {
                 .spawn(move || runner.run())
                 .map_err(|source| VmmError::Spawn { name, source })?;
             running.vcpus.push(handle);
+        }
+        if let Some(profile) = running.profile.as_mut() {
+            use std::os::unix::thread::JoinHandleExt;
+            let threads = running.vcpus.iter().map(|h| h.as_pthread_t()).collect();
+            let filter = filters.as_ref().map(|f| f.vmm.clone());
+            let sampler = Sampler::start(threads, kick_signal(), SAMPLE_INTERVAL, filter).map_err(
+                |source| VmmError::Spawn {
+                    name: "vmm-sampler".to_string(),
+                    source,
+                },
+            )?;
+            profile.sampler = Some(sampler);
         }
         Ok(running)
     }
@@ -380,6 +406,34 @@ fn spawn_event_loop(
     Ok((handle, evt))
 }
 
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The RIP sampling profiler's state (`VmConfig::rip_profile`).
+struct RipProfile {
+    file: std::fs::File,
+    samples: RipHistogram,
+    sampler: Option<Sampler>,
+}
+
+impl RipProfile {
+    fn finish(mut self) {
+        if let Some(mut sampler) = self.sampler.take() {
+            sampler.stop();
+        }
+        let top: Vec<String> = self
+            .samples
+            .sorted()
+            .iter()
+            .take(10)
+            .map(|(rip, n)| format!("{rip:#x}:{n}"))
+            .collect();
+        log::info!("RIP profile, top samples: {}", top.join(" "));
+        if let Err(e) = self.samples.write_to(&mut self.file) {
+            log::error!("writing the RIP profile: {e}");
+        }
+    }
+}
+
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
@@ -390,6 +444,7 @@ pub struct RunningVm {
     finished: Option<ExitReason>,
     /// Kept until the vCPU threads are gone.
     vm: Option<KvmVm>,
+    profile: Option<RipProfile>,
 }
 
 /// How long teardown keeps kicking a vCPU thread before giving up on it.
@@ -456,6 +511,10 @@ impl RunningVm {
         if let Some(reason) = &self.finished {
             return reason.clone();
         }
+        // The sampler signals vCPU threads: it must be gone before they are joined.
+        if let Some(sampler) = self.profile.as_mut().and_then(|p| p.sampler.as_mut()) {
+            sampler.stop();
+        }
         self.stop.store(true, Ordering::Release);
         for handle in self.vcpus.drain(..) {
             let name = handle.thread().name().unwrap_or("vcpu").to_string();
@@ -479,6 +538,9 @@ impl RunningVm {
             }
         }
         self.vm = None;
+        if let Some(profile) = self.profile.take() {
+            profile.finish();
+        }
         let reason = self.exit.reason().unwrap_or(ExitReason::Stopped);
         log::info!("VM stopped: {reason}");
         self.finished = Some(reason.clone());

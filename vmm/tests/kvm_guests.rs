@@ -295,3 +295,27 @@ fn emulation_failure_is_reported_with_rip_and_instruction_bytes() {
     assert_eq!(reason.exit_code(), 3);
     assert!(g.console_output().is_empty());
 }
+
+#[test]
+fn rip_profile_samples_where_the_guest_runs() {
+    require_kvm();
+    let g = TestGuest::new(PARK, false);
+    let mut config = g.config(BootEntry::Linux64);
+    let profile = g.dir.path().join("rips.txt");
+    config.rip_profile = Some(profile.clone());
+    let mut vm = Vm::start_with_devices(config, vec![]).expect("VM starts");
+    assert_eq!(vm.wait_timeout(Duration::from_millis(300)), None);
+    assert_eq!(vm.stop(), ExitReason::Stopped);
+    let text = std::fs::read_to_string(&profile).expect("profile written");
+    let mut total = 0;
+    for line in text.lines() {
+        let (count, rip) = line.split_once('\t').expect("count<TAB>rip");
+        let rip = u64::from_str_radix(rip.trim_start_matches("0x"), 16).expect("hex rip");
+        assert!(
+            (common::LOAD_ADDR..common::LOAD_ADDR + PARK.len() as u64).contains(&rip),
+            "sample outside the guest's code: {line}"
+        );
+        total += count.parse::<u64>().expect("count");
+    }
+    assert!(total > 0, "no samples in {text:?}");
+}

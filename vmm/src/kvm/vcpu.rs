@@ -16,6 +16,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 
 use super::exits::{build_report, internal_error_data};
+use super::profile::RipHistogram;
 use super::vm::{ioctl_err, KvmError};
 use crate::arch::msr::{boot_msr_entries, set_lint};
 use crate::arch::regs::{boot_fpu, boot_regs, setup_sregs, BootEntry, RegsError};
@@ -143,6 +144,8 @@ pub struct VcpuRunner {
     pub exit: Arc<ExitSignal>,
     pub stop: Arc<AtomicBool>,
     pub seccomp: Option<Arc<BpfProgram>>,
+    /// Records the RIP each time the vCPU is kicked (sampling profiler), if set.
+    pub rip_samples: Option<RipHistogram>,
 }
 
 /// What one KVM_RUN exit asks the loop to do.
@@ -174,6 +177,11 @@ impl VcpuRunner {
                 Step::Interrupted => {
                     if !self.stop.load(Ordering::Acquire) {
                         self.fd.set_kvm_immediate_exit(0);
+                        if let Some(samples) = &self.rip_samples {
+                            if let Ok(regs) = self.fd.get_regs() {
+                                samples.record(regs.rip);
+                            }
+                        }
                     }
                 }
                 Step::Stop(reason) => {
