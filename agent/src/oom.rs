@@ -78,6 +78,7 @@ impl OomMonitor {
             },
             None => log::warn!("container {id}: no memory controller; OOM events will not be reported"),
         }
+        log::debug!("container {id}: watching OOM kills (inotify {}, eventfd {})", w.wd.is_some(), w.v1.is_some());
         lock(&self.watches).insert(id.to_string(), w);
         let _ = self.wake.write(1);
     }
@@ -116,6 +117,9 @@ impl OomMonitor {
     }
 
     fn run(&self) {
+        // v1 notifies when the cgroup goes under OOM, slightly before the kill is counted:
+        // after such a wake-up, look again for a short while.
+        let mut recheck_until: Option<Instant> = None;
         loop {
             let v1_fds: Vec<Arc<OwnedFd>> = lock(&self.watches).values().filter_map(|w| w.v1.as_ref().map(|v| v.0.clone())).collect();
             let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
@@ -125,7 +129,14 @@ impl OomMonitor {
             for fd in &v1_fds {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            let timeout = match recheck_until {
+                Some(t) if t > Instant::now() => PollTimeout::from(50u8),
+                _ => {
+                    recheck_until = None;
+                    PollTimeout::NONE
+                }
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -133,6 +144,10 @@ impl OomMonitor {
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
+            }
+            let v1_woke = fds.iter().skip(1 + self.inotify.is_some() as usize).any(|f| f.any().unwrap_or(false));
+            if v1_woke {
+                recheck_until = Some(Instant::now() + Duration::from_secs(2));
             }
             drop(fds);
             let _ = self.wake.read();
@@ -147,11 +162,14 @@ impl OomMonitor {
                 let mut buf = [0u8; 8];
                 let _ = nix::unistd::read(fd.as_ref(), &mut buf);
             }
-            self.check();
+            if self.check() {
+                recheck_until = None;
+            }
         }
     }
 
-    fn check(&self) {
+    /// Returns whether a new event was queued.
+    fn check(&self) -> bool {
         let mut new_events = Vec::new();
         for (id, w) in lock(&self.watches).iter_mut() {
             let now = w.cgroup.oom_kill_count();
@@ -162,7 +180,7 @@ impl OomMonitor {
             w.last = now;
         }
         if new_events.is_empty() {
-            return;
+            return false;
         }
         let mut q = lock(&self.queue);
         for id in new_events {
@@ -172,6 +190,7 @@ impl OomMonitor {
             q.push_back(id);
         }
         self.queued.notify_all();
+        true
     }
 }
 

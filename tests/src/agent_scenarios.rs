@@ -286,7 +286,7 @@ pub fn signal_kill(client: &AgentClient, rootfs: &Path) -> Result<()> {
 
 /// 1 MiB+ of stdout arrives byte for byte.
 pub fn big_stdout(client: &AgentClient, rootfs: &Path) -> Result<()> {
-    let c = run(client, "bigout", &spec(rootfs).args(&["/bin/seq", "1", "170000"]), false)?;
+    let c = run(client, "bigout", &spec(rootfs).args(&["seq", "1", "170000"]), false)?;
     let out = c.read_all("", false)?;
     let expected: String = (1..=170_000).map(|i| format!("{i}\n")).collect();
     ensure!(out.len() >= 1 << 20, "only {} bytes", out.len());
