@@ -188,6 +188,8 @@ pub struct HostProfile {
     pub removed_features: Vec<CpuFeature>,
     pub zeroed_leaves: Vec<u32>,
     pub cmdline: Vec<String>,
+    /// Let the VMM complete instructions the in-kernel emulator lacks (`exits::VMM_EMULATED`).
+    pub vmm_emulation: bool,
 }
 
 fn feature(name: &str) -> Option<CpuFeature> {
@@ -211,6 +213,7 @@ impl HostProfile {
                 removed_features: Vec::new(),
                 zeroed_leaves: Vec::new(),
                 cmdline: Vec::new(),
+                vmm_emulation: false,
             },
             HostKind::Pvm => {
                 // Unknown names would be a typo in the table above; tests check there are none.
@@ -226,6 +229,7 @@ impl HostProfile {
                     removed_features: removed,
                     zeroed_leaves: PVM_ZEROED_LEAVES.to_vec(),
                     cmdline,
+                    vmm_emulation: true,
                 }
             }
         }

@@ -180,7 +180,7 @@ impl Vm {
             None
         };
         register_kick_handler()?;
-        let profile = match &config.rip_profile {
+        let rip_profile = match &config.rip_profile {
             Some(path) => Some(RipProfile {
                 file: std::fs::File::create(path).map_err(|source| VmmError::Profile {
                     path: path.clone(),
@@ -193,6 +193,7 @@ impl Vm {
         };
 
         let mem = vm.mem.clone();
+        let profile_emulation = profile.vmm_emulation;
         let stop = Arc::new(AtomicBool::new(false));
         let mut running = RunningVm {
             exit: exit.clone(),
@@ -202,7 +203,7 @@ impl Vm {
             info,
             finished: None,
             vm: Some(vm),
-            profile,
+            profile: rip_profile,
         };
         running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
         let mmio_bus = Arc::new(mmio_bus);
@@ -217,6 +218,8 @@ impl Vm {
                 stop: stop.clone(),
                 seccomp: filters.as_ref().map(|f| Arc::new(f.vcpu.clone())),
                 rip_samples: running.profile.as_ref().map(|p| p.samples.clone()),
+                vmm_emulation: profile_emulation,
+                vmm_emulated: 0,
             };
             let name = format!("vcpu{index}");
             let handle = std::thread::Builder::new()

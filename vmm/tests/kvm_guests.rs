@@ -319,3 +319,17 @@ fn rip_profile_samples_where_the_guest_runs() {
     }
     assert!(total > 0, "no samples in {text:?}");
 }
+
+/// `fwait` (which KVM-PVM's emulator lacks; the VMM completes it there), then
+/// `mov dx, 0x3f8; mov al, 'F'; out dx, al; mov al, 0xfe; out 0x64, al; hlt`.
+const FWAIT: &[u8] = &[
+    0x9b, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'F', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+];
+
+#[test]
+fn fwait_runs_on_every_host() {
+    let g = TestGuest::new(FWAIT, false);
+    let reason = run(&g, g.config(BootEntry::Linux64), vec![]);
+    assert_eq!(reason, ExitReason::GuestReset, "{reason}");
+    assert_eq!(g.console_output(), b"F");
+}

@@ -86,6 +86,35 @@ impl std::fmt::Display for InternalErrorReport {
     }
 }
 
+/// An instruction KVM's emulator gave up on that the VMM completes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmEmulation {
+    pub mnemonic: &'static str,
+    /// Bytes the instruction occupies: completing it means moving RIP past it.
+    pub skip: u8,
+}
+
+/// Instructions completed by the VMM when KVM-PVM's emulator lacks them, keyed by their
+/// leading bytes. Only instructions that are no-ops in the guest kernel's context belong
+/// here:
+/// - `fwait` (9b): waits for pending unmasked x87 exceptions; Linux uses it in
+///   `fpu__drop()` with an exception-table fixup, so skipping it is what happens anyway.
+pub const VMM_EMULATED: &[(&[u8], VmmEmulation)] = &[(
+    &[0x9b],
+    VmmEmulation {
+        mnemonic: "fwait",
+        skip: 1,
+    },
+)];
+
+/// The VMM emulation for the instruction starting with `bytes`, if any.
+pub fn vmm_emulation(bytes: &[u8]) -> Option<VmmEmulation> {
+    VMM_EMULATED
+        .iter()
+        .find(|(prefix, _)| bytes.starts_with(prefix))
+        .map(|(_, e)| *e)
+}
+
 /// The `internal` member of `kvm_run` after a KVM_EXIT_INTERNAL_ERROR.
 pub fn internal_error_data(run: &kvm_run) -> (u32, Vec<u64>) {
     // SAFETY: the caller only passes a kvm_run whose exit_reason is KVM_EXIT_INTERNAL_ERROR, for
@@ -307,6 +336,18 @@ mod tests {
         assert_eq!(&bytes[..4], &[0x0f, 0xc7, 0x0e, 0x90]);
         let paged = long_mode_sregs(0x1000);
         assert!(read_insn_bytes(&m, &paged, 0xdead_0000).is_empty());
+    }
+
+    #[test]
+    fn only_listed_instructions_are_emulated_by_the_vmm() {
+        let e = vmm_emulation(&[0x9b, 0x65, 0x48]).expect("fwait");
+        assert_eq!((e.mnemonic, e.skip), ("fwait", 1));
+        assert_eq!(
+            vmm_emulation(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3]),
+            None,
+            "popcnt is not"
+        );
+        assert_eq!(vmm_emulation(&[]), None);
     }
 
     #[test]

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 
-use super::exits::{build_report, internal_error_data};
+use super::exits::{build_report, internal_error_data, vmm_emulation};
 use super::profile::RipHistogram;
 use super::vm::{ioctl_err, KvmError};
 use crate::arch::msr::{boot_msr_entries, set_lint};
@@ -27,6 +28,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::log_limit::LogLimiter;
 
 static UNHANDLED_IO: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
+static VMM_EMULATION_LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(60));
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -146,6 +148,10 @@ pub struct VcpuRunner {
     pub seccomp: Option<Arc<BpfProgram>>,
     /// Records the RIP each time the vCPU is kicked (sampling profiler), if set.
     pub rip_samples: Option<RipHistogram>,
+    /// Complete instructions KVM's emulator lacks (see `exits::VMM_EMULATED`) in the VMM.
+    pub vmm_emulation: bool,
+    /// How many instructions the VMM completed so far.
+    pub vmm_emulated: u64,
 }
 
 /// What one KVM_RUN exit asks the loop to do.
@@ -280,7 +286,7 @@ impl VcpuRunner {
                     message: format!("unexpected system event {other}"),
                 }),
             },
-            VcpuExit::InternalError => Step::Stop(self.internal_error()),
+            VcpuExit::InternalError => self.internal_error(),
             VcpuExit::FailEntry(reason, cpu) => Step::Stop(ExitReason::VcpuFailed {
                 vcpu: index,
                 message: format!("KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on cpu {cpu}"),
@@ -292,12 +298,30 @@ impl VcpuRunner {
         }
     }
 
-    fn internal_error(&mut self) -> ExitReason {
+    fn internal_error(&mut self) -> Step {
         let (suberror, data) = internal_error_data(self.fd.get_kvm_run());
-        let regs = self.fd.get_regs().unwrap_or_default();
+        let mut regs = self.fd.get_regs().unwrap_or_default();
         let sregs = self.fd.get_sregs().unwrap_or_default();
         let report = build_report(&self.mem, self.index, suberror, data, &regs, &sregs);
+        if self.vmm_emulation && suberror == KVM_INTERNAL_ERROR_EMULATION {
+            if let Some(emulation) = vmm_emulation(&report.insn_bytes) {
+                regs.rip = regs.rip.wrapping_add(u64::from(emulation.skip));
+                if self.fd.set_regs(&regs).is_ok() {
+                    self.vmm_emulated += 1;
+                    crate::log_limited!(
+                        VMM_EMULATION_LOG,
+                        log::Level::Info,
+                        "vcpu{}: emulated {} at rip {:#x} in the VMM ({} so far)",
+                        self.index,
+                        emulation.mnemonic,
+                        report.rip,
+                        self.vmm_emulated
+                    );
+                    return Step::Continue;
+                }
+            }
+        }
         log::error!("{report}");
-        ExitReason::InternalError(Box::new(report))
+        Step::Stop(ExitReason::InternalError(Box::new(report)))
     }
 }

@@ -13,6 +13,10 @@ const fn io(nr: u64) -> u64 {
     (KVMIO << 8) | nr
 }
 
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+
 const fn ior(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
@@ -23,6 +27,7 @@ pub fn vcpu_ioctls() -> Vec<u64> {
         io(0x80),                          // KVM_RUN
         ior(0x81, size_of::<kvm_regs>()),  // KVM_GET_REGS
         ior(0x83, size_of::<kvm_sregs>()), // KVM_GET_SREGS
+        iow(0x82, size_of::<kvm_regs>()),  // KVM_SET_REGS (VMM-emulated instructions)
     ]
 }
 
