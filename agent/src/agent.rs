@@ -18,7 +18,10 @@ pub enum StartupError {
     #[error("{0}\n{USAGE}")]
     Usage(String),
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("ttrpc server on {addr}: {source}")]
     Server { addr: String, source: ttrpc::Error },
 }
@@ -32,15 +35,26 @@ pub struct Options {
 }
 
 pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
-    let mut o = Options { listen: None, log_level: None, state_dir: None };
+    let mut o = Options {
+        listen: None,
+        log_level: None,
+        state_dir: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| StartupError::Usage(format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| StartupError::Usage(format!("{name} needs a value")))
+        };
         match a.as_str() {
             "--listen" => o.listen = Some(value("--listen")?),
             "--log-level" => {
                 let v = value("--log-level")?;
-                o.log_level = Some(crate::logger::parse_level(&v).ok_or_else(|| StartupError::Usage(format!("bad log level {v:?}")))?);
+                o.log_level = Some(
+                    crate::logger::parse_level(&v)
+                        .ok_or_else(|| StartupError::Usage(format!("bad log level {v:?}")))?,
+                );
             }
             "--state-dir" => o.state_dir = Some(PathBuf::from(value("--state-dir")?)),
             "-h" | "--help" => return Err(StartupError::Usage("help".into())),
@@ -66,7 +80,9 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
     if pid1 {
         let failures = crate::init::setup_pid1();
         if opts.log_level.is_none() {
-            if let Some(level) = crate::init::cmdline_value("vessel.log").and_then(|v| crate::logger::parse_level(&v)) {
+            if let Some(level) = crate::init::cmdline_value("vessel.log")
+                .and_then(|v| crate::logger::parse_level(&v))
+            {
                 log::set_max_level(level);
             }
         }
@@ -76,12 +92,21 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
     } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!("PR_SET_CHILD_SUBREAPER: {e}");
     }
-    Reaper::global().start().map_err(|source| StartupError::Io { what: "starting reaper", source })?;
+    Reaper::global()
+        .start()
+        .map_err(|source| StartupError::Io {
+            what: "starting reaper",
+            source,
+        })?;
 
     let listen = match (&opts.listen, pid1) {
         (Some(l), _) => l.clone(),
         (None, true) => format!("vsock://-1:{}", vessel_protocol::AGENT_VSOCK_PORT),
-        (None, false) => return Err(StartupError::Usage("--listen is required when not PID 1".into())),
+        (None, false) => {
+            return Err(StartupError::Usage(
+                "--listen is required when not PID 1".into(),
+            ))
+        }
     };
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| {
         if pid1 {
@@ -94,9 +119,20 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);
     }
-    let sandbox = Arc::new(Sandbox::new(state_dir.clone(), pid1).map_err(|source| StartupError::Io { what: "agent state", source })?);
-    let service = Arc::new(AgentService { sandbox: sandbox.clone() });
-    let server_err = |source| StartupError::Server { addr: listen.clone(), source };
+    let sandbox =
+        Arc::new(
+            Sandbox::new(state_dir.clone(), pid1).map_err(|source| StartupError::Io {
+                what: "agent state",
+                source,
+            })?,
+        );
+    let service = Arc::new(AgentService {
+        sandbox: sandbox.clone(),
+    });
+    let server_err = |source| StartupError::Server {
+        addr: listen.clone(),
+        source,
+    };
     let mut server = ttrpc::Server::new()
         .bind(&listen)
         .map_err(server_err)?

@@ -16,7 +16,10 @@ pub struct RequestError {
 
 impl RequestError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::INVALID_ARGUMENT, message)

@@ -13,11 +13,41 @@ const BASE_MOUNTS: &[(&str, &str, &str, u64, &str)] = &[
     ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
     ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
     ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
-    ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    ("shm", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
-    ("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755"),
-    ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
-    ("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, ""),
+    (
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    ),
+    (
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    ),
+    (
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    ),
+    (
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    ),
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        "",
+    ),
 ];
 const NOSUID_NODEV_NOEXEC: u64 = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
@@ -29,7 +59,13 @@ pub fn setup_pid1() -> usize {
             log::error!("mkdir {target}: {e}");
         }
         let data = (!data.is_empty()).then_some(*data);
-        match mount(Some(*src), *target, Some(*fstype), MsFlags::from_bits_truncate(*flags), data) {
+        match mount(
+            Some(*src),
+            *target,
+            Some(*fstype),
+            MsFlags::from_bits_truncate(*flags),
+            data,
+        ) {
             Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
             Err(e) => {
                 log::error!("mount {fstype} on {target}: {e}");
@@ -42,7 +78,11 @@ pub fn setup_pid1() -> usize {
     }
     let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
     enable_cgroup_controllers(Path::new("/sys/fs/cgroup"));
-    if let Err(e) = nix::unistd::sethostname(cmdline_value("vessel.hostname").as_deref().unwrap_or("vessel")) {
+    if let Err(e) = nix::unistd::sethostname(
+        cmdline_value("vessel.hostname")
+            .as_deref()
+            .unwrap_or("vessel"),
+    ) {
         log::error!("sethostname: {e}");
         failures += 1;
     }
@@ -56,7 +96,10 @@ pub fn setup_pid1() -> usize {
 /// Enables every available controller for child cgroups.
 pub fn enable_cgroup_controllers(root: &Path) {
     let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
     if wanted.is_empty() {
         return;
     }
@@ -78,18 +121,24 @@ pub fn cmdline_value(key: &str) -> Option<String> {
 }
 
 fn parse_cmdline(cmdline: &str, key: &str) -> Option<String> {
-    cmdline.split_whitespace().rev().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
+    cmdline.split_whitespace().rev().find_map(|w| {
+        w.strip_prefix(key)
+            .and_then(|r| r.strip_prefix('='))
+            .map(str::to_string)
+    })
 }
 
 /// After DestroySandbox: let the reply go out, flush filesystems, and reboot — which the
 /// VMM treats as power-off.
 pub fn power_off_soon() {
-    let spawned = std::thread::Builder::new().name("poweroff".into()).spawn(|| {
-        std::thread::sleep(Duration::from_millis(200));
-        nix::unistd::sync();
-        let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-        log::error!("reboot: {e}");
-    });
+    let spawned = std::thread::Builder::new()
+        .name("poweroff".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            nix::unistd::sync();
+            let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+            log::error!("reboot: {e}");
+        });
     if let Err(e) = spawned {
         log::error!("starting power-off thread: {e}");
     }
@@ -100,8 +149,14 @@ mod tests {
     #[test]
     fn cmdline_values() {
         let c = "console=ttyS0 vessel.log=debug quiet vessel.log=info vessel.hostname=pod1";
-        assert_eq!(super::parse_cmdline(c, "vessel.log").as_deref(), Some("info"));
-        assert_eq!(super::parse_cmdline(c, "vessel.hostname").as_deref(), Some("pod1"));
+        assert_eq!(
+            super::parse_cmdline(c, "vessel.log").as_deref(),
+            Some("info")
+        );
+        assert_eq!(
+            super::parse_cmdline(c, "vessel.hostname").as_deref(),
+            Some("pod1")
+        );
         assert_eq!(super::parse_cmdline(c, "vessel.missing"), None);
     }
 }

@@ -34,7 +34,10 @@ impl Log for StderrLogger {
             if w.0 != second {
                 let dropped = self.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
-                    let _ = writeln!(std::io::stderr(), "vessel-agent: {dropped} log lines dropped");
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "vessel-agent: {dropped} log lines dropped"
+                    );
                 }
                 *w = (second, 0);
             }
@@ -60,7 +63,11 @@ impl Log for StderrLogger {
 
 /// Installs the logger at `level`.
 pub fn init(level: LevelFilter) {
-    let logger = Box::leak(Box::new(StderrLogger { start: Instant::now(), window: Mutex::new((0, 0)), dropped: AtomicU64::new(0) }));
+    let logger = Box::leak(Box::new(StderrLogger {
+        start: Instant::now(),
+        window: Mutex::new((0, 0)),
+        dropped: AtomicU64::new(0),
+    }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{bind, recv, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    bind, recv, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+    SockType,
+};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -35,7 +38,10 @@ pub enum NetlinkError {
     #[error("netlink socket: {0}")]
     Socket(nix::Error),
     #[error("netlink {op}: {errno}")]
-    Kernel { op: &'static str, errno: nix::errno::Errno },
+    Kernel {
+        op: &'static str,
+        errno: nix::errno::Errno,
+    },
     #[error("malformed netlink reply")]
     Malformed,
     #[error("no interface named {0:?} or with address {1:?}")]
@@ -139,20 +145,30 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 impl Netlink {
     pub fn open() -> Result<Netlink, NetlinkError> {
-        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute)
-            .map_err(NetlinkError::Socket)?;
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(NetlinkError::Socket)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
         Ok(Netlink { fd, seq: 1 })
     }
 
     /// Sends a request and collects reply payloads (type, body after nlmsghdr) until the ack
     /// or end of dump.
-    fn request(&mut self, op: &'static str, mut msg: Msg) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    fn request(
+        &mut self,
+        op: &'static str,
+        mut msg: Msg,
+    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         send(self.fd.as_raw_fd(), msg.finish(), MsgFlags::empty()).map_err(NetlinkError::Socket)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(NetlinkError::Socket)?;
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
+                .map_err(NetlinkError::Socket)?;
             let mut b = &buf[..n];
             while b.len() >= 16 {
                 let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -164,11 +180,19 @@ impl Netlink {
                 match typ {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(body.get(0..4).ok_or(NetlinkError::Malformed)?.try_into().map_err(|_| NetlinkError::Malformed)?);
+                        let code = i32::from_ne_bytes(
+                            body.get(0..4)
+                                .ok_or(NetlinkError::Malformed)?
+                                .try_into()
+                                .map_err(|_| NetlinkError::Malformed)?,
+                        );
                         if code == 0 {
                             return Ok(out);
                         }
-                        return Err(NetlinkError::Kernel { op, errno: nix::errno::Errno::from_raw(-code) });
+                        return Err(NetlinkError::Kernel {
+                            op,
+                            errno: nix::errno::Errno::from_raw(-code),
+                        });
                     }
                     _ => out.push((typ, body.to_vec())),
                 }
@@ -191,12 +215,26 @@ impl Netlink {
             if typ != RTM_NEWLINK || body.len() < 16 {
                 continue;
             }
-            let mut l = Link { index: i32::from_ne_bytes([body[4], body[5], body[6], body[7]]), ..Default::default() };
+            let mut l = Link {
+                index: i32::from_ne_bytes([body[4], body[5], body[6], body[7]]),
+                ..Default::default()
+            };
             for (t, p) in attrs(&body[16..]) {
                 match t {
-                    IFLA_IFNAME => l.name = String::from_utf8_lossy(p.split(|c| *c == 0).next().unwrap_or(&[])).into_owned(),
-                    IFLA_ADDRESS => l.mac = p.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"),
-                    IFLA_MTU if p.len() >= 4 => l.mtu = u32::from_ne_bytes([p[0], p[1], p[2], p[3]]),
+                    IFLA_IFNAME => {
+                        l.name = String::from_utf8_lossy(p.split(|c| *c == 0).next().unwrap_or(&[]))
+                            .into_owned()
+                    }
+                    IFLA_ADDRESS => {
+                        l.mac = p
+                            .iter()
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    }
+                    IFLA_MTU if p.len() >= 4 => {
+                        l.mtu = u32::from_ne_bytes([p[0], p[1], p[2], p[3]])
+                    }
                     _ => {}
                 }
             }
@@ -208,13 +246,23 @@ impl Netlink {
     /// Finds a link by MAC address (preferred, names change across guests) or name.
     pub fn find_link(&mut self, name: &str, mac: &str) -> Result<Link, NetlinkError> {
         let links = self.links()?;
-        let by_mac = links.iter().find(|l| !mac.is_empty() && l.mac.eq_ignore_ascii_case(mac));
+        let by_mac = links
+            .iter()
+            .find(|l| !mac.is_empty() && l.mac.eq_ignore_ascii_case(mac));
         let by_name = links.iter().find(|l| !name.is_empty() && l.name == name);
-        by_mac.or(by_name).cloned().ok_or_else(|| NetlinkError::NoSuchLink(name.into(), mac.into()))
+        by_mac
+            .or(by_name)
+            .cloned()
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.into(), mac.into()))
     }
 
     /// Sets the link up, with an MTU and name if given.
-    pub fn set_link(&mut self, index: i32, mtu: Option<u32>, name: Option<&str>) -> Result<(), NetlinkError> {
+    pub fn set_link(
+        &mut self,
+        index: i32,
+        mtu: Option<u32>,
+        name: Option<&str>,
+    ) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, self.next_seq());
         m.bytes(&ifinfomsg(index, IFF_UP, IFF_UP));
         if let Some(mtu) = mtu {
@@ -245,8 +293,12 @@ impl Netlink {
             let mut addr = None;
             for (t, p) in attrs(&body[8..]) {
                 let ip = match p.len() {
-                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(p).map_err(|_| NetlinkError::Malformed)?)),
-                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(p).map_err(|_| NetlinkError::Malformed)?)),
+                    4 => Some(IpAddr::from(
+                        <[u8; 4]>::try_from(p).map_err(|_| NetlinkError::Malformed)?,
+                    )),
+                    16 => Some(IpAddr::from(
+                        <[u8; 16]>::try_from(p).map_err(|_| NetlinkError::Malformed)?,
+                    )),
                     _ => None,
                 };
                 if t == IFA_LOCAL || (t == IFA_ADDRESS && addr.is_none()) {
@@ -286,7 +338,13 @@ impl Netlink {
             }
         }
         for (ip, prefix) in want {
-            let m = self.addr_msg(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, index, ip, *prefix);
+            let m = self.addr_msg(
+                RTM_NEWADDR,
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                index,
+                ip,
+                *prefix,
+            );
             self.request("add address", m)?;
         }
         Ok(())
@@ -294,18 +352,29 @@ impl Netlink {
 
     pub fn add_route(&mut self, r: &RouteSpec) -> Result<(), NetlinkError> {
         let ip_for_family = r.dest.map(|d| d.0).or(r.gateway).or(r.source);
-        let fam = ip_for_family.as_ref().map(family).unwrap_or(libc::AF_INET as u8);
+        let fam = ip_for_family
+            .as_ref()
+            .map(family)
+            .unwrap_or(libc::AF_INET as u8);
         let oif = match &r.device {
             Some(name) => Some(self.find_link(name, "")?.index),
             None => None,
         };
-        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, self.next_seq());
+        let mut m = Msg::new(
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            self.next_seq(),
+        );
         let mut rtm = [0u8; 12];
         rtm[0] = fam;
         rtm[1] = r.dest.map(|d| d.1).unwrap_or(0);
         rtm[4] = libc::RT_TABLE_MAIN;
         rtm[5] = libc::RTPROT_BOOT;
-        rtm[6] = if r.gateway.is_some() { libc::RT_SCOPE_UNIVERSE } else { libc::RT_SCOPE_LINK };
+        rtm[6] = if r.gateway.is_some() {
+            libc::RT_SCOPE_UNIVERSE
+        } else {
+            libc::RT_SCOPE_LINK
+        };
         rtm[7] = libc::RTN_UNICAST;
         m.bytes(&rtm);
         if let Some((dst, _)) = &r.dest {
@@ -330,9 +399,15 @@ pub fn parse_dest(s: &str) -> Result<Option<(IpAddr, u8)>, NetlinkError> {
     if s.is_empty() || s == "default" {
         return Ok(None);
     }
-    let invalid = || NetlinkError::Invalid { what: "route destination", value: s.to_string() };
+    let invalid = || NetlinkError::Invalid {
+        what: "route destination",
+        value: s.to_string(),
+    };
     let (ip, prefix) = match s.split_once('/') {
-        Some((ip, p)) => (ip.parse::<IpAddr>().map_err(|_| invalid())?, p.parse::<u8>().map_err(|_| invalid())?),
+        Some((ip, p)) => (
+            ip.parse::<IpAddr>().map_err(|_| invalid())?,
+            p.parse::<u8>().map_err(|_| invalid())?,
+        ),
         None => {
             let ip = s.parse::<IpAddr>().map_err(|_| invalid())?;
             (ip, if ip.is_ipv4() { 32 } else { 128 })
@@ -348,7 +423,13 @@ pub fn parse_ip(what: &'static str, s: &str) -> Result<Option<IpAddr>, NetlinkEr
     if s.trim().is_empty() {
         return Ok(None);
     }
-    s.trim().parse().map(Some).map_err(|_| NetlinkError::Invalid { what, value: s.to_string() })
+    s.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| NetlinkError::Invalid {
+            what,
+            value: s.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -359,8 +440,14 @@ mod tests {
     fn destinations_parse() {
         assert_eq!(parse_dest("default").unwrap(), None);
         assert_eq!(parse_dest("").unwrap(), None);
-        assert_eq!(parse_dest("10.1.0.0/16").unwrap(), Some(("10.1.0.0".parse().unwrap(), 16)));
-        assert_eq!(parse_dest("fd00::1").unwrap(), Some(("fd00::1".parse().unwrap(), 128)));
+        assert_eq!(
+            parse_dest("10.1.0.0/16").unwrap(),
+            Some(("10.1.0.0".parse().unwrap(), 16))
+        );
+        assert_eq!(
+            parse_dest("fd00::1").unwrap(),
+            Some(("fd00::1".parse().unwrap(), 128))
+        );
         assert!(parse_dest("10.0.0.0/33").is_err());
         assert!(parse_dest("nonsense").is_err());
     }
@@ -373,8 +460,17 @@ mod tests {
         m.attr(IFLA_MTU, &1500u32.to_ne_bytes());
         let b = m.finish().to_vec();
         assert_eq!(b.len() % 4, 0);
-        assert_eq!(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize, b.len());
+        assert_eq!(
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            b.len()
+        );
         let parsed: Vec<_> = attrs(&b[32..]).collect();
-        assert_eq!(parsed, vec![(IFLA_IFNAME, &b"eth0\0"[..]), (IFLA_MTU, &1500u32.to_ne_bytes()[..])]);
+        assert_eq!(
+            parsed,
+            vec![
+                (IFLA_IFNAME, &b"eth0\0"[..]),
+                (IFLA_MTU, &1500u32.to_ne_bytes()[..])
+            ]
+        );
     }
 }

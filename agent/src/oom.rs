@@ -56,13 +56,20 @@ impl OomMonitor {
             inotify,
         });
         let m = monitor.clone();
-        std::thread::Builder::new().name("oom".into()).spawn(move || m.run())?;
+        std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || m.run())?;
         Ok(monitor)
     }
 
     /// Starts watching a container's cgroup.
     pub fn watch(&self, id: &str, cgroup: &Cgroup) {
-        let mut w = Watch { cgroup: cgroup.clone(), last: cgroup.oom_kill_count(), wd: None, v1: None };
+        let mut w = Watch {
+            cgroup: cgroup.clone(),
+            last: cgroup.oom_kill_count(),
+            wd: None,
+            v1: None,
+        };
         match cgroup.oom_watch_files() {
             Some((events, control)) if control.as_os_str().is_empty() => {
                 if let Some(ino) = &self.inotify {
@@ -76,9 +83,15 @@ impl OomMonitor {
                 Ok(v1) => w.v1 = Some(v1),
                 Err(e) => log::warn!("container {id}: registering OOM notification: {e}"),
             },
-            None => log::warn!("container {id}: no memory controller; OOM events will not be reported"),
+            None => {
+                log::warn!("container {id}: no memory controller; OOM events will not be reported")
+            }
         }
-        log::debug!("container {id}: watching OOM kills (inotify {}, eventfd {})", w.wd.is_some(), w.v1.is_some());
+        log::debug!(
+            "container {id}: watching OOM kills (inotify {}, eventfd {})",
+            w.wd.is_some(),
+            w.v1.is_some()
+        );
         lock(&self.watches).insert(id.to_string(), w);
         let _ = self.wake.write(1);
     }
@@ -112,7 +125,11 @@ impl OomMonitor {
                 }
                 slice = slice.min(d - now);
             }
-            q = self.queued.wait_timeout(q, slice).unwrap_or_else(|e| e.into_inner()).0;
+            q = self
+                .queued
+                .wait_timeout(q, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -121,7 +138,10 @@ impl OomMonitor {
         // after such a wake-up, look again for a short while.
         let mut recheck_until: Option<Instant> = None;
         loop {
-            let v1_fds: Vec<Arc<OwnedFd>> = lock(&self.watches).values().filter_map(|w| w.v1.as_ref().map(|v| v.0.clone())).collect();
+            let v1_fds: Vec<Arc<OwnedFd>> = lock(&self.watches)
+                .values()
+                .filter_map(|w| w.v1.as_ref().map(|v| v.0.clone()))
+                .collect();
             let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
             if let Some(ino) = &self.inotify {
                 fds.push(PollFd::new(ino.as_fd(), PollFlags::POLLIN));
@@ -145,7 +165,10 @@ impl OomMonitor {
                     continue;
                 }
             }
-            let v1_woke = fds.iter().skip(1 + self.inotify.is_some() as usize).any(|f| f.any().unwrap_or(false));
+            let v1_woke = fds
+                .iter()
+                .skip(1 + self.inotify.is_some() as usize)
+                .any(|f| f.any().unwrap_or(false));
             if v1_woke {
                 recheck_until = Some(Instant::now() + Duration::from_secs(2));
             }
@@ -195,9 +218,16 @@ impl OomMonitor {
 }
 
 /// cgroup v1: ask for an eventfd notification on OOM in this memory cgroup.
-fn register_v1(oom_control: &std::path::Path, event_control: &std::path::Path) -> std::io::Result<(Arc<OwnedFd>, File)> {
-    let efd: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?.into();
+fn register_v1(
+    oom_control: &std::path::Path,
+    event_control: &std::path::Path,
+) -> std::io::Result<(Arc<OwnedFd>, File)> {
+    let efd: OwnedFd =
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?.into();
     let ctl = File::open(oom_control)?;
-    std::fs::write(event_control, format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd()))?;
+    std::fs::write(
+        event_control,
+        format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd()),
+    )?;
     Ok((Arc::new(efd), ctl))
 }

@@ -81,7 +81,9 @@ static REAPER: OnceLock<Reaper> = OnceLock::new();
 impl Reaper {
     /// The single reaper of this process.
     pub fn global() -> &'static Reaper {
-        REAPER.get_or_init(|| Reaper { watched: Mutex::new(HashMap::new()) })
+        REAPER.get_or_init(|| Reaper {
+            watched: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Blocks SIGCHLD in the calling thread; call from `main` before any other thread exists
@@ -102,7 +104,10 @@ impl Reaper {
 
     /// Runs `fork` (which must create exactly one child and return its pid) while holding the
     /// reaper's lock, and registers the child before the lock is released.
-    pub fn spawn_watched<E>(&self, fork: impl FnOnce() -> Result<Pid, E>) -> Result<(Pid, Arc<ExitCell>), E> {
+    pub fn spawn_watched<E>(
+        &self,
+        fork: impl FnOnce() -> Result<Pid, E>,
+    ) -> Result<(Pid, Arc<ExitCell>), E> {
         let mut watched = lock(&self.watched);
         let pid = fork()?;
         let cell = Arc::new(ExitCell::default());
@@ -155,7 +160,10 @@ impl Reaper {
         match cell {
             Some(cell) => {
                 log::debug!("reaped {pid}: status {status}");
-                cell.set(ExitInfo { status, exited_at_ns });
+                cell.set(ExitInfo {
+                    status,
+                    exited_at_ns,
+                });
             }
             None => log::debug!("reaped orphan {pid}: status {status}"),
         }

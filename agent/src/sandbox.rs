@@ -47,7 +47,9 @@ impl MountedStorage {
 /// Mounts storages in order; on failure unmounts what this call mounted.
 pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage>> {
     if specs.len() > MAX_STORAGES {
-        return Err(RequestError::invalid(format!("at most {MAX_STORAGES} storages per request")));
+        return Err(RequestError::invalid(format!(
+            "at most {MAX_STORAGES} storages per request"
+        )));
     }
     let mut done: Vec<MountedStorage> = Vec::new();
     for s in specs {
@@ -64,42 +66,84 @@ pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage
 
 fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
     let target = PathBuf::from(&s.mount_point);
-    if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(RequestError::invalid(format!("storage mount_point {:?} must be an absolute path without '..'", s.mount_point)));
+    if !target.is_absolute()
+        || target
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(RequestError::invalid(format!(
+            "storage mount_point {:?} must be an absolute path without '..'",
+            s.mount_point
+        )));
     }
     let opts = parse_options(&s.options);
     let data = opts.data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
-    let fail = |e: nix::Error| RequestError::internal(format!("mount {} storage {:?} at {}: {e}", s.driver, s.source, s.mount_point));
+    let fail = |e: nix::Error| {
+        RequestError::internal(format!(
+            "mount {} storage {:?} at {}: {e}",
+            s.driver, s.source, s.mount_point
+        ))
+    };
     match s.driver.as_str() {
         "virtiofs" | "blk" | "tmpfs" => {
             let fstype = match s.driver.as_str() {
                 "virtiofs" => "virtiofs",
                 "tmpfs" => "tmpfs",
-                _ if s.fstype.is_empty() => return Err(RequestError::invalid("blk storage needs fstype")),
+                _ if s.fstype.is_empty() => {
+                    return Err(RequestError::invalid("blk storage needs fstype"))
+                }
                 _ => s.fstype.as_str(),
             };
             ensure_mountpoint(&target, false).map_err(|e| RequestError::internal(e.to_string()))?;
-            let source = if s.source.is_empty() { fstype } else { s.source.as_str() };
+            let source = if s.source.is_empty() {
+                fstype
+            } else {
+                s.source.as_str()
+            };
             mount(Some(source), &target, Some(fstype), opts.flags, data).map_err(fail)?;
         }
         "bind" => {
             let src = Path::new(&s.source);
-            let meta = fs::metadata(src).map_err(|e| RequestError::invalid(format!("bind storage source {:?}: {e}", s.source)))?;
-            ensure_mountpoint(&target, !meta.is_dir()).map_err(|e| RequestError::internal(e.to_string()))?;
-            mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(fail)?;
+            let meta = fs::metadata(src).map_err(|e| {
+                RequestError::invalid(format!("bind storage source {:?}: {e}", s.source))
+            })?;
+            ensure_mountpoint(&target, !meta.is_dir())
+                .map_err(|e| RequestError::internal(e.to_string()))?;
+            mount(
+                Some(src),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(fail)?;
             let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
-                let m = MountedStorage { mount_point: target.clone() };
-                if let Err(e) = mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>) {
+                let m = MountedStorage {
+                    mount_point: target.clone(),
+                };
+                if let Err(e) = mount(
+                    None::<&str>,
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                    None::<&str>,
+                ) {
                     m.unmount();
                     return Err(fail(e));
                 }
             }
         }
-        other => return Err(RequestError::invalid(format!("unknown storage driver {other:?}"))),
+        other => {
+            return Err(RequestError::invalid(format!(
+                "unknown storage driver {other:?}"
+            )))
+        }
     }
-    Ok(MountedStorage { mount_point: target })
+    Ok(MountedStorage {
+        mount_point: target,
+    })
 }
 
 struct Entry {
@@ -149,21 +193,36 @@ impl Sandbox {
         self.state_dir.join("resolv.conf")
     }
 
-    pub fn create_sandbox(&self, id: &str, hostname: &str, storages: &[StorageSpec], dns: &[String]) -> RequestResult<()> {
+    pub fn create_sandbox(
+        &self,
+        id: &str,
+        hostname: &str,
+        storages: &[StorageSpec],
+        dns: &[String],
+    ) -> RequestResult<()> {
         let mut info = lock(&self.info);
         if let Some(existing) = &info.id {
-            return Err(RequestError::exists(format!("sandbox {existing} already exists")));
+            return Err(RequestError::exists(format!(
+                "sandbox {existing} already exists"
+            )));
         }
-        if hostname.len() > 64 || dns.len() > 64 || dns.iter().any(|l| l.len() > 256 || l.contains('\n')) {
-            return Err(RequestError::invalid("hostname over 64 bytes or bad dns lines"));
+        if hostname.len() > 64
+            || dns.len() > 64
+            || dns.iter().any(|l| l.len() > 256 || l.contains('\n'))
+        {
+            return Err(RequestError::invalid(
+                "hostname over 64 bytes or bad dns lines",
+            ));
         }
         if !hostname.is_empty() && self.pid1 {
-            nix::unistd::sethostname(hostname).map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;
+            nix::unistd::sethostname(hostname)
+                .map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;
         }
         if !dns.is_empty() {
             let mut text = dns.join("\n");
             text.push('\n');
-            fs::write(self.resolv_conf_path(), text).map_err(|e| RequestError::internal(format!("writing resolv.conf: {e}")))?;
+            fs::write(self.resolv_conf_path(), text)
+                .map_err(|e| RequestError::internal(format!("writing resolv.conf: {e}")))?;
         }
         info.storages = mount_storages(storages)?;
         info.id = Some(id.to_string());
@@ -195,16 +254,26 @@ impl Sandbox {
     }
 
     fn layout(&self) -> RequestResult<&CgroupLayout> {
-        self.layout.as_ref().map_err(|e| RequestError::precondition(format!("cgroups unavailable: {e}")))
+        self.layout
+            .as_ref()
+            .map_err(|e| RequestError::precondition(format!("cgroups unavailable: {e}")))
     }
 
-    pub fn create_container(&self, id: &str, spec: &[u8], storages: &[StorageSpec], stdin: bool) -> RequestResult<()> {
+    pub fn create_container(
+        &self,
+        id: &str,
+        spec: &[u8],
+        storages: &[StorageSpec],
+        stdin: bool,
+    ) -> RequestResult<()> {
         check_id(id)?;
         {
             let containers = lock(&self.containers);
             let mut busy = lock(&self.busy);
             if containers.contains_key(id) || !busy.insert(id.to_string()) {
-                return Err(RequestError::exists(format!("container {id:?} already exists")));
+                return Err(RequestError::exists(format!(
+                    "container {id:?} already exists"
+                )));
             }
         }
         let result = self.create_unlocked(id, spec, storages, stdin);
@@ -212,15 +281,30 @@ impl Sandbox {
         result
     }
 
-    fn create_unlocked(&self, id: &str, spec: &[u8], storages: &[StorageSpec], stdin: bool) -> RequestResult<()> {
+    fn create_unlocked(
+        &self,
+        id: &str,
+        spec: &[u8],
+        storages: &[StorageSpec],
+        stdin: bool,
+    ) -> RequestResult<()> {
         let layout = self.layout()?;
         let mounted = mount_storages(storages)?;
         let resolv = self.resolv_conf_path();
-        let ctx = CreateContext { layout, resolv_conf: resolv.exists().then_some(resolv.as_path()) };
+        let ctx = CreateContext {
+            layout,
+            resolv_conf: resolv.exists().then_some(resolv.as_path()),
+        };
         match Container::create(id, spec, stdin, &ctx) {
             Ok(c) => {
                 self.oom.watch(id, c.cgroup());
-                lock(&self.containers).insert(id.to_string(), Entry { container: Arc::new(c), storages: mounted });
+                lock(&self.containers).insert(
+                    id.to_string(),
+                    Entry {
+                        container: Arc::new(c),
+                        storages: mounted,
+                    },
+                );
                 Ok(())
             }
             Err(e) => {
@@ -235,10 +319,14 @@ impl Sandbox {
             let containers = lock(&self.containers);
             let mut busy = lock(&self.busy);
             if !containers.contains_key(id) {
-                return Err(RequestError::not_found(format!("container {id:?} not found")));
+                return Err(RequestError::not_found(format!(
+                    "container {id:?} not found"
+                )));
             }
             if !busy.insert(id.to_string()) {
-                return Err(RequestError::precondition(format!("container {id:?} is busy (being created or removed)")));
+                return Err(RequestError::precondition(format!(
+                    "container {id:?} is busy (being created or removed)"
+                )));
             }
         }
         let result = self.remove_unlocked(id, timeout);
@@ -251,7 +339,11 @@ impl Sandbox {
         container.destroy(timeout)?;
         self.oom.unwatch(id);
         if let Some(entry) = lock(&self.containers).remove(id) {
-            entry.storages.iter().rev().for_each(MountedStorage::unmount);
+            entry
+                .storages
+                .iter()
+                .rev()
+                .for_each(MountedStorage::unmount);
         }
         Ok(())
     }

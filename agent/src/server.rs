@@ -44,7 +44,9 @@ fn reply<T>(method: &str, r: RequestResult<T>) -> ttrpc::Result<T> {
 
 fn stdio_err(e: StdioError) -> RequestError {
     match e {
-        StdioError::StdinClosed | StdioError::NoStdin | StdioError::NoTerminal => RequestError::precondition(e.to_string()),
+        StdioError::StdinClosed | StdioError::NoStdin | StdioError::NoTerminal => {
+            RequestError::precondition(e.to_string())
+        }
         StdioError::Cancelled | StdioError::Deadline => RequestError::deadline(e.to_string()),
         _ => RequestError::internal(e.to_string()),
     }
@@ -65,24 +67,44 @@ fn storages(list: &[Storage]) -> Vec<StorageSpec> {
 fn uptime_ms() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|s| (s * 1000.0) as u64)
         .unwrap_or(0)
 }
 
 impl AgentService {
-    fn read_stream(&self, ctx: &TtrpcContext, req: &ReadStreamRequest, stderr: bool) -> RequestResult<ReadStreamResponse> {
+    fn read_stream(
+        &self,
+        ctx: &TtrpcContext,
+        req: &ReadStreamRequest,
+        stderr: bool,
+    ) -> RequestResult<ReadStreamResponse> {
         let c = self.sandbox.get(&req.container_id)?;
         let p = c.process(&req.exec_id)?;
-        let stream = if stderr { p.streams.stderr.as_ref() } else { p.streams.stdout.as_ref() };
+        let stream = if stderr {
+            p.streams.stderr.as_ref()
+        } else {
+            p.streams.stdout.as_ref()
+        };
         let mut resp = ReadStreamResponse::new();
         let Some(stream) = stream else {
             // A terminal has no separate stderr.
             resp.eof = true;
             return Ok(resp);
         };
-        let len = if req.len == 0 { crate::stdio::MAX_READ } else { req.len as usize };
-        match stream.read(len, deadline(ctx), &cancelled(ctx)).map_err(stdio_err)? {
+        let len = if req.len == 0 {
+            crate::stdio::MAX_READ
+        } else {
+            req.len as usize
+        };
+        match stream
+            .read(len, deadline(ctx), &cancelled(ctx))
+            .map_err(stdio_err)?
+        {
             ReadOutcome::Data(d) => resp.data = d,
             ReadOutcome::Eof => resp.eof = true,
             ReadOutcome::Empty => {}
@@ -91,9 +113,14 @@ impl AgentService {
     }
 
     fn update_interface_inner(&self, req: &UpdateInterfaceRequest) -> RequestResult<Interface> {
-        let iface = req.interface.as_ref().ok_or_else(|| RequestError::invalid("interface is missing"))?;
+        let iface = req
+            .interface
+            .as_ref()
+            .ok_or_else(|| RequestError::invalid("interface is missing"))?;
         if iface.addresses.len() > 64 || iface.name.len() > 15 {
-            return Err(RequestError::invalid("interface name over 15 bytes or over 64 addresses"));
+            return Err(RequestError::invalid(
+                "interface name over 15 bytes or over 64 addresses",
+            ));
         }
         let net_err = |e: network::NetlinkError| match e {
             network::NetlinkError::Invalid { .. } => RequestError::invalid(e.to_string()),
@@ -102,20 +129,31 @@ impl AgentService {
         };
         let mut want = Vec::new();
         for a in &iface.addresses {
-            let ip = network::parse_ip("address", &a.address).map_err(net_err)?.ok_or_else(|| RequestError::invalid("empty address"))?;
+            let ip = network::parse_ip("address", &a.address)
+                .map_err(net_err)?
+                .ok_or_else(|| RequestError::invalid("empty address"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             if a.prefix_len > max {
-                return Err(RequestError::invalid(format!("prefix length {} for {}", a.prefix_len, a.address)));
+                return Err(RequestError::invalid(format!(
+                    "prefix length {} for {}",
+                    a.prefix_len, a.address
+                )));
             }
             want.push((ip, a.prefix_len as u8));
         }
         let mut nl = Netlink::open().map_err(net_err)?;
         let link = nl.find_link(&iface.name, &iface.hw_addr).map_err(net_err)?;
-        let rename = (!iface.name.is_empty() && iface.name != link.name).then_some(iface.name.as_str());
+        let rename =
+            (!iface.name.is_empty() && iface.name != link.name).then_some(iface.name.as_str());
         let mtu = (iface.mtu > 0).then_some(iface.mtu);
         nl.set_link(link.index, mtu, rename).map_err(net_err)?;
         nl.set_addresses(link.index, &want).map_err(net_err)?;
-        let now = nl.links().map_err(net_err)?.into_iter().find(|l| l.index == link.index).unwrap_or(link);
+        let now = nl
+            .links()
+            .map_err(net_err)?
+            .into_iter()
+            .find(|l| l.index == link.index)
+            .unwrap_or(link);
         let mut out = Interface::new();
         out.name = now.name;
         out.hw_addr = now.mac;
@@ -165,12 +203,25 @@ impl Agent for AgentService {
         Ok(r)
     }
 
-    fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.create_sandbox(&req.sandbox_id, &req.hostname, &storages(&req.storages), &req.dns);
+    fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = self.sandbox.create_sandbox(
+            &req.sandbox_id,
+            &req.hostname,
+            &storages(&req.storages),
+            &req.dns,
+        );
         reply("CreateSandbox", r.map(|_| Empty::new()))
     }
 
-    fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         let r = self.sandbox.destroy_sandbox();
         if self.sandbox.pid1 {
             crate::init::power_off_soon();
@@ -178,12 +229,25 @@ impl Agent for AgentService {
         reply("DestroySandbox", r.map(|_| Empty::new()))
     }
 
-    fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.create_container(&req.container_id, &req.oci_spec, &storages(&req.storages), req.stdin);
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = self.sandbox.create_container(
+            &req.container_id,
+            &req.oci_spec,
+            &storages(&req.storages),
+            req.stdin,
+        );
         reply("CreateContainer", r.map(|_| Empty::new()))
     }
 
-    fn start_container(&self, _ctx: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<StartContainerResponse> {
+    fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
         let r = self.sandbox.get(&req.container_id).and_then(|c| c.start());
         reply(
             "StartContainer",
@@ -195,13 +259,33 @@ impl Agent for AgentService {
         )
     }
 
-    fn remove_container(&self, _ctx: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
-        let timeout = Duration::from_secs(if req.timeout_secs == 0 { 10 } else { req.timeout_secs.min(3600) as u64 });
-        reply("RemoveContainer", self.sandbox.remove_container(&req.container_id, timeout).map(|_| Empty::new()))
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let timeout = Duration::from_secs(if req.timeout_secs == 0 {
+            10
+        } else {
+            req.timeout_secs.min(3600) as u64
+        });
+        reply(
+            "RemoveContainer",
+            self.sandbox
+                .remove_container(&req.container_id, timeout)
+                .map(|_| Empty::new()),
+        )
     }
 
-    fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
-        let r = self.sandbox.get(&req.container_id).and_then(|c| c.exec(&req.exec_id, &req.process, req.stdin));
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let r = self
+            .sandbox
+            .get(&req.container_id)
+            .and_then(|c| c.exec(&req.exec_id, &req.process, req.stdin));
         reply(
             "ExecProcess",
             r.map(|pid| {
@@ -212,12 +296,23 @@ impl Agent for AgentService {
         )
     }
 
-    fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.get(&req.container_id).and_then(|c| c.signal(&req.exec_id, req.signal, req.all));
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = self
+            .sandbox
+            .get(&req.container_id)
+            .and_then(|c| c.signal(&req.exec_id, req.signal, req.all));
         reply("SignalProcess", r.map(|_| Empty::new()))
     }
 
-    fn wait_process(&self, ctx: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    fn wait_process(
+        &self,
+        ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         let r = (|| {
             let p = self.sandbox.get(&req.container_id)?.process(&req.exec_id)?;
             let dl = deadline(ctx);
@@ -232,7 +327,9 @@ impl Agent for AgentService {
                     return Ok(resp);
                 }
                 if dl.is_some_and(|d| Instant::now() >= d) {
-                    return Err(RequestError::deadline("process still running at the caller's deadline"));
+                    return Err(RequestError::deadline(
+                        "process still running at the caller's deadline",
+                    ));
                 }
                 if cancel() {
                     return Err(RequestError::deadline("caller went away"));
@@ -242,7 +339,11 @@ impl Agent for AgentService {
         reply("WaitProcess", r)
     }
 
-    fn list_processes(&self, _ctx: &TtrpcContext, req: ListProcessesRequest) -> ttrpc::Result<ListProcessesResponse> {
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
         let r = self.sandbox.get(&req.container_id).and_then(|c| c.pids());
         reply(
             "ListProcesses",
@@ -254,13 +355,22 @@ impl Agent for AgentService {
         )
     }
 
-    fn write_stdin(&self, ctx: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+    fn write_stdin(
+        &self,
+        ctx: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
         let r = (|| {
             if req.data.len() > MAX_WRITE {
-                return Err(RequestError::invalid(format!("stdin chunk over {MAX_WRITE} bytes")));
+                return Err(RequestError::invalid(format!(
+                    "stdin chunk over {MAX_WRITE} bytes"
+                )));
             }
             let p = self.sandbox.get(&req.container_id)?.process(&req.exec_id)?;
-            let n = p.streams.write_stdin(&req.data, deadline(ctx), &cancelled(ctx)).map_err(stdio_err)?;
+            let n = p
+                .streams
+                .write_stdin(&req.data, deadline(ctx), &cancelled(ctx))
+                .map_err(stdio_err)?;
             let mut resp = WriteStreamResponse::new();
             resp.len = n as u32;
             Ok(resp)
@@ -277,15 +387,27 @@ impl Agent for AgentService {
         reply("CloseStdin", r)
     }
 
-    fn read_stdout(&self, ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    fn read_stdout(
+        &self,
+        ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         reply("ReadStdout", self.read_stream(ctx, &req, false))
     }
 
-    fn read_stderr(&self, ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    fn read_stderr(
+        &self,
+        ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         reply("ReadStderr", self.read_stream(ctx, &req, true))
     }
 
-    fn tty_win_resize(&self, _ctx: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
         let r = (|| {
             let p = self.sandbox.get(&req.container_id)?.process(&req.exec_id)?;
             let (rows, cols) = (u16::try_from(req.rows), u16::try_from(req.cols));
@@ -298,7 +420,11 @@ impl Agent for AgentService {
         reply("TtyWinResize", r)
     }
 
-    fn stats_container(&self, _ctx: &TtrpcContext, req: StatsContainerRequest) -> ttrpc::Result<StatsContainerResponse> {
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
         let r = self.sandbox.get(&req.container_id).map(|c| {
             let s = c.stats();
             let mut cpu = CpuStats::new();
@@ -329,35 +455,65 @@ impl Agent for AgentService {
     }
 
     fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.get(&req.container_id).and_then(|c| c.set_paused(true));
+        let r = self
+            .sandbox
+            .get(&req.container_id)
+            .and_then(|c| c.set_paused(true));
         reply("PauseContainer", r.map(|_| Empty::new()))
     }
 
     fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.get(&req.container_id).and_then(|c| c.set_paused(false));
+        let r = self
+            .sandbox
+            .get(&req.container_id)
+            .and_then(|c| c.set_paused(false));
         reply("ResumeContainer", r.map(|_| Empty::new()))
     }
 
-    fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.get(&req.container_id).and_then(|c| c.update(&req.resources));
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = self
+            .sandbox
+            .get(&req.container_id)
+            .and_then(|c| c.update(&req.resources));
         reply("UpdateContainer", r.map(|_| Empty::new()))
     }
 
-    fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
+    fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
         reply("UpdateInterface", self.update_interface_inner(&req))
     }
 
-    fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<UpdateRoutesRequest> {
+    fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<UpdateRoutesRequest> {
         reply("UpdateRoutes", self.update_routes_inner(&req))
     }
 
-    fn get_oom_event(&self, ctx: &TtrpcContext, _req: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+    fn get_oom_event(
+        &self,
+        ctx: &TtrpcContext,
+        _req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
         let dl = deadline(ctx);
         let cancel = cancelled(ctx);
         let mut ev = OOMEvent::new();
         match self.sandbox.oom.next(dl, &cancel) {
             Some(id) => ev.container_id = id,
-            None if cancel() => return reply("GetOOMEvent", Err(RequestError::deadline("caller went away"))),
+            None if cancel() => {
+                return reply(
+                    "GetOOMEvent",
+                    Err(RequestError::deadline("caller went away")),
+                )
+            }
             // Nothing before the caller's deadline: an empty container_id means "ask again".
             None => {}
         }

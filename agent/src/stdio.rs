@@ -60,12 +60,20 @@ pub enum ReadOutcome {
 impl OutputStream {
     fn new(fd: OwnedFd) -> Result<Self, StdioError> {
         set_nonblocking(&fd)?;
-        Ok(Self { fd, eof: AtomicBool::new(false) })
+        Ok(Self {
+            fd,
+            eof: AtomicBool::new(false),
+        })
     }
 
     /// Waits for data or end of stream. `deadline`: when the caller must have its answer;
     /// `cancelled`: polled between waits.
-    pub fn read(&self, max: usize, deadline: Option<Instant>, cancelled: &dyn Fn() -> bool) -> Result<ReadOutcome, StdioError> {
+    pub fn read(
+        &self,
+        max: usize,
+        deadline: Option<Instant>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<ReadOutcome, StdioError> {
         let max = max.clamp(1, MAX_READ);
         let mut buf = vec![0u8; max];
         loop {
@@ -99,7 +107,12 @@ impl OutputStream {
 }
 
 /// Polls `fd` in slices; `Ok(false)` when the deadline passed first.
-fn wait_ready(fd: &OwnedFd, events: PollFlags, deadline: Option<Instant>, cancelled: &dyn Fn() -> bool) -> Result<bool, StdioError> {
+fn wait_ready(
+    fd: &OwnedFd,
+    events: PollFlags,
+    deadline: Option<Instant>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<bool, StdioError> {
     loop {
         if cancelled() {
             return Err(StdioError::Cancelled);
@@ -112,7 +125,8 @@ fn wait_ready(fd: &OwnedFd, events: PollFlags, deadline: Option<Instant>, cancel
             }
             slice = slice.min(d - now);
         }
-        let timeout = PollTimeout::try_from(slice.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
+        let timeout =
+            PollTimeout::try_from(slice.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(fd.as_fd(), events)];
         match poll(&mut fds, timeout) {
             Ok(0) => continue,
@@ -148,7 +162,8 @@ pub struct StdioSetup {
 impl StdioSetup {
     /// Pipes for stdout and stderr; a pipe for stdin if asked, else /dev/null.
     pub fn pipes(stdin: bool) -> Result<Self, StdioError> {
-        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| StdioError::Create(e.into()));
+        let pipe =
+            || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| StdioError::Create(e.into()));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (in_child, in_agent) = if stdin {
@@ -156,7 +171,10 @@ impl StdioSetup {
             set_nonblocking(&w)?;
             (r, Some(w))
         } else {
-            (File::open("/dev/null").map_err(StdioError::Create)?.into(), None)
+            (
+                File::open("/dev/null").map_err(StdioError::Create)?.into(),
+                None,
+            )
         };
         Ok(Self {
             child: [in_child, out_w, err_w],
@@ -175,7 +193,8 @@ impl StdioSetup {
         let pty = nix::pty::openpty(None, None).map_err(|e| StdioError::Create(e.into()))?;
         let (master, slave) = (pty.master, pty.slave);
         for fd in [&master, &slave] {
-            fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(|e| StdioError::Create(e.into()))?;
+            fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .map_err(|e| StdioError::Create(e.into()))?;
         }
         if let Some((rows, cols)) = size {
             crate::sys::set_window_size(master.as_fd(), rows, cols).map_err(StdioError::Create)?;
@@ -198,7 +217,12 @@ impl StdioSetup {
 
 impl ProcessStreams {
     /// Writes all of `data` (waiting while the pipe is full), or fails.
-    pub fn write_stdin(&self, data: &[u8], deadline: Option<Instant>, cancelled: &dyn Fn() -> bool) -> Result<usize, StdioError> {
+    pub fn write_stdin(
+        &self,
+        data: &[u8],
+        deadline: Option<Instant>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<usize, StdioError> {
         let guard = lock(&self.stdin);
         let fd = guard.as_ref().ok_or(StdioError::NoStdin)?;
         let mut done = 0;
@@ -251,17 +275,38 @@ mod tests {
     #[test]
     fn tail_is_read_after_writer_closes() {
         let mut s = StdioSetup::pipes(true).unwrap();
-        let [_in, out_w, err_w] = std::mem::replace(&mut s.child, [File::open("/dev/null").unwrap().into(), File::open("/dev/null").unwrap().into(), File::open("/dev/null").unwrap().into()]);
+        let [_in, out_w, err_w] = std::mem::replace(
+            &mut s.child,
+            [
+                File::open("/dev/null").unwrap().into(),
+                File::open("/dev/null").unwrap().into(),
+                File::open("/dev/null").unwrap().into(),
+            ],
+        );
         drop(err_w);
         let mut w = File::from(out_w);
         w.write_all(b"last words").unwrap();
         drop(w);
         let out = s.streams.stdout.as_ref().unwrap();
         let never = || false;
-        assert_eq!(out.read(4, None, &never).unwrap(), ReadOutcome::Data(b"last".to_vec()));
-        assert_eq!(out.read(100, None, &never).unwrap(), ReadOutcome::Data(b" words".to_vec()));
+        assert_eq!(
+            out.read(4, None, &never).unwrap(),
+            ReadOutcome::Data(b"last".to_vec())
+        );
+        assert_eq!(
+            out.read(100, None, &never).unwrap(),
+            ReadOutcome::Data(b" words".to_vec())
+        );
         assert_eq!(out.read(100, None, &never).unwrap(), ReadOutcome::Eof);
-        assert_eq!(s.streams.stderr.as_ref().unwrap().read(1, None, &never).unwrap(), ReadOutcome::Eof);
+        assert_eq!(
+            s.streams
+                .stderr
+                .as_ref()
+                .unwrap()
+                .read(1, None, &never)
+                .unwrap(),
+            ReadOutcome::Eof
+        );
     }
 
     #[test]
@@ -270,7 +315,13 @@ mod tests {
         let out = s.streams.stdout.as_ref().unwrap();
         let soon = Some(Instant::now() + Duration::from_millis(20));
         assert_eq!(out.read(10, soon, &|| false).unwrap(), ReadOutcome::Empty);
-        assert!(matches!(out.read(10, None, &|| true), Err(StdioError::Cancelled)));
-        assert!(matches!(s.streams.write_stdin(b"x", None, &|| false), Err(StdioError::NoStdin)));
+        assert!(matches!(
+            out.read(10, None, &|| true),
+            Err(StdioError::Cancelled)
+        ));
+        assert!(matches!(
+            s.streams.write_stdin(b"x", None, &|| false),
+            Err(StdioError::NoStdin)
+        ));
     }
 }

@@ -19,8 +19,14 @@ pub struct ExecPlan {
 
 impl ExecPlan {
     /// `fds[i]` becomes fd `i` in the child; every other descriptor is closed on exec.
-    pub fn new(path: &str, argv: &[&str], env: &[String], fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
-        let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    pub fn new(
+        path: &str,
+        argv: &[&str],
+        env: &[String],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<Self> {
+        let cstr =
+            |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
         Ok(Self {
             path: cstr(path)?,
             argv: argv.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?,
@@ -89,7 +95,14 @@ fn child_after_fork(
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
     let first_other = plan.fds.len() as libc::c_uint;
     // SAFETY: marks every descriptor above the mapped ones close-on-exec; no memory involved.
-    unsafe { libc::syscall(libc::SYS_close_range, first_other, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first_other,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings built before fork.
     unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     child_exit()
@@ -124,7 +137,12 @@ pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Sets a terminal's window size (`TIOCSWINSZ`).
 pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize struct that lives on our stack for the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     if rc < 0 {
@@ -135,11 +153,20 @@ pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<(
 
 /// Installs a seccomp BPF filter on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`).
 pub fn load_seccomp_filter(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
-    let len = u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let prog = libc::sock_fprog { len, filter: program.as_ptr() as *mut libc::sock_filter };
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
     // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
     let rc = unsafe {
-        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());

@@ -13,7 +13,8 @@ fn to_caps(set: Option<&Capabilities>) -> Result<CapsHashSet, ChildError> {
     let mut out = HashSet::new();
     for c in set.into_iter().flatten() {
         let name = format!("CAP_{c}");
-        let cap = Cap::from_str(&name).map_err(|_| ChildError::Invalid(format!("unknown capability {name}")))?;
+        let cap = Cap::from_str(&name)
+            .map_err(|_| ChildError::Invalid(format!("unknown capability {name}")))?;
         out.insert(cap);
     }
     Ok(out)
@@ -30,7 +31,8 @@ pub fn apply_bounding(spec: Option<&LinuxCapabilities>) -> Result<(), ChildError
     let supported = caps::runtime::thread_all_supported();
     for cap in supported {
         if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(caps_err("drop bounding capability"))?;
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_err("drop bounding capability"))?;
         }
     }
     Ok(())

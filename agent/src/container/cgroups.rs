@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::LinuxResources;
 
 /// v1 controllers a container joins (when the host mounts them).
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices"];
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices",
+];
 /// v2 controllers enabled for containers (when available).
 const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
@@ -23,13 +25,21 @@ pub enum CgroupError {
     #[error("cgroup path {0:?} must not contain '..'")]
     BadPath(PathBuf),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("cgroup {0} still has processes after kill")]
     Busy(PathBuf),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { op, path: path.to_path_buf(), source }
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where the cgroup filesystems are mounted and which cgroup the agent itself is in.
@@ -38,14 +48,18 @@ pub enum CgroupLayout {
     /// Unified hierarchy: (mount point, the agent's own cgroup path).
     V2 { root: PathBuf, own: PathBuf },
     /// Controller name → (mount point, the agent's own cgroup path in that hierarchy).
-    V1 { hierarchies: BTreeMap<String, (PathBuf, PathBuf)> },
+    V1 {
+        hierarchies: BTreeMap<String, (PathBuf, PathBuf)>,
+    },
 }
 
 impl CgroupLayout {
     /// Reads /proc/self/mountinfo and /proc/self/cgroup.
     pub fn detect() -> Result<Self, CgroupError> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(io_err("read", Path::new("/proc/self/cgroup")))?;
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(io_err("read", Path::new("/proc/self/cgroup")))?;
         Self::parse(&mountinfo, &own)
     }
 
@@ -55,7 +69,11 @@ impl CgroupLayout {
         let own_of = |controller: &str| -> PathBuf {
             for line in own_cgroups.lines() {
                 let mut parts = line.splitn(3, ':');
-                let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+                let (_, ctrls, path) = (
+                    parts.next(),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or("/"),
+                );
                 if ctrls.split(',').any(|c| c == controller) {
                     return PathBuf::from(path);
                 }
@@ -64,16 +82,23 @@ impl CgroupLayout {
         };
         for line in mountinfo.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
-            let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-            let (Some(mountpoint), Some(fstype), Some(superopts)) = (fields.get(4), fields.get(sep + 1), fields.get(sep + 3)) else {
+            let Some(sep) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            let (Some(mountpoint), Some(fstype), Some(superopts)) =
+                (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+            else {
                 continue;
             };
             match *fstype {
-                "cgroup2" if *mountpoint == "/sys/fs/cgroup" => v2_root = Some(PathBuf::from(mountpoint)),
+                "cgroup2" if *mountpoint == "/sys/fs/cgroup" => {
+                    v2_root = Some(PathBuf::from(mountpoint))
+                }
                 "cgroup" => {
                     for opt in superopts.split(',') {
                         if V1_CONTROLLERS.contains(&opt) {
-                            hierarchies.insert(opt.to_string(), (PathBuf::from(mountpoint), own_of(opt)));
+                            hierarchies
+                                .insert(opt.to_string(), (PathBuf::from(mountpoint), own_of(opt)));
                         }
                     }
                 }
@@ -100,7 +125,11 @@ impl CgroupLayout {
 
     /// The directories of a container's cgroup. An absolute `cgroups_path` is taken from the
     /// hierarchy root; a relative one (default `vessel/<id>`) from the agent's own cgroup.
-    pub fn container_cgroup(&self, cgroups_path: Option<&Path>, id: &str) -> Result<Cgroup, CgroupError> {
+    pub fn container_cgroup(
+        &self,
+        cgroups_path: Option<&Path>,
+        id: &str,
+    ) -> Result<Cgroup, CgroupError> {
         let default = PathBuf::from("vessel").join(id);
         let rel = match cgroups_path {
             // systemd-style "slice:prefix:name" is not a path; fall back to the default.
@@ -111,18 +140,30 @@ impl CgroupLayout {
             return Err(CgroupError::BadPath(rel));
         }
         let under = |mount: &Path, own: &Path| -> PathBuf {
-            let base = if rel.is_absolute() { PathBuf::from("/") } else { own.to_path_buf() };
+            let base = if rel.is_absolute() {
+                PathBuf::from("/")
+            } else {
+                own.to_path_buf()
+            };
             let full = base.join(&rel);
             mount.join(full.strip_prefix("/").unwrap_or(&full))
         };
         Ok(match self {
-            CgroupLayout::V2 { root, own } => Cgroup { v2: true, root: root.clone(), dirs: vec![("".into(), under(root, own))] },
+            CgroupLayout::V2 { root, own } => Cgroup {
+                v2: true,
+                root: root.clone(),
+                dirs: vec![("".into(), under(root, own))],
+            },
             CgroupLayout::V1 { hierarchies } => {
                 let mut dirs: Vec<(String, PathBuf)> = Vec::new();
                 for (ctrl, (mount, own)) in hierarchies {
                     dirs.push((ctrl.clone(), under(mount, own)));
                 }
-                Cgroup { v2: false, root: PathBuf::from("/sys/fs/cgroup"), dirs }
+                Cgroup {
+                    v2: false,
+                    root: PathBuf::from("/sys/fs/cgroup"),
+                    dirs,
+                }
             }
         })
     }
@@ -163,7 +204,10 @@ impl Cgroup {
         if self.v2 {
             return self.dirs.first().map(|(_, d)| d.as_path());
         }
-        self.dirs.iter().find(|(c, _)| c == controller).map(|(_, d)| d.as_path())
+        self.dirs
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, d)| d.as_path())
     }
 
     fn unique_dirs(&self) -> Vec<&Path> {
@@ -178,7 +222,9 @@ impl Cgroup {
 
     /// The directory used to list processes.
     pub fn procs_dir(&self) -> Option<&Path> {
-        self.dir("pids").or_else(|| self.dir("memory")).or_else(|| self.dirs.first().map(|(_, d)| d.as_path()))
+        self.dir("pids")
+            .or_else(|| self.dir("memory"))
+            .or_else(|| self.dirs.first().map(|(_, d)| d.as_path()))
     }
 
     /// Creates the directories (and, on v2, enables controllers on the way down).
@@ -224,7 +270,11 @@ impl Cgroup {
         if let Some(cpu) = res.cpu() {
             if let Some(shares) = cpu.shares() {
                 match self.v2 {
-                    true => write_in(self.dir(""), "cpu.weight", &shares_to_weight(shares).to_string())?,
+                    true => write_in(
+                        self.dir(""),
+                        "cpu.weight",
+                        &shares_to_weight(shares).to_string(),
+                    )?,
                     false => write_in(self.dir("cpu"), "cpu.shares", &shares.to_string())?,
                 }
             }
@@ -232,11 +282,19 @@ impl Cgroup {
                 let period = cpu.period().unwrap_or(100_000);
                 let quota = cpu.quota().unwrap_or(-1);
                 if self.v2 {
-                    let q = if quota > 0 { quota.to_string() } else { "max".into() };
+                    let q = if quota > 0 {
+                        quota.to_string()
+                    } else {
+                        "max".into()
+                    };
                     write_in(self.dir(""), "cpu.max", &format!("{q} {period}"))?;
                 } else {
                     write_in(self.dir("cpu"), "cpu.cfs_period_us", &period.to_string())?;
-                    write_in(self.dir("cpu"), "cpu.cfs_quota_us", &(if quota > 0 { quota } else { -1 }).to_string())?;
+                    write_in(
+                        self.dir("cpu"),
+                        "cpu.cfs_quota_us",
+                        &(if quota > 0 { quota } else { -1 }).to_string(),
+                    )?;
                 }
             }
             if let Some(cpus) = cpu.cpus().as_deref().filter(|s| !s.is_empty()) {
@@ -247,21 +305,47 @@ impl Cgroup {
             }
         }
         if let Some(pids) = res.pids() {
-            let v = if pids.limit() > 0 { pids.limit().to_string() } else { "max".into() };
+            let v = if pids.limit() > 0 {
+                pids.limit().to_string()
+            } else {
+                "max".into()
+            };
             write_in(self.dir("pids"), "pids.max", &v)?;
         }
         Ok(())
     }
 
-    fn apply_memory(&self, limit: Option<i64>, swap: Option<i64>, reservation: Option<i64>, swappiness: Option<u64>) -> Result<(), CgroupError> {
+    fn apply_memory(
+        &self,
+        limit: Option<i64>,
+        swap: Option<i64>,
+        reservation: Option<i64>,
+        swappiness: Option<u64>,
+    ) -> Result<(), CgroupError> {
         let unlimited = |v: i64| v <= 0;
         if self.v2 {
             let dir = self.dir("");
             if let Some(r) = reservation {
-                write_in(dir, "memory.low", &(if unlimited(r) { "0".into() } else { r.to_string() }))?;
+                write_in(
+                    dir,
+                    "memory.low",
+                    &(if unlimited(r) {
+                        "0".into()
+                    } else {
+                        r.to_string()
+                    }),
+                )?;
             }
             if let Some(l) = limit {
-                write_in(dir, "memory.max", &(if unlimited(l) { "max".into() } else { l.to_string() }))?;
+                write_in(
+                    dir,
+                    "memory.max",
+                    &(if unlimited(l) {
+                        "max".into()
+                    } else {
+                        l.to_string()
+                    }),
+                )?;
             }
             // OCI swap is memory+swap; v2 limits swap alone.
             if let Some(s) = swap {
@@ -270,7 +354,10 @@ impl Cgroup {
                     (s, Some(l)) if l > 0 => (s - l).max(0).to_string(),
                     (s, _) => s.to_string(),
                 };
-                if dir.map(|d| d.join("memory.swap.max").exists()).unwrap_or(false) {
+                if dir
+                    .map(|d| d.join("memory.swap.max").exists())
+                    .unwrap_or(false)
+                {
                     write_in(dir, "memory.swap.max", &v)?;
                 }
             }
@@ -278,11 +365,19 @@ impl Cgroup {
         }
         let dir = self.dir("memory");
         if let Some(r) = reservation {
-            write_in(dir, "memory.soft_limit_in_bytes", &(if unlimited(r) { -1 } else { r }).to_string())?;
+            write_in(
+                dir,
+                "memory.soft_limit_in_bytes",
+                &(if unlimited(r) { -1 } else { r }).to_string(),
+            )?;
         }
         let l = limit.map(|l| if unlimited(l) { -1 } else { l });
-        let has_memsw = dir.map(|d| d.join("memory.memsw.limit_in_bytes").exists()).unwrap_or(false);
-        let s = swap.filter(|_| has_memsw).map(|s| if unlimited(s) { -1 } else { s });
+        let has_memsw = dir
+            .map(|d| d.join("memory.memsw.limit_in_bytes").exists())
+            .unwrap_or(false);
+        let s = swap
+            .filter(|_| has_memsw)
+            .map(|s| if unlimited(s) { -1 } else { s });
         match (l, s) {
             (Some(l), Some(s)) => {
                 // The kernel requires limit <= memsw at every step: try both orders.
@@ -305,7 +400,9 @@ impl Cgroup {
 
     /// Pids of every process in the cgroup (in the agent's pid namespace).
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let Some(dir) = self.procs_dir() else { return Ok(Vec::new()) };
+        let Some(dir) = self.procs_dir() else {
+            return Ok(Vec::new());
+        };
         let path = dir.join("cgroup.procs");
         match fs::read_to_string(&path) {
             Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
@@ -372,12 +469,20 @@ impl Cgroup {
         let num = |s: Option<String>| s.and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
         let kv = |s: &str, key: &str| {
             s.lines()
-                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+                .find_map(|l| {
+                    l.strip_prefix(key)
+                        .and_then(|r| r.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
                 .unwrap_or(0)
         };
         let limit = |s: Option<String>| match s.as_deref().map(str::trim) {
             Some("max") | None => 0,
-            Some(v) => v.parse::<u64>().ok().filter(|v| *v < (1 << 62)).unwrap_or(0),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v < (1 << 62))
+                .unwrap_or(0),
         };
         if self.v2 {
             let dir = self.dir("");
@@ -427,10 +532,17 @@ impl Cgroup {
 
     /// The kernel's count of OOM kills in this cgroup.
     pub fn oom_kill_count(&self) -> u64 {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         let text = read_in(self.dir("memory"), file).unwrap_or_default();
         text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 
@@ -441,7 +553,10 @@ impl Cgroup {
         if self.v2 {
             Some((dir.join("memory.events"), PathBuf::new()))
         } else {
-            Some((dir.join("memory.oom_control"), dir.join("cgroup.event_control")))
+            Some((
+                dir.join("memory.oom_control"),
+                dir.join("cgroup.event_control"),
+            ))
         }
     }
 
@@ -454,11 +569,15 @@ impl Cgroup {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
                         sleep(Duration::from_millis(10));
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(CgroupError::Busy(dir.to_path_buf())),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        return Err(CgroupError::Busy(dir.to_path_buf()))
+                    }
                     Err(e) => return Err(io_err("rmdir", dir)(e)),
                 }
             }
@@ -480,7 +599,9 @@ fn enable_v2_controllers(dir: &Path) {
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
     for c in V2_CONTROLLERS {
-        if available.split_whitespace().any(|a| a == *c) && !enabled.split_whitespace().any(|a| a == *c) {
+        if available.split_whitespace().any(|a| a == *c)
+            && !enabled.split_whitespace().any(|a| a == *c)
+        {
             if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
                 log::warn!("enabling cgroup controller {c} in {}: {e}", dir.display());
             }
@@ -495,7 +616,12 @@ fn init_v1_cpuset(dir: &Path) -> Result<(), CgroupError> {
     let mut cur = dir;
     while let Some(parent) = cur.parent() {
         chain.push(cur.to_path_buf());
-        if parent.join("cpuset.cpus").exists() && !read_in(Some(parent), "cpuset.cpus").unwrap_or_default().trim().is_empty() {
+        if parent.join("cpuset.cpus").exists()
+            && !read_in(Some(parent), "cpuset.cpus")
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        {
             break;
         }
         cur = parent;
@@ -547,13 +673,29 @@ mod tests {
         let layout = CgroupLayout::parse(HYBRID, own).unwrap();
         assert!(!layout.is_v2());
         let cg = layout.container_cgroup(None, "c1").unwrap();
-        assert_eq!(cg.dir("memory").unwrap(), Path::new("/sys/fs/cgroup/memory/sandbox/x/vessel/c1"));
-        assert_eq!(cg.dir("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu/vessel/c1"));
-        assert_eq!(cg.dir("cpuacct").unwrap(), Path::new("/sys/fs/cgroup/cpu,cpuacct/vessel/c1"));
+        assert_eq!(
+            cg.dir("memory").unwrap(),
+            Path::new("/sys/fs/cgroup/memory/sandbox/x/vessel/c1")
+        );
+        assert_eq!(
+            cg.dir("cpu").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu/vessel/c1")
+        );
+        assert_eq!(
+            cg.dir("cpuacct").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/vessel/c1")
+        );
         assert!(cg.dir("name=systemd").is_none());
-        let abs = layout.container_cgroup(Some(Path::new("/pods/c1")), "c1").unwrap();
-        assert_eq!(abs.dir("memory").unwrap(), Path::new("/sys/fs/cgroup/memory/pods/c1"));
-        assert!(layout.container_cgroup(Some(Path::new("../escape")), "c1").is_err());
+        let abs = layout
+            .container_cgroup(Some(Path::new("/pods/c1")), "c1")
+            .unwrap();
+        assert_eq!(
+            abs.dir("memory").unwrap(),
+            Path::new("/sys/fs/cgroup/memory/pods/c1")
+        );
+        assert!(layout
+            .container_cgroup(Some(Path::new("../escape")), "c1")
+            .is_err());
     }
 
     #[test]
@@ -561,8 +703,13 @@ mod tests {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
         let layout = CgroupLayout::parse(mi, "0::/\n").unwrap();
         assert!(layout.is_v2());
-        let cg = layout.container_cgroup(Some(Path::new("kubepods.slice:cri:abc")), "abc").unwrap();
-        assert_eq!(cg.dir("memory").unwrap(), Path::new("/sys/fs/cgroup/vessel/abc"));
+        let cg = layout
+            .container_cgroup(Some(Path::new("kubepods.slice:cri:abc")), "abc")
+            .unwrap();
+        assert_eq!(
+            cg.dir("memory").unwrap(),
+            Path::new("/sys/fs/cgroup/vessel/abc")
+        );
     }
 
     #[test]

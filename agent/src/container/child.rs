@@ -68,7 +68,10 @@ pub enum ChildReport {
     Ready,
     /// Setup failed; `invalid`: the request asked for something impossible (e.g. a missing
     /// executable) rather than the agent failing.
-    Failed { invalid: bool, message: String },
+    Failed {
+        invalid: bool,
+        message: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,7 +82,8 @@ pub enum AgentCommand {
 /// Sends one length-prefixed JSON message.
 pub fn send<T: Serialize>(mut sock: &UnixStream, msg: &T) -> io::Result<()> {
     let body = serde_json::to_vec(msg)?;
-    let len = u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len =
+        u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     sock.write_all(&len.to_le_bytes())?;
     sock.write_all(&body)
 }
@@ -94,7 +98,10 @@ pub fn recv<T: DeserializeOwned>(mut sock: &UnixStream) -> io::Result<Option<T>>
     }
     let len = u32::from_le_bytes(len);
     if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "sync message too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sync message too large",
+        ));
     }
     let mut body = vec![0u8; len as usize];
     sock.read_exact(&mut body)?;
@@ -112,7 +119,13 @@ pub fn child_main() -> ! {
         Err(e) => e,
     };
     let invalid = matches!(err, ChildError::Invalid(_) | ChildError::NotFound(_));
-    let _ = send(&sync, &ChildReport::Failed { invalid, message: err.to_string() });
+    let _ = send(
+        &sync,
+        &ChildReport::Failed {
+            invalid,
+            message: err.to_string(),
+        },
+    );
     std::process::exit(127)
 }
 
@@ -125,18 +138,21 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
         Some(init) => setup_init(init, terminal)?,
         None => {
             for (i, kind) in cfg.join.iter().enumerate() {
-                let fd = sys::take_inherited_fd(FIRST_NS_FD + i as RawFd).map_err(|e| ChildError::io("namespace fd", e))?;
+                let fd = sys::take_inherited_fd(FIRST_NS_FD + i as RawFd)
+                    .map_err(|e| ChildError::io("namespace fd", e))?;
                 namespaces::join(*kind, fd)?;
             }
         }
     }
     nix::unistd::setsid().map_err(|e| ChildError::sys("setsid", e))?;
     if terminal {
-        sys::set_controlling_tty(sys::stdin_fd()).map_err(|e| ChildError::io("set controlling terminal", e))?;
+        sys::set_controlling_tty(sys::stdin_fd())
+            .map_err(|e| ChildError::io("set controlling terminal", e))?;
     }
     apply_rlimits(&cfg.process)?;
     if let Some(adj) = cfg.process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| ChildError::io("oom_score_adj", e))?;
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| ChildError::io("oom_score_adj", e))?;
     }
     let cwd = cfg.process.cwd().clone();
     let chdir_done = nix::unistd::chdir(&cwd).is_ok();
@@ -153,27 +169,41 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
         }
     }
     finalize(&cfg, chdir_done, &cwd)?;
-    let c = |s: &str| CString::new(s).map_err(|_| ChildError::Invalid(format!("NUL byte in {s:?}")));
+    let c =
+        |s: &str| CString::new(s).map_err(|_| ChildError::Invalid(format!("NUL byte in {s:?}")));
     let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
     let envp: Vec<CString> = env.iter().map(|e| c(e)).collect::<Result<_, _>>()?;
     let path = c(&exe.to_string_lossy())?;
     sys::reset_signal_dispositions();
-    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(ChildError::sys(format!("exec {}", exe.display()), err))
 }
-
 
 fn setup_init(init: &InitConfig, terminal: bool) -> Result<(), ChildError> {
     for (kind, path) in &init.join_namespaces {
         namespaces::join_path(*kind, path)?;
     }
     namespaces::unshare_kinds(&init.new_namespaces)?;
-    let uts = init.new_namespaces.contains(&NsKind::Uts) || init.join_namespaces.iter().any(|(k, _)| *k == NsKind::Uts);
-    if let Some(hostname) = init.spec.hostname().as_deref().filter(|h| !h.is_empty() && uts) {
+    let uts = init.new_namespaces.contains(&NsKind::Uts)
+        || init.join_namespaces.iter().any(|(k, _)| *k == NsKind::Uts);
+    if let Some(hostname) = init
+        .spec
+        .hostname()
+        .as_deref()
+        .filter(|h| !h.is_empty() && uts)
+    {
         nix::unistd::sethostname(hostname).map_err(|e| ChildError::sys("sethostname", e))?;
     }
-    let extras = RootfsExtras { resolv_conf: init.resolv_conf.as_deref(), cgroup_style: &init.cgroup_style, terminal };
+    let extras = RootfsExtras {
+        resolv_conf: init.resolv_conf.as_deref(),
+        cgroup_style: &init.cgroup_style,
+        terminal,
+    };
     rootfs::setup(&init.spec, &init.rootfs, &extras)
 }
 
@@ -197,7 +227,8 @@ fn apply_rlimits(process: &Process) -> Result<(), ChildError> {
             PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
             PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
         };
-        setrlimit(res, rl.soft(), rl.hard()).map_err(|e| ChildError::sys(format!("setrlimit {:?}", rl.typ()), e))?;
+        setrlimit(res, rl.soft(), rl.hard())
+            .map_err(|e| ChildError::sys(format!("setrlimit {:?}", rl.typ()), e))?;
     }
     Ok(())
 }
@@ -208,10 +239,20 @@ fn resolve_executable(name: &str, env: &[String]) -> Result<PathBuf, ChildError>
     if name.is_empty() {
         return Err(ChildError::Invalid("process.args is empty".into()));
     }
-    let is_exe = |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_exe = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if name.contains('/') {
         let p = PathBuf::from(name);
-        return if is_exe(&p) { Ok(p) } else { Err(ChildError::NotFound(format!("executable {name} not found in the container"))) };
+        return if is_exe(&p) {
+            Ok(p)
+        } else {
+            Err(ChildError::NotFound(format!(
+                "executable {name} not found in the container"
+            )))
+        };
     }
     let path = env
         .iter()
@@ -223,7 +264,9 @@ fn resolve_executable(name: &str, env: &[String]) -> Result<PathBuf, ChildError>
             return Ok(p);
         }
     }
-    Err(ChildError::NotFound(format!("executable {name:?} not found in $PATH ({path}) in the container")))
+    Err(ChildError::NotFound(format!(
+        "executable {name:?} not found in $PATH ({path}) in the container"
+    )))
 }
 
 /// The privileged-to-unprivileged transition, in runc's order.
@@ -231,7 +274,8 @@ fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), Child
     let p = &cfg.process;
     let nnp = p.no_new_privileges().unwrap_or(false);
     if nnp {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::sys("PR_SET_NO_NEW_PRIVS", e))?;
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| ChildError::sys("PR_SET_NO_NEW_PRIVS", e))?;
     }
     // Without NNP, loading a filter needs CAP_SYS_ADMIN: do it before dropping capabilities.
     if !nnp {
@@ -241,14 +285,22 @@ fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), Child
     capabilities::apply_bounding(caps)?;
     nix::sys::prctl::set_keepcaps(true).map_err(|e| ChildError::sys("PR_SET_KEEPCAPS", e))?;
     let user = p.user();
-    let groups: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     setgroups(&groups).map_err(|e| ChildError::sys("setgroups", e))?;
-    setgid(Gid::from_raw(user.gid())).map_err(|e| ChildError::sys(format!("setgid {}", user.gid()), e))?;
-    setuid(Uid::from_raw(user.uid())).map_err(|e| ChildError::sys(format!("setuid {}", user.uid()), e))?;
+    setgid(Gid::from_raw(user.gid()))
+        .map_err(|e| ChildError::sys(format!("setgid {}", user.gid()), e))?;
+    setuid(Uid::from_raw(user.uid()))
+        .map_err(|e| ChildError::sys(format!("setuid {}", user.uid()), e))?;
     nix::sys::prctl::set_keepcaps(false).map_err(|e| ChildError::sys("PR_SET_KEEPCAPS", e))?;
     capabilities::apply_sets(caps)?;
     if !chdir_done {
-        nix::unistd::chdir(cwd).map_err(|e| ChildError::sys(format!("chdir {}", cwd.display()), e))?;
+        nix::unistd::chdir(cwd)
+            .map_err(|e| ChildError::sys(format!("chdir {}", cwd.display()), e))?;
     }
     nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
     if nnp {
@@ -259,7 +311,8 @@ fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), Child
 
 fn load_seccomp(cfg: &ChildConfig) -> Result<(), ChildError> {
     if let Some(s) = &cfg.seccomp {
-        sys::load_seccomp_filter(&s.to_sock_filters(), s.flags).map_err(|e| ChildError::io("load seccomp filter", e))?;
+        sys::load_seccomp_filter(&s.to_sock_filters(), s.flags)
+            .map_err(|e| ChildError::io("load seccomp filter", e))?;
     }
     Ok(())
 }

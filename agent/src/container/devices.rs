@@ -14,8 +14,14 @@ use super::mounts::{ensure_mountpoint, secure_join};
 use super::ChildError;
 
 /// (path, major, minor) of the devices every container gets.
-const DEFAULT_DEVICES: &[(&str, u64, u64)] =
-    &[("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
+const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
 
 /// Creates the default devices and the spec's devices under `rootfs` (before pivot_root).
 pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildError> {
@@ -23,17 +29,40 @@ pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildE
         if extra.iter().any(|d| d.path() == Path::new(path)) {
             continue;
         }
-        create_node(rootfs, Path::new(path), SFlag::S_IFCHR, *major, *minor, 0o666, None, None)?;
+        create_node(
+            rootfs,
+            Path::new(path),
+            SFlag::S_IFCHR,
+            *major,
+            *minor,
+            0o666,
+            None,
+            None,
+        )?;
     }
     for d in extra {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
-            LinuxDeviceType::A => return Err(ChildError::Invalid(format!("device {}: type 'a' is not a node", d.path().display()))),
+            LinuxDeviceType::A => {
+                return Err(ChildError::Invalid(format!(
+                    "device {}: type 'a' is not a node",
+                    d.path().display()
+                )))
+            }
         };
         let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
-        create_node(rootfs, d.path(), kind, d.major() as u64, d.minor() as u64, mode, d.uid(), d.gid())?;
+        create_node(
+            rootfs,
+            d.path(),
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            mode,
+            d.uid(),
+            d.gid(),
+        )?;
     }
     Ok(())
 }
@@ -51,10 +80,16 @@ fn create_node(
 ) -> Result<(), ChildError> {
     let dest = secure_join(rootfs, path)?;
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
     }
     let _ = fs::remove_file(&dest);
-    match mknod(&dest, kind, Mode::from_bits_truncate(mode), makedev(major, minor)) {
+    match mknod(
+        &dest,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(major, minor),
+    ) {
         Ok(()) => {
             // mknod applies the umask; set the exact mode.
             nix::sys::stat::fchmodat(
@@ -70,8 +105,14 @@ fn create_node(
         // Without CAP_MKNOD (or on a nodev filesystem), bind the host's node instead.
         Err(nix::errno::Errno::EPERM) if kind != SFlag::S_IFIFO => {
             ensure_mountpoint(&dest, true)?;
-            mount(Some(path), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| ChildError::sys(format!("bind device {}", path.display()), e))?;
+            mount(
+                Some(path),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| ChildError::sys(format!("bind device {}", path.display()), e))?;
         }
         Err(e) => return Err(ChildError::sys(format!("mknod {}", dest.display()), e)),
     }
@@ -108,6 +149,12 @@ pub fn create_symlinks(rootfs: &Path, has_devpts: bool) -> Result<(), ChildError
 pub fn bind_console(rootfs: &Path) -> Result<(), ChildError> {
     let dest = secure_join(rootfs, Path::new("/dev/console"))?;
     ensure_mountpoint(&dest, true)?;
-    mount(Some("/proc/self/fd/0"), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| ChildError::sys("bind /dev/console", e))
+    mount(
+        Some("/proc/self/fd/0"),
+        &dest,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| ChildError::sys("bind /dev/console", e))
 }

@@ -37,9 +37,15 @@ use crate::stdio::{ProcessStreams, StdioSetup};
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
     #[error("{context}: {source}")]
-    Sys { context: String, source: nix::errno::Errno },
+    Sys {
+        context: String,
+        source: nix::errno::Errno,
+    },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -48,10 +54,16 @@ pub enum ChildError {
 
 impl ChildError {
     pub fn sys(context: impl Into<String>, source: nix::errno::Errno) -> Self {
-        ChildError::Sys { context: context.into(), source }
+        ChildError::Sys {
+            context: context.into(),
+            source,
+        }
     }
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ChildError::Io { context: context.into(), source }
+        ChildError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -92,10 +104,17 @@ pub struct CreateContext<'a> {
 
 impl Container {
     /// Creates the container: cgroup, child set up and blocked before exec.
-    pub fn create(id: &str, spec_json: &[u8], stdin: bool, ctx: &CreateContext<'_>) -> RequestResult<Container> {
+    pub fn create(
+        id: &str,
+        spec_json: &[u8],
+        stdin: bool,
+        ctx: &CreateContext<'_>,
+    ) -> RequestResult<Container> {
         let plan = spec::plan(id, spec_json, ctx)?;
         let cgroup = plan.cgroup.clone();
-        cgroup.create().map_err(|e| RequestError::internal(format!("creating cgroup: {e}")))?;
+        cgroup
+            .create()
+            .map_err(|e| RequestError::internal(format!("creating cgroup: {e}")))?;
         let result = Self::create_in(id, plan, stdin);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
@@ -107,13 +126,21 @@ impl Container {
 
     fn create_in(id: &str, plan: spec::CreatePlan, stdin: bool) -> RequestResult<Container> {
         if let Some(res) = &plan.resources {
-            plan.cgroup.apply(res).map_err(|e| RequestError::invalid(format!("applying resources: {e}")))?;
+            plan.cgroup
+                .apply(res)
+                .map_err(|e| RequestError::invalid(format!("applying resources: {e}")))?;
         }
         let terminal = plan.config.process.terminal().unwrap_or(false);
-        let stdio = if terminal { StdioSetup::pty(plan.console_size) } else { StdioSetup::pipes(stdin) }
-            .map_err(|e| RequestError::internal(e.to_string()))?;
+        let stdio = if terminal {
+            StdioSetup::pty(plan.console_size)
+        } else {
+            StdioSetup::pipes(stdin)
+        }
+        .map_err(|e| RequestError::internal(e.to_string()))?;
         let pid_ns_fd = match &plan.pid_ns_path {
-            Some(p) => Some(namespaces::open_ns(p).map_err(|e| RequestError::invalid(format!("pid namespace {}: {e}", p.display())))?),
+            Some(p) => Some(namespaces::open_ns(p).map_err(|e| {
+                RequestError::invalid(format!("pid namespace {}: {e}", p.display()))
+            })?),
             None => None,
         };
         let pid_ns = match (&pid_ns_fd, plan.new_pid_ns) {
@@ -139,7 +166,11 @@ impl Container {
                 }
             }
         }
-        let init = Arc::new(ProcessHandle { pid: spawned.pid, exit: spawned.exit.clone(), streams: stdio.streams });
+        let init = Arc::new(ProcessHandle {
+            pid: spawned.pid,
+            exit: spawned.exit.clone(),
+            streams: stdio.streams,
+        });
         log::debug!("container {id}: created, init pid {}", init.pid);
         Ok(Container {
             id: id.to_string(),
@@ -160,9 +191,9 @@ impl Container {
 
     /// Releases the init process to exec its program.
     pub fn start(&self) -> RequestResult<Pid> {
-        let spawned = lock(&self.pending)
-            .take()
-            .ok_or_else(|| RequestError::precondition(format!("container {} is already started", self.id)))?;
+        let spawned = lock(&self.pending).take().ok_or_else(|| {
+            RequestError::precondition(format!("container {} is already started", self.id))
+        })?;
         if let Err(e) = spawned.start() {
             spawned.abort();
             return Err(e);
@@ -172,10 +203,16 @@ impl Container {
 
     fn running(&self) -> RequestResult<()> {
         if lock(&self.pending).is_some() {
-            return Err(RequestError::precondition(format!("container {} is not started", self.id)));
+            return Err(RequestError::precondition(format!(
+                "container {} is not started",
+                self.id
+            )));
         }
         if self.init.exited().is_some() {
-            return Err(RequestError::precondition(format!("container {} is stopped", self.id)));
+            return Err(RequestError::precondition(format!(
+                "container {} is stopped",
+                self.id
+            )));
         }
         Ok(())
     }
@@ -185,28 +222,54 @@ impl Container {
         if exec_id.is_empty() || exec_id.len() > 256 {
             return Err(RequestError::invalid("exec_id must be 1..=256 bytes"));
         }
-        let process: Process =
-            serde_json::from_slice(process_json).map_err(|e| RequestError::invalid(format!("malformed OCI process: {e}")))?;
+        let process: Process = serde_json::from_slice(process_json)
+            .map_err(|e| RequestError::invalid(format!("malformed OCI process: {e}")))?;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(RequestError::invalid("process.args is empty"));
         }
         self.running()?;
         if lock(&self.execs).contains_key(exec_id) {
-            return Err(RequestError::exists(format!("exec {exec_id} already exists in container {}", self.id)));
+            return Err(RequestError::exists(format!(
+                "exec {exec_id} already exists in container {}",
+                self.id
+            )));
         }
         let terminal = process.terminal().unwrap_or(false);
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
-        let stdio = if terminal { StdioSetup::pty(size) } else { StdioSetup::pipes(stdin) }
-            .map_err(|e| RequestError::internal(e.to_string()))?;
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        let stdio = if terminal {
+            StdioSetup::pty(size)
+        } else {
+            StdioSetup::pipes(stdin)
+        }
+        .map_err(|e| RequestError::internal(e.to_string()))?;
         let ns = lock(&self.ns_fds);
-        let join: Vec<NsKind> = ns.iter().filter(|(k, _)| *k != NsKind::Pid).map(|(k, _)| *k).collect();
-        let fds: Vec<BorrowedFd<'_>> = ns.iter().filter(|(k, _)| *k != NsKind::Pid).map(|(_, f)| f.as_fd()).collect();
-        let pid_fd = ns.iter().find(|(k, _)| *k == NsKind::Pid).map(|(_, f)| f.as_fd());
+        let join: Vec<NsKind> = ns
+            .iter()
+            .filter(|(k, _)| *k != NsKind::Pid)
+            .map(|(k, _)| *k)
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = ns
+            .iter()
+            .filter(|(k, _)| *k != NsKind::Pid)
+            .map(|(_, f)| f.as_fd())
+            .collect();
+        let pid_fd = ns
+            .iter()
+            .find(|(k, _)| *k == NsKind::Pid)
+            .map(|(_, f)| f.as_fd());
         let pid_ns = match pid_fd {
             Some(fd) if self.own_pid_ns => PidNs::Join(fd),
             _ => PidNs::Inherit,
         };
-        let config = ChildConfig { process, seccomp: self.seccomp.clone(), init: None, join, wait_for_start: false };
+        let config = ChildConfig {
+            process,
+            seccomp: self.seccomp.clone(),
+            init: None,
+            join,
+            wait_for_start: false,
+        };
         let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
         drop(ns);
         drop(stdio.child);
@@ -214,12 +277,19 @@ impl Container {
             spawned.abort();
             return Err(e);
         }
-        let handle = Arc::new(ProcessHandle { pid: spawned.pid, exit: spawned.exit.clone(), streams: stdio.streams });
+        let handle = Arc::new(ProcessHandle {
+            pid: spawned.pid,
+            exit: spawned.exit.clone(),
+            streams: stdio.streams,
+        });
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {
             drop(execs);
             spawned.abort();
-            return Err(RequestError::exists(format!("exec {exec_id} already exists in container {}", self.id)));
+            return Err(RequestError::exists(format!(
+                "exec {exec_id} already exists in container {}",
+                self.id
+            )));
         }
         execs.insert(exec_id.to_string(), handle);
         Ok(spawned.pid)
@@ -230,10 +300,9 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        lock(&self.execs)
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| RequestError::not_found(format!("no exec {exec_id:?} in container {}", self.id)))
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            RequestError::not_found(format!("no exec {exec_id:?} in container {}", self.id))
+        })
     }
 
     pub fn signal(&self, exec_id: &str, signal: u32, all: bool) -> RequestResult<()> {
@@ -242,11 +311,17 @@ impl Container {
             .and_then(|s| Signal::try_from(s).ok())
             .ok_or_else(|| RequestError::invalid(format!("unknown signal {signal}")))?;
         if all {
-            return self.cgroup.signal_all(sig).map_err(|e| RequestError::internal(e.to_string()));
+            return self
+                .cgroup
+                .signal_all(sig)
+                .map_err(|e| RequestError::internal(e.to_string()));
         }
         let p = self.process(exec_id)?;
         if p.exited().is_some() {
-            return Err(RequestError::precondition(format!("process {exec_id:?} of container {} has exited", self.id)));
+            return Err(RequestError::precondition(format!(
+                "process {exec_id:?} of container {} has exited",
+                self.id
+            )));
         }
         if lock(&self.pending).is_some() && exec_id.is_empty() && sig == Signal::SIGKILL {
             // Killing a created-but-not-started container: also release its setup.
@@ -259,8 +334,14 @@ impl Container {
     }
 
     pub fn pids(&self) -> RequestResult<Vec<u32>> {
-        let pids = self.cgroup.pids().map_err(|e| RequestError::internal(e.to_string()))?;
-        Ok(pids.into_iter().filter_map(|p| u32::try_from(p).ok()).collect())
+        let pids = self
+            .cgroup
+            .pids()
+            .map_err(|e| RequestError::internal(e.to_string()))?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect())
     }
 
     pub fn stats(&self) -> CgroupStats {
@@ -271,15 +352,19 @@ impl Container {
         if paused {
             self.running()?;
         }
-        self.cgroup.set_frozen(paused).map_err(|e| RequestError::internal(e.to_string()))?;
+        self.cgroup
+            .set_frozen(paused)
+            .map_err(|e| RequestError::internal(e.to_string()))?;
         self.paused.store(paused, Ordering::SeqCst);
         Ok(())
     }
 
     pub fn update(&self, resources_json: &[u8]) -> RequestResult<()> {
-        let res: LinuxResources =
-            serde_json::from_slice(resources_json).map_err(|e| RequestError::invalid(format!("malformed OCI resources: {e}")))?;
-        self.cgroup.apply(&res).map_err(|e| RequestError::invalid(format!("applying resources: {e}")))
+        let res: LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| RequestError::invalid(format!("malformed OCI resources: {e}")))?;
+        self.cgroup
+            .apply(&res)
+            .map_err(|e| RequestError::invalid(format!("applying resources: {e}")))
     }
 
     /// Kills every process, waits for them to be reaped, removes the cgroup and releases
@@ -308,7 +393,9 @@ impl Container {
                 )));
             }
         }
-        self.cgroup.destroy().map_err(|e| RequestError::internal(format!("removing cgroup: {e}")))?;
+        self.cgroup
+            .destroy()
+            .map_err(|e| RequestError::internal(format!("removing cgroup: {e}")))?;
         lock(&self.ns_fds).clear();
         lock(&self.execs).clear();
         Ok(())

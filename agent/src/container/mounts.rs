@@ -22,7 +22,12 @@ pub struct MountOptions {
 }
 
 pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut o = MountOptions { flags: MsFlags::empty(), clear: MsFlags::empty(), propagation: Vec::new(), data: Vec::new() };
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        clear: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+    };
     for opt in options {
         let (set, clear) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -49,8 +54,10 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
-                o.propagation.push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                o.propagation
+                    .push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
                 continue;
             }
             _ => {
@@ -105,9 +112,13 @@ pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, ChildError> {
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > 40 {
-                    return Err(ChildError::Invalid(format!("too many symlinks resolving {}", path.display())));
+                    return Err(ChildError::Invalid(format!(
+                        "too many symlinks resolving {}",
+                        path.display()
+                    )));
                 }
-                let target = fs::read_link(&full).map_err(|e| ChildError::io(format!("readlink {}", full.display()), e))?;
+                let target = fs::read_link(&full)
+                    .map_err(|e| ChildError::io(format!("readlink {}", full.display()), e))?;
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
@@ -132,7 +143,8 @@ pub fn ensure_mountpoint(dest: &Path, file: bool) -> Result<(), ChildError> {
     }
     if file {
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
+            fs::create_dir_all(parent)
+                .map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
         }
         fs::OpenOptions::new()
             .create(true)
@@ -142,7 +154,8 @@ pub fn ensure_mountpoint(dest: &Path, file: bool) -> Result<(), ChildError> {
             .open(dest)
             .map_err(|e| ChildError::io(format!("create {}", dest.display()), e))?;
     } else {
-        fs::create_dir_all(dest).map_err(|e| ChildError::io(format!("mkdir {}", dest.display()), e))?;
+        fs::create_dir_all(dest)
+            .map_err(|e| ChildError::io(format!("mkdir {}", dest.display()), e))?;
     }
     Ok(())
 }
@@ -159,7 +172,10 @@ pub enum CgroupMountStyle {
 /// Mounts one spec mount under `rootfs` (before pivot_root).
 pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<(), ChildError> {
     if !m.destination().is_absolute() {
-        return Err(ChildError::Invalid(format!("mount destination {} is not absolute", m.destination().display())));
+        return Err(ChildError::Invalid(format!(
+            "mount destination {} is not absolute",
+            m.destination().display()
+        )));
     }
     let dest = secure_join(rootfs, m.destination())?;
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
@@ -168,16 +184,33 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
     let data = opts.data.join(",");
     let ctx = |what: &str| format!("mount {what} on {}", m.destination().display());
     if is_bind {
-        let src = m.source().as_ref().ok_or_else(|| ChildError::Invalid(ctx("bind without source")))?;
-        let src_meta = fs::metadata(src).map_err(|e| ChildError::io(ctx(&format!("bind source {}", src.display())), e))?;
+        let src = m
+            .source()
+            .as_ref()
+            .ok_or_else(|| ChildError::Invalid(ctx("bind without source")))?;
+        let src_meta = fs::metadata(src)
+            .map_err(|e| ChildError::io(ctx(&format!("bind source {}", src.display())), e))?;
         ensure_mountpoint(&dest, !src_meta.is_dir())?;
         let rec = opts.flags & MsFlags::MS_REC;
-        mount(Some(src), &dest, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(|e| ChildError::sys(ctx("bind"), e))?;
+        mount(
+            Some(src),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | rec,
+            None::<&str>,
+        )
+        .map_err(|e| ChildError::sys(ctx("bind"), e))?;
         // Bind mounts ignore other flags until a remount.
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra, None::<&str>)
-                .map_err(|e| ChildError::sys(ctx("bind remount"), e))?;
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra,
+                None::<&str>,
+            )
+            .map_err(|e| ChildError::sys(ctx("bind remount"), e))?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         ensure_mountpoint(&dest, false)?;
@@ -185,23 +218,40 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
     } else {
         ensure_mountpoint(&dest, false)?;
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        let data = if data.is_empty() { None } else { Some(data.as_str()) };
+        let data = if data.is_empty() {
+            None
+        } else {
+            Some(data.as_str())
+        };
         let fstype = if typ.is_empty() { None } else { Some(typ) };
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
         match mount(Some(&src), &dest, fstype, flags, data) {
             Ok(()) => {}
             // mqueue and sysfs cannot be mounted from a container sharing the agent's ipc/net
             // namespace on some kernels; runc falls back to a bind mount of the host's.
-            Err(nix::errno::Errno::EPERM | nix::errno::Errno::EBUSY) if matches!(typ, "sysfs" | "mqueue") => {
-                let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
-                mount(Some(host), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(|e| ChildError::sys(ctx(typ), e))?;
+            Err(nix::errno::Errno::EPERM | nix::errno::Errno::EBUSY)
+                if matches!(typ, "sysfs" | "mqueue") =>
+            {
+                let host = if typ == "sysfs" {
+                    "/sys"
+                } else {
+                    "/dev/mqueue"
+                };
+                mount(
+                    Some(host),
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| ChildError::sys(ctx(typ), e))?;
             }
             Err(e) => return Err(ChildError::sys(ctx(typ), e)),
         }
     }
     for p in &opts.propagation {
-        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>).map_err(|e| ChildError::sys(ctx("propagation"), e))?;
+        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>)
+            .map_err(|e| ChildError::sys(ctx("propagation"), e))?;
     }
     Ok(())
 }
@@ -216,7 +266,13 @@ fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::R
             for (name, options) in hierarchies {
                 let sub = dest.join(name);
                 let _ = fs::create_dir_all(&sub);
-                mount(Some("cgroup"), &sub, Some("cgroup"), flags, Some(options.as_str()))?;
+                mount(
+                    Some("cgroup"),
+                    &sub,
+                    Some("cgroup"),
+                    flags,
+                    Some(options.as_str()),
+                )?;
                 // cpu,cpuacct style joint mounts also get one symlink per controller.
                 if name.contains(',') {
                     for part in name.split(',') {
@@ -225,7 +281,13 @@ fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::R
                 }
             }
             if flags.contains(MsFlags::MS_RDONLY) {
-                mount(None::<&str>, dest, None::<&str>, base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)?;
+                mount(
+                    None::<&str>,
+                    dest,
+                    None::<&str>,
+                    base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )?;
             }
             Ok(())
         }
@@ -238,10 +300,23 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {
-        let o = parse_options(&["nosuid".into(), "ro".into(), "rbind".into(), "rslave".into(), "mode=755".into(), "size=65536k".into()]);
-        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC);
+        let o = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "rbind".into(),
+            "rslave".into(),
+            "mode=755".into(),
+            "size=65536k".into(),
+        ]);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
+        );
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
-        assert_eq!(o.data, vec!["mode=755".to_string(), "size=65536k".to_string()]);
+        assert_eq!(
+            o.data,
+            vec!["mode=755".to_string(), "size=65536k".to_string()]
+        );
         let rw = parse_options(&["ro".into(), "rw".into()]);
         assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
     }
@@ -253,8 +328,14 @@ mod tests {
         fs::create_dir_all(r.join("a/b")).unwrap();
         symlink("/etc", r.join("a/abs")).unwrap();
         symlink("../../../../..", r.join("a/up")).unwrap();
-        assert_eq!(secure_join(r, Path::new("/a/b/c")).unwrap(), r.join("a/b/c"));
-        assert_eq!(secure_join(r, Path::new("/a/abs/passwd")).unwrap(), r.join("etc/passwd"));
+        assert_eq!(
+            secure_join(r, Path::new("/a/b/c")).unwrap(),
+            r.join("a/b/c")
+        );
+        assert_eq!(
+            secure_join(r, Path::new("/a/abs/passwd")).unwrap(),
+            r.join("etc/passwd")
+        );
         assert_eq!(secure_join(r, Path::new("/a/up/x")).unwrap(), r.join("x"));
         assert_eq!(secure_join(r, Path::new("/../../x")).unwrap(), r.join("x"));
         symlink("loop2", r.join("loop1")).unwrap();

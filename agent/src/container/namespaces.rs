@@ -25,7 +25,13 @@ pub enum NsKind {
 impl NsKind {
     /// Order in which an exec joins a container's namespaces (mount last: after it, paths
     /// resolve inside the container).
-    pub const JOIN_ORDER: [NsKind; 5] = [NsKind::Ipc, NsKind::Uts, NsKind::Net, NsKind::Cgroup, NsKind::Mount];
+    pub const JOIN_ORDER: [NsKind; 5] = [
+        NsKind::Ipc,
+        NsKind::Uts,
+        NsKind::Net,
+        NsKind::Cgroup,
+        NsKind::Mount,
+    ];
 
     pub fn from_oci(t: LinuxNamespaceType) -> Option<NsKind> {
         Some(match t {
@@ -75,7 +81,8 @@ pub fn join(kind: NsKind, fd: impl AsFd) -> Result<(), ChildError> {
 
 /// Joins the namespace at `path`.
 pub fn join_path(kind: NsKind, path: &Path) -> Result<(), ChildError> {
-    let fd = open_ns(path).map_err(|e| ChildError::sys(format!("open namespace {}", path.display()), e))?;
+    let fd = open_ns(path)
+        .map_err(|e| ChildError::sys(format!("open namespace {}", path.display()), e))?;
     join(kind, fd)
 }
 

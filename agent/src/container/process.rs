@@ -44,7 +44,8 @@ pub fn spawn(
     pid_ns: PidNs<'_>,
     cgroup: &Cgroup,
 ) -> Result<Spawned, RequestError> {
-    let internal = |what: &str, e: &dyn std::fmt::Display| RequestError::internal(format!("{what}: {e}"));
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| RequestError::internal(format!("{what}: {e}"));
     let (agent_end, child_end) = UnixStream::pair().map_err(|e| internal("socketpair", &e))?;
     let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
     fds.push(child_end.as_fd());
@@ -58,15 +59,19 @@ pub fn spawn(
         s.spawn(|| -> Result<(Pid, Arc<ExitCell>), RequestError> {
             match pid_ns {
                 PidNs::Inherit => {}
-                PidNs::New => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid namespace", &e))?,
-                PidNs::Join(fd) => setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| internal("join pid namespace", &e))?,
+                PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| internal("unshare pid namespace", &e))?,
+                PidNs::Join(fd) => setns(fd, CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| internal("join pid namespace", &e))?,
             }
             Reaper::global()
                 .spawn_watched(|| crate::sys::fork_exec(&plan))
                 .map_err(|e| match e.raw_os_error() {
                     // fork into a pid namespace whose init has exited.
                     Some(libc::ENOMEM) if !matches!(pid_ns, PidNs::Inherit | PidNs::New) => {
-                        RequestError::precondition("the container's pid namespace is gone (its init exited)")
+                        RequestError::precondition(
+                            "the container's pid namespace is gone (its init exited)",
+                        )
                     }
                     _ => internal("fork", &e),
                 })
@@ -75,14 +80,20 @@ pub fn spawn(
     });
     let (pid, exit) = forked.map_err(|_| RequestError::internal("spawn thread panicked"))??;
     drop(child_end);
-    let spawned = Spawned { pid, exit, sync: agent_end };
+    let spawned = Spawned {
+        pid,
+        exit,
+        sync: agent_end,
+    };
     if let Err(e) = cgroup.add_process(pid.as_raw()) {
         spawned.abort();
         return Err(internal("join cgroup", &e));
     }
     let _ = spawned.sync.set_read_timeout(Some(SETUP_TIMEOUT));
     if let Err(e) = child::send(&spawned.sync, config) {
-        let err = spawned.failure().unwrap_or_else(|| internal("send child config", &e));
+        let err = spawned
+            .failure()
+            .unwrap_or_else(|| internal("send child config", &e));
         spawned.abort();
         return Err(err);
     }
@@ -94,9 +105,13 @@ impl Spawned {
     pub fn wait_ready(&self) -> Result<(), RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
             Ok(Some(ChildReport::Ready)) => Ok(()),
-            Ok(Some(ChildReport::Failed { invalid, message })) => Err(report_error(invalid, message)),
+            Ok(Some(ChildReport::Failed { invalid, message })) => {
+                Err(report_error(invalid, message))
+            }
             Ok(None) => Err(self.died("during setup")),
-            Err(e) => Err(RequestError::internal(format!("waiting for container setup: {e}"))),
+            Err(e) => Err(RequestError::internal(format!(
+                "waiting for container setup: {e}"
+            ))),
         }
     }
 
@@ -104,7 +119,9 @@ impl Spawned {
     /// (end of file on the close-on-exec socket) or failed.
     pub fn start(&self) -> Result<(), RequestError> {
         if let Err(e) = child::send(&self.sync, &AgentCommand::Start) {
-            return Err(self.failure().unwrap_or_else(|| RequestError::internal(format!("starting process: {e}"))));
+            return Err(self
+                .failure()
+                .unwrap_or_else(|| RequestError::internal(format!("starting process: {e}"))));
         }
         self.wait_exec()
     }
@@ -113,8 +130,12 @@ impl Spawned {
     pub fn wait_exec(&self) -> Result<(), RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
             Ok(None) => Ok(()),
-            Ok(Some(ChildReport::Failed { invalid, message })) => Err(report_error(invalid, message)),
-            Ok(Some(ChildReport::Ready)) => Err(RequestError::internal("child reported ready twice")),
+            Ok(Some(ChildReport::Failed { invalid, message })) => {
+                Err(report_error(invalid, message))
+            }
+            Ok(Some(ChildReport::Ready)) => {
+                Err(RequestError::internal("child reported ready twice"))
+            }
             Err(e) => Err(RequestError::internal(format!("waiting for exec: {e}"))),
         }
     }
@@ -122,13 +143,17 @@ impl Spawned {
     /// A failure report, if the child sent one before going away.
     fn failure(&self) -> Option<RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
-            Ok(Some(ChildReport::Failed { invalid, message })) => Some(report_error(invalid, message)),
+            Ok(Some(ChildReport::Failed { invalid, message })) => {
+                Some(report_error(invalid, message))
+            }
             _ => None,
         }
     }
 
     fn died(&self, when: &str) -> RequestError {
-        let status = self.exit.wait(Some(std::time::Instant::now() + Duration::from_secs(1)));
+        let status = self
+            .exit
+            .wait(Some(std::time::Instant::now() + Duration::from_secs(1)));
         RequestError::internal(format!("container process died {when} (status {status:?})"))
     }
 

@@ -10,7 +10,9 @@ use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::Spec;
 
 use super::devices;
-use super::mounts::{ensure_mountpoint, mount_one, propagation_flag, secure_join, CgroupMountStyle};
+use super::mounts::{
+    ensure_mountpoint, mount_one, propagation_flag, secure_join, CgroupMountStyle,
+};
 use super::ChildError;
 
 /// What the agent adds to the spec's view of the filesystem.
@@ -29,9 +31,16 @@ pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<()
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flag)
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).map_err(|e| ChildError::sys("make / slave/private", e))?;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| ChildError::sys(format!("bind rootfs {}", rootfs.display()), e))?;
+    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+        .map_err(|e| ChildError::sys("make / slave/private", e))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| ChildError::sys(format!("bind rootfs {}", rootfs.display()), e))?;
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
@@ -43,13 +52,30 @@ pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<()
         if etc.is_dir() {
             let dest = secure_join(rootfs, Path::new("/etc/resolv.conf"))?;
             ensure_mountpoint(&dest, true)?;
-            mount(Some(resolv), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| ChildError::sys("bind resolv.conf", e))?;
-            let _ = mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+            mount(
+                Some(resolv),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| ChildError::sys("bind resolv.conf", e))?;
+            let _ = mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
         }
     }
     let no_devices = Vec::new();
-    devices::create_devices(rootfs, linux.and_then(|l| l.devices().as_ref()).unwrap_or(&no_devices))?;
+    devices::create_devices(
+        rootfs,
+        linux
+            .and_then(|l| l.devices().as_ref())
+            .unwrap_or(&no_devices),
+    )?;
     devices::create_symlinks(rootfs, mounted("/dev/pts"))?;
     if extras.terminal {
         devices::bind_console(rootfs)?;
@@ -68,9 +94,20 @@ pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<()
             write_sysctl(key, value)?;
         }
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(|e| ChildError::sys("remount / read-only", e))?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| ChildError::sys("remount / read-only", e))?;
     }
     Ok(())
 }
@@ -80,8 +117,14 @@ fn pivot(rootfs: &Path) -> Result<(), ChildError> {
     chdir(rootfs).map_err(|e| ChildError::sys("chdir rootfs", e))?;
     pivot_root(".", ".").map_err(|e| ChildError::sys("pivot_root", e))?;
     // The old root is stacked on "."; make it private so the detach does not propagate.
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| ChildError::sys("make old root slave", e))?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| ChildError::sys("make old root slave", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| ChildError::sys("detach old root", e))?;
     chdir("/").map_err(|e| ChildError::sys("chdir /", e))
 }
@@ -93,9 +136,21 @@ fn mask_path(path: &str) -> Result<(), ChildError> {
         Err(_) => return Ok(()),
     };
     let res = if meta.is_dir() {
-        mount(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0k"))
+        mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0k"),
+        )
     } else {
-        mount(Some("/dev/null"), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(
+            Some("/dev/null"),
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     };
     match res {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
@@ -104,13 +159,26 @@ fn mask_path(path: &str) -> Result<(), ChildError> {
 }
 
 fn readonly_path(path: &str) -> Result<(), ChildError> {
-    match mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+    match mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
         Ok(()) => {}
         Err(nix::errno::Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(ChildError::sys(format!("bind {path}"), e)),
     }
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some(path), path, None::<&str>, flags, None::<&str>).map_err(|e| ChildError::sys(format!("read-only {path}"), e))
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_REC
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(Some(path), path, None::<&str>, flags, None::<&str>)
+        .map_err(|e| ChildError::sys(format!("read-only {path}"), e))
 }
 
 fn write_sysctl(key: &str, value: &str) -> Result<(), ChildError> {

@@ -14,7 +14,9 @@
 //! * the i386 and x32 ABIs are not translated: their syscalls kill the thread, as libseccomp
 //!   does for an architecture outside the filter.
 
-use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
 use serde::{Deserialize, Serialize};
 
 use super::syscall_table::SYSCALLS_X86_64;
@@ -61,7 +63,12 @@ impl CompiledSeccomp {
     pub fn to_sock_filters(&self) -> Vec<libc::sock_filter> {
         self.program
             .iter()
-            .map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
             .collect()
     }
 }
@@ -90,7 +97,11 @@ pub enum SeccompError {
 pub fn compile(profile: &LinuxSeccomp) -> Result<(CompiledSeccomp, Vec<String>), SeccompError> {
     if let Some(arches) = profile.architectures() {
         use oci_spec::runtime::Arch;
-        if !arches.is_empty() && !arches.iter().any(|a| matches!(a, Arch::ScmpArchX86_64 | Arch::ScmpArchNative)) {
+        if !arches.is_empty()
+            && !arches
+                .iter()
+                .any(|a| matches!(a, Arch::ScmpArchX86_64 | Arch::ScmpArchNative))
+        {
             return Err(SeccompError::NoNativeArch);
         }
     }
@@ -117,15 +128,26 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<(CompiledSeccomp, Vec<String>),
         let mut conds = Vec::new();
         for arg in rule.args().iter().flatten() {
             if arg.index() > 5 {
-                return Err(SeccompError::ArgIndex { name: rule.names()[0].clone(), index: arg.index() });
+                return Err(SeccompError::ArgIndex {
+                    name: rule.names()[0].clone(),
+                    index: arg.index(),
+                });
             }
-            conds.push(Cond { index: arg.index() as u32, op: arg.op(), value: arg.value(), value_two: arg.value_two().unwrap_or(0) });
+            conds.push(Cond {
+                index: arg.index() as u32,
+                op: arg.op(),
+                value: arg.value(),
+                value_two: arg.value_two().unwrap_or(0),
+            });
         }
         // runc: conditions on the same argument become separate (ORed) rules.
         let mut seen = [0u8; 6];
         conds.iter().for_each(|c| seen[c.index as usize] += 1);
-        let rule_sets: Vec<Vec<Cond>> =
-            if seen.iter().any(|&n| n > 1) { conds.iter().map(|c| vec![*c]).collect() } else { vec![conds] };
+        let rule_sets: Vec<Vec<Cond>> = if seen.iter().any(|&n| n > 1) {
+            conds.iter().map(|c| vec![*c]).collect()
+        } else {
+            vec![conds]
+        };
         for name in rule.names() {
             let Some(nr) = syscall_number(name) else {
                 if !unknown.contains(name) {
@@ -246,7 +268,11 @@ fn emit_cond(asm: &mut Asm, c: &Cond, fail: Label) {
             asm.jump(JMP_JEQ_K, vlo, f, o);
         }
         Op::ScmpCmpGt | Op::ScmpCmpGe => {
-            let low_op = if c.op == Op::ScmpCmpGt { JMP_JGT_K } else { JMP_JGE_K };
+            let low_op = if c.op == Op::ScmpCmpGt {
+                JMP_JGT_K
+            } else {
+                JMP_JGE_K
+            };
             asm.stmt(LD_W_ABS, hi_off);
             asm.jump(JMP_JGT_K, vhi, o, n);
             asm.jump(JMP_JEQ_K, vhi, n, f);
@@ -255,7 +281,11 @@ fn emit_cond(asm: &mut Asm, c: &Cond, fail: Label) {
         }
         Op::ScmpCmpLt | Op::ScmpCmpLe => {
             // a < v  ⇔ !(a >= v);  a <= v ⇔ !(a > v)
-            let low_op = if c.op == Op::ScmpCmpLt { JMP_JGE_K } else { JMP_JGT_K };
+            let low_op = if c.op == Op::ScmpCmpLt {
+                JMP_JGE_K
+            } else {
+                JMP_JGT_K
+            };
             asm.stmt(LD_W_ABS, hi_off);
             asm.jump(JMP_JGT_K, vhi, f, n);
             asm.jump(JMP_JEQ_K, vhi, n, o);
@@ -338,17 +368,36 @@ impl Asm {
                 let d = match t {
                     Target::Next => 0,
                     Target::Skip(s) => s as usize,
-                    Target::Label(l) => pos[l.0].checked_sub(here + 1).ok_or(SeccompError::JumpTooFar)?,
+                    Target::Label(l) => pos[l.0]
+                        .checked_sub(here + 1)
+                        .ok_or(SeccompError::JumpTooFar)?,
                 };
                 u8::try_from(d).map_err(|_| SeccompError::JumpTooFar)
             };
             match item {
                 Item::Place(_) => continue,
-                Item::Stmt(code, k) => out.push(Insn { code: *code, jt: 0, jf: 0, k: *k }),
-                Item::Jump(code, k, jt, jf) => out.push(Insn { code: *code, jt: off(*jt)?, jf: off(*jf)?, k: *k }),
+                Item::Stmt(code, k) => out.push(Insn {
+                    code: *code,
+                    jt: 0,
+                    jf: 0,
+                    k: *k,
+                }),
+                Item::Jump(code, k, jt, jf) => out.push(Insn {
+                    code: *code,
+                    jt: off(*jt)?,
+                    jf: off(*jf)?,
+                    k: *k,
+                }),
                 Item::Ja(l) => {
-                    let d = pos[l.0].checked_sub(here + 1).ok_or(SeccompError::JumpTooFar)?;
-                    out.push(Insn { code: JMP_JA, jt: 0, jf: 0, k: d as u32 });
+                    let d = pos[l.0]
+                        .checked_sub(here + 1)
+                        .ok_or(SeccompError::JumpTooFar)?;
+                    out.push(Insn {
+                        code: JMP_JA,
+                        jt: 0,
+                        jf: 0,
+                        k: d as u32,
+                    });
                 }
             }
         }

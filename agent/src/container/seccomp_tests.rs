@@ -15,7 +15,9 @@ fn run(prog: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         let i = prog[pc];
         pc += 1;
         match i.code {
-            LD_W_ABS => a = u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
+            LD_W_ABS => {
+                a = u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap())
+            }
             ALU_AND_K => a &= i.k,
             JMP_JA => pc += i.k as usize,
             JMP_JEQ_K | JMP_JGT_K | JMP_JGE_K => {
@@ -68,7 +70,10 @@ fn errno_and_kill_actions_with_default_allow() {
     assert_eq!(r("read"), RET_ALLOW);
     // Other ABIs are killed.
     assert_eq!(run(&c.program, 0x4000_0003, 0, [0; 6]), RET_KILL_THREAD);
-    assert_eq!(run(&c.program, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 1, [0; 6]), RET_KILL_THREAD);
+    assert_eq!(
+        run(&c.program, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 1, [0; 6]),
+        RET_KILL_THREAD
+    );
 }
 
 #[test]
@@ -79,8 +84,14 @@ fn allowlist_with_default_errno_ret() {
             "syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#,
     );
     let (c, _) = compile(&p).unwrap();
-    assert_eq!(run(&c.program, AUDIT_ARCH_X86_64, nr("read"), [0; 6]), RET_ALLOW);
-    assert_eq!(run(&c.program, AUDIT_ARCH_X86_64, nr("open"), [0; 6]), RET_ERRNO | 38);
+    assert_eq!(
+        run(&c.program, AUDIT_ARCH_X86_64, nr("read"), [0; 6]),
+        RET_ALLOW
+    );
+    assert_eq!(
+        run(&c.program, AUDIT_ARCH_X86_64, nr("open"), [0; 6]),
+        RET_ERRNO | 38
+    );
 }
 
 #[test]
@@ -88,10 +99,22 @@ fn sixty_four_bit_comparisons() {
     let big: u64 = 0x1_0000_0005;
     for (op, cases) in [
         ("SCMP_CMP_EQ", [(big, true), (5, false), (big + 1, false)]),
-        ("SCMP_CMP_NE", [(big, false), (5, true), (big + (1 << 32), true)]),
-        ("SCMP_CMP_GT", [(big, false), (big + 1, true), (0xffff_ffff, false)]),
-        ("SCMP_CMP_GE", [(big, true), (big - 1, false), (2 << 32, true)]),
-        ("SCMP_CMP_LT", [(big, false), (big - 1, true), (0xffff_ffff_ffff, false)]),
+        (
+            "SCMP_CMP_NE",
+            [(big, false), (5, true), (big + (1 << 32), true)],
+        ),
+        (
+            "SCMP_CMP_GT",
+            [(big, false), (big + 1, true), (0xffff_ffff, false)],
+        ),
+        (
+            "SCMP_CMP_GE",
+            [(big, true), (big - 1, false), (2 << 32, true)],
+        ),
+        (
+            "SCMP_CMP_LT",
+            [(big, false), (big - 1, true), (0xffff_ffff_ffff, false)],
+        ),
         ("SCMP_CMP_LE", [(big, true), (big + 1, false), (3, true)]),
     ] {
         let p = profile(&format!(
@@ -100,11 +123,24 @@ fn sixty_four_bit_comparisons() {
         ));
         let (c, _) = compile(&p).unwrap();
         for (arg, denied) in cases {
-            let got = run(&c.program, AUDIT_ARCH_X86_64, nr("personality"), [0, 0, arg, 0, 0, 0]);
+            let got = run(
+                &c.program,
+                AUDIT_ARCH_X86_64,
+                nr("personality"),
+                [0, 0, arg, 0, 0, 0],
+            );
             assert_eq!(got == (RET_ERRNO | 1), denied, "{op} arg={arg:#x}");
         }
         // Other syscalls are untouched.
-        assert_eq!(run(&c.program, AUDIT_ARCH_X86_64, nr("read"), [0, 0, big, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            run(
+                &c.program,
+                AUDIT_ARCH_X86_64,
+                nr("read"),
+                [0, 0, big, 0, 0, 0]
+            ),
+            RET_ALLOW
+        );
     }
 }
 
@@ -121,15 +157,43 @@ fn masked_eq_and_rule_order_with_unconditional_fallback() {
             {"names":["getpid"],"action":"SCMP_ACT_LOG","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
     );
     let (c, _) = compile(&p).unwrap();
-    let clone = |flags: u64| run(&c.program, AUDIT_ARCH_X86_64, nr("clone"), [flags, 0, 0, 0, 0, 0]);
+    let clone = |flags: u64| {
+        run(
+            &c.program,
+            AUDIT_ARCH_X86_64,
+            nr("clone"),
+            [flags, 0, 0, 0, 0, 0],
+        )
+    };
     assert_eq!(clone(libc::SIGCHLD as u64), RET_ALLOW);
-    assert_eq!(clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64), RET_ERRNO | 1);
-    let pers = |v: u64| run(&c.program, AUDIT_ARCH_X86_64, nr("personality"), [v, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64),
+        RET_ERRNO | 1
+    );
+    let pers = |v: u64| {
+        run(
+            &c.program,
+            AUDIT_ARCH_X86_64,
+            nr("personality"),
+            [v, 0, 0, 0, 0, 0],
+        )
+    };
     assert_eq!(pers(0), RET_ALLOW);
     assert_eq!(pers(8), RET_ALLOW);
     assert_eq!(pers(9), RET_ERRNO | 1);
-    let gp = |v: u64| run(&c.program, AUDIT_ARCH_X86_64, nr("getpid"), [v, 0, 0, 0, 0, 0]);
-    assert_eq!(gp(1), RET_LOG, "conditional rules are tried before the unconditional one");
+    let gp = |v: u64| {
+        run(
+            &c.program,
+            AUDIT_ARCH_X86_64,
+            nr("getpid"),
+            [v, 0, 0, 0, 0, 0],
+        )
+    };
+    assert_eq!(
+        gp(1),
+        RET_LOG,
+        "conditional rules are tried before the unconditional one"
+    );
     assert_eq!(gp(2), RET_ALLOW);
 }
 
@@ -140,7 +204,14 @@ fn same_argument_twice_means_or() {
             "args":[{"index":1,"value":9,"op":"SCMP_CMP_EQ"},{"index":1,"value":15,"op":"SCMP_CMP_EQ"}]}]}"#,
     );
     let (c, _) = compile(&p).unwrap();
-    let k = |s: u64| run(&c.program, AUDIT_ARCH_X86_64, nr("kill"), [1, s, 0, 0, 0, 0]);
+    let k = |s: u64| {
+        run(
+            &c.program,
+            AUDIT_ARCH_X86_64,
+            nr("kill"),
+            [1, s, 0, 0, 0, 0],
+        )
+    };
     assert_eq!(k(9), RET_ERRNO | 1);
     assert_eq!(k(15), RET_ERRNO | 1);
     assert_eq!(k(2), RET_ALLOW);
@@ -150,31 +221,50 @@ fn same_argument_twice_means_or() {
 fn malformed_profiles_are_errors() {
     let bad = |json: &str| compile(&profile(json)).unwrap_err();
     assert_eq!(
-        bad(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#),
-        SeccompError::ArgIndex { name: "read".into(), index: 6 }
+        bad(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#
+        ),
+        SeccompError::ArgIndex {
+            name: "read".into(),
+            index: 6
+        }
     );
     assert_eq!(
-        bad(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":[],"action":"SCMP_ACT_ERRNO"}]}"#),
+        bad(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":[],"action":"SCMP_ACT_ERRNO"}]}"#
+        ),
         SeccompError::EmptyRule(0)
     );
     assert_eq!(
         bad(r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":70000}"#),
         SeccompError::ErrnoOutOfRange(70000)
     );
-    assert_eq!(bad(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#), SeccompError::UnsupportedAction(LinuxSeccompAction::ScmpActNotify));
-    assert_eq!(bad(r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#), SeccompError::NoNativeArch);
+    assert_eq!(
+        bad(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#),
+        SeccompError::UnsupportedAction(LinuxSeccompAction::ScmpActNotify)
+    );
+    assert_eq!(
+        bad(r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#),
+        SeccompError::NoNativeArch
+    );
     // An unknown action name does not even parse.
     assert!(serde_json::from_str::<LinuxSeccomp>(r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).is_err());
 }
 
 #[test]
 fn large_allowlist_fits() {
-    let names: Vec<String> = SYSCALLS_X86_64.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    let names: Vec<String> = SYSCALLS_X86_64
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect();
     let p = profile(&format!(
         r#"{{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{{"names":[{}],"action":"SCMP_ACT_ALLOW"}}]}}"#,
         names.join(",")
     ));
     let (c, _) = compile(&p).unwrap();
     assert!(c.program.len() < MAX_INSNS);
-    assert_eq!(run(&c.program, AUDIT_ARCH_X86_64, nr("exit_group"), [0; 6]), RET_ALLOW);
+    assert_eq!(
+        run(&c.program, AUDIT_ARCH_X86_64, nr("exit_group"), [0; 6]),
+        RET_ALLOW
+    );
 }

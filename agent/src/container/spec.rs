@@ -33,32 +33,55 @@ pub fn check_id(id: &str) -> RequestResult<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(RequestError::invalid(format!("invalid container id {id:?}: use 1-128 of [A-Za-z0-9_.-]")))
+        Err(RequestError::invalid(format!(
+            "invalid container id {id:?}: use 1-128 of [A-Za-z0-9_.-]"
+        )))
     }
 }
 
 pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResult<CreatePlan> {
     if spec_json.len() > MAX_SPEC_BYTES {
-        return Err(RequestError::invalid(format!("OCI spec is {} bytes, over the {MAX_SPEC_BYTES} limit", spec_json.len())));
+        return Err(RequestError::invalid(format!(
+            "OCI spec is {} bytes, over the {MAX_SPEC_BYTES} limit",
+            spec_json.len()
+        )));
     }
-    let spec: Spec = serde_json::from_slice(spec_json).map_err(|e| RequestError::invalid(format!("malformed OCI spec: {e}")))?;
-    let process = spec.process().clone().ok_or_else(|| RequestError::invalid("OCI spec has no process"))?;
+    let spec: Spec = serde_json::from_slice(spec_json)
+        .map_err(|e| RequestError::invalid(format!("malformed OCI spec: {e}")))?;
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| RequestError::invalid("OCI spec has no process"))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(RequestError::invalid("process.args is empty"));
     }
-    let root = spec.root().as_ref().ok_or_else(|| RequestError::invalid("OCI spec has no root"))?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| RequestError::invalid("OCI spec has no root"))?;
     let rootfs = root.path().clone();
     if !rootfs.is_absolute() {
-        return Err(RequestError::invalid(format!("root.path {} must be absolute", rootfs.display())));
+        return Err(RequestError::invalid(format!(
+            "root.path {} must be absolute",
+            rootfs.display()
+        )));
     }
     if !rootfs.is_dir() {
-        return Err(RequestError::invalid(format!("root.path {} is not a directory", rootfs.display())));
+        return Err(RequestError::invalid(format!(
+            "root.path {} is not a directory",
+            rootfs.display()
+        )));
     }
-    let linux = spec.linux().as_ref().ok_or_else(|| RequestError::invalid("OCI spec has no linux section"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| RequestError::invalid("OCI spec has no linux section"))?;
 
     let mut new_namespaces = Vec::new();
     let mut join_namespaces = Vec::new();
@@ -70,7 +93,12 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
             None if ns.typ() == LinuxNamespaceType::User => {
                 return Err(RequestError::invalid("user namespaces are not supported"));
             }
-            None => return Err(RequestError::invalid(format!("namespace {:?} is not supported", ns.typ()))),
+            None => {
+                return Err(RequestError::invalid(format!(
+                    "namespace {:?} is not supported",
+                    ns.typ()
+                )))
+            }
         };
         match (kind, ns.path()) {
             (NsKind::Pid, Some(p)) => pid_ns_path = Some(p.clone()),
@@ -84,13 +112,17 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
     }
     for m in spec.mounts().iter().flatten() {
         if !m.destination().is_absolute() {
-            return Err(RequestError::invalid(format!("mount destination {} is not absolute", m.destination().display())));
+            return Err(RequestError::invalid(format!(
+                "mount destination {} is not absolute",
+                m.destination().display()
+            )));
         }
     }
 
     let seccomp = match linux.seccomp() {
         Some(profile) => {
-            let (compiled, unknown) = seccomp::compile(profile).map_err(|e| RequestError::invalid(format!("seccomp profile: {e}")))?;
+            let (compiled, unknown) = seccomp::compile(profile)
+                .map_err(|e| RequestError::invalid(format!("seccomp profile: {e}")))?;
             if !unknown.is_empty() {
                 let shown: Vec<&str> = unknown.iter().take(8).map(String::as_str).collect();
                 log::warn!("container {id}: seccomp profile names {} syscalls unknown on x86_64, skipped: {shown:?}", unknown.len());
@@ -109,7 +141,10 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
         CgroupLayout::V1 { hierarchies } => {
             let mut dirs: Vec<(String, String)> = Vec::new();
             for (ctrl, (mount, _)) in hierarchies {
-                let name = mount.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ctrl.clone());
+                let name = mount
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| ctrl.clone());
                 match dirs.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, opts)) => {
                         opts.push(',');
@@ -121,17 +156,28 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
             CgroupMountStyle::V1(dirs)
         }
     };
-    let console_size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+    let console_size = process
+        .console_size()
+        .map(|b| (b.height() as u16, b.width() as u16));
     let init = InitConfig {
         spec: spec.clone(),
         rootfs,
         resolv_conf: ctx.resolv_conf.map(|p| p.to_path_buf()),
         cgroup_style,
-        new_namespaces: new_namespaces.into_iter().filter(|k| *k != NsKind::Pid).collect(),
+        new_namespaces: new_namespaces
+            .into_iter()
+            .filter(|k| *k != NsKind::Pid)
+            .collect(),
         join_namespaces,
     };
     Ok(CreatePlan {
-        config: ChildConfig { process, seccomp, init: Some(init), join: Vec::new(), wait_for_start: true },
+        config: ChildConfig {
+            process,
+            seccomp,
+            init: Some(init),
+            join: Vec::new(),
+            wait_for_start: true,
+        },
         cgroup,
         resources: linux.resources().clone(),
         new_pid_ns,
@@ -146,7 +192,10 @@ mod tests {
     use std::path::Path;
 
     fn ctx_layout() -> CgroupLayout {
-        CgroupLayout::V2 { root: PathBuf::from("/sys/fs/cgroup"), own: PathBuf::from("/") }
+        CgroupLayout::V2 {
+            root: PathBuf::from("/sys/fs/cgroup"),
+            own: PathBuf::from("/"),
+        }
     }
 
     fn spec_with(root: &Path, patch: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -168,13 +217,25 @@ mod tests {
     fn bad_specs_are_invalid_argument() {
         let dir = tempfile::tempdir().unwrap();
         let layout = ctx_layout();
-        let ctx = CreateContext { layout: &layout, resolv_conf: None };
+        let ctx = CreateContext {
+            layout: &layout,
+            resolv_conf: None,
+        };
         let code = |json: &[u8]| plan("c", json, &ctx).err().map(|e| e.code);
         assert_eq!(code(b"{not json"), Some(ttrpc::Code::INVALID_ARGUMENT));
-        assert_eq!(code(&spec_with(Path::new("relative"), |_| {})), Some(ttrpc::Code::INVALID_ARGUMENT));
-        assert_eq!(code(&spec_with(Path::new("/no/such/dir"), |_| {})), Some(ttrpc::Code::INVALID_ARGUMENT));
+        assert_eq!(
+            code(&spec_with(Path::new("relative"), |_| {})),
+            Some(ttrpc::Code::INVALID_ARGUMENT)
+        );
+        assert_eq!(
+            code(&spec_with(Path::new("/no/such/dir"), |_| {})),
+            Some(ttrpc::Code::INVALID_ARGUMENT)
+        );
         let user_ns = spec_with(dir.path(), |s| {
-            s["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "user"}));
         });
         assert_eq!(code(&user_ns), Some(ttrpc::Code::INVALID_ARGUMENT));
         let bad_seccomp = spec_with(dir.path(), |s| {
