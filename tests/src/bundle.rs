@@ -8,8 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount,
-    MountBuilder, ProcessBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder,
+    LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, Spec, UserBuilder,
 };
 use tempfile::TempDir;
 
@@ -26,14 +26,31 @@ impl Rootfs {
         if !Path::new(BUSYBOX).exists() {
             bail!("{BUSYBOX} is missing: install busybox-static (apt-get install busybox-static)");
         }
-        let dir = tempfile::Builder::new().prefix("vessel-rootfs-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-rootfs-")
+            .tempdir()?;
         let root = dir.path();
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "root", "home/user"] {
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "etc",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "root",
+            "home/user",
+        ] {
             fs::create_dir_all(root.join(d))?;
         }
         fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
         fs::copy(BUSYBOX, root.join("bin/busybox")).context("copying busybox")?;
-        let list = Command::new(BUSYBOX).arg("--list-full").output().context("busybox --list-full")?;
+        let list = Command::new(BUSYBOX)
+            .arg("--list-full")
+            .output()
+            .context("busybox --list-full")?;
         if !list.status.success() {
             bail!("busybox --list-full failed");
         }
@@ -48,8 +65,14 @@ impl Rootfs {
             }
             let _ = symlink("/bin/busybox", &link);
         }
-        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n")?;
-        fs::write(root.join("etc/group"), "root:x:0:\nwheel:x:10:\nusers:x:100:\nuser:x:1000:\n")?;
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        )?;
+        fs::write(
+            root.join("etc/group"),
+            "root:x:0:\nwheel:x:10:\nusers:x:100:\nuser:x:1000:\n",
+        )?;
         fs::write(root.join("etc/hostname"), "rootfs\n")?;
         Ok(Rootfs { dir })
     }
@@ -82,7 +105,11 @@ impl ContainerSpec {
                 .destination("/tmp")
                 .typ("tmpfs")
                 .source("tmpfs")
-                .options(vec!["nosuid".to_string(), "nodev".to_string(), "mode=1777".to_string()])
+                .options(vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "mode=1777".to_string(),
+                ])
                 .build()
                 .expect("tmpfs mount"),
         );
@@ -92,20 +119,23 @@ impl ContainerSpec {
 
     fn process_mut(&mut self) -> &mut oci_spec::runtime::Process {
         if self.spec.process().is_none() {
-            self.spec.set_process(Some(ProcessBuilder::default().build().expect("process")));
+            self.spec
+                .set_process(Some(ProcessBuilder::default().build().expect("process")));
         }
         self.spec.process_mut().as_mut().expect("process set above")
     }
 
     fn linux_mut(&mut self) -> &mut oci_spec::runtime::Linux {
         if self.spec.linux().is_none() {
-            self.spec.set_linux(Some(LinuxBuilder::default().build().expect("linux")));
+            self.spec
+                .set_linux(Some(LinuxBuilder::default().build().expect("linux")));
         }
         self.spec.linux_mut().as_mut().expect("linux set above")
     }
 
     pub fn args(mut self, args: &[&str]) -> Self {
-        self.process_mut().set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        self.process_mut()
+            .set_args(Some(args.iter().map(|s| s.to_string()).collect()));
         self
     }
 
@@ -143,7 +173,8 @@ impl ContainerSpec {
             .permitted(set.clone())
             .inheritable(set.clone());
         b = b.ambient(if ambient { set } else { Default::default() });
-        self.process_mut().set_capabilities(Some(b.build().expect("caps")));
+        self.process_mut()
+            .set_capabilities(Some(b.build().expect("caps")));
         self
     }
 
@@ -169,8 +200,15 @@ impl ContainerSpec {
 
     /// Memory limit; swap is limited to the same total so the limit bites.
     pub fn memory_limit(mut self, bytes: i64) -> Self {
-        let mem = LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build().expect("memory");
-        let res = LinuxResourcesBuilder::default().memory(mem).build().expect("resources");
+        let mem = LinuxMemoryBuilder::default()
+            .limit(bytes)
+            .swap(bytes)
+            .build()
+            .expect("memory");
+        let res = LinuxResourcesBuilder::default()
+            .memory(mem)
+            .build()
+            .expect("resources");
         self.linux_mut().set_resources(Some(res));
         self
     }

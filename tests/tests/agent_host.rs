@@ -31,7 +31,9 @@ fn agent_binary() -> PathBuf {
         }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let workspace = manifest.parent().expect("workspace root");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace.join("target"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-p", "vessel-agent", "--bin", "vessel-agent"])
@@ -56,7 +58,10 @@ impl HostAgent {
         require_root();
         let bin = agent_binary();
         assert!(bin.exists(), "agent binary {} missing", bin.display());
-        let dir = tempfile::Builder::new().prefix("vessel-agent-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-agent-test-")
+            .tempdir()
+            .expect("temp dir");
         let sock = dir.path().join("agent.sock");
         let log = File::create(dir.path().join("agent.log")).expect("log file");
         let child = Command::new(&bin)
@@ -78,10 +83,18 @@ impl HostAgent {
                     break AgentClient::new(c);
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "agent did not listen on {}", sock.display());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agent did not listen on {}",
+                sock.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        HostAgent { child: Some(child), dir, client }
+        HostAgent {
+            child: Some(child),
+            dir,
+            client,
+        }
     }
 
     fn pid(&self) -> i32 {
@@ -97,13 +110,17 @@ impl HostAgent {
         if let Err(e) = f(&self.client) {
             panic!("{name}: {e:#}\n--- agent log ---\n{}", self.log());
         }
-        sc::check(&self.client).unwrap_or_else(|e| panic!("{name}: agent unhealthy afterwards: {e:#}\n{}", self.log()));
+        sc::check(&self.client).unwrap_or_else(|e| {
+            panic!("{name}: agent unhealthy afterwards: {e:#}\n{}", self.log())
+        });
     }
 }
 
 impl Drop for HostAgent {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
@@ -139,12 +156,19 @@ fn cgroup_parents() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
         let rel = path.trim_start_matches('/');
         if ctrls.is_empty() {
             out.push(Path::new("/sys/fs/cgroup").join(rel).join("vessel"));
         }
-        for c in ctrls.split(',').filter(|c| !c.is_empty() && !c.starts_with("name=")) {
+        for c in ctrls
+            .split(',')
+            .filter(|c| !c.is_empty() && !c.starts_with("name="))
+        {
             out.push(Path::new("/sys/fs/cgroup").join(c).join(rel).join("vessel"));
         }
     }
@@ -238,5 +262,7 @@ fn no_zombie_or_fd_leak_when_containers_die() {
     let agent = HostAgent::start();
     let rootfs = Rootfs::busybox().expect("busybox rootfs");
     let pid = agent.pid();
-    agent.run("no_leaks", |c| sc::no_leaks_when_containers_die(c, rootfs.path(), pid));
+    agent.run("no_leaks", |c| {
+        sc::no_leaks_when_containers_die(c, rootfs.path(), pid)
+    });
 }

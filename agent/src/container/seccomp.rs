@@ -118,7 +118,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<(CompiledSeccomp, Vec<String>),
     }
 
     // Per syscall number: rules in profile order; (conditions, action).
-    let mut per_syscall: Vec<(u32, Vec<(Vec<Cond>, u32)>)> = Vec::new();
+    let mut per_syscall: Vec<(u32, Vec<Rule>)> = Vec::new();
     let mut unknown = Vec::new();
     for (i, rule) in profile.syscalls().iter().flatten().enumerate() {
         if rule.names().is_empty() {
@@ -237,6 +237,9 @@ fn action_code(action: LinuxSeccompAction, errno: Option<u32>) -> Result<u32, Se
         a @ LinuxSeccompAction::ScmpActNotify => return Err(SeccompError::UnsupportedAction(a)),
     })
 }
+
+/// One rule of a syscall: conditions (ANDed) and the action when they hold.
+type Rule = (Vec<Cond>, u32);
 
 #[derive(Clone, Copy, Debug)]
 struct Cond {
