@@ -25,6 +25,8 @@ pub enum ExitReason {
     InternalError(Box<InternalErrorReport>),
     /// Anything else that ended a vCPU (failed entry, unexpected exit, ioctl error).
     VcpuFailed { vcpu: u8, message: String },
+    /// The device event loop failed (epoll error, seccomp install).
+    EventLoopFailed { message: String },
 }
 
 impl ExitReason {
@@ -35,7 +37,7 @@ impl ExitReason {
             ExitReason::TripleFault { .. } => 2,
             ExitReason::InternalError(_) => 3,
             ExitReason::Halted { .. } | ExitReason::GuestCrash { .. } => 4,
-            ExitReason::VcpuFailed { .. } => 5,
+            ExitReason::VcpuFailed { .. } | ExitReason::EventLoopFailed { .. } => 5,
         }
     }
 
@@ -57,6 +59,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::GuestCrash { vcpu } => write!(f, "vcpu{vcpu} guest crash event"),
             ExitReason::InternalError(report) => write!(f, "{report}"),
             ExitReason::VcpuFailed { vcpu, message } => write!(f, "vcpu{vcpu} failed: {message}"),
+            ExitReason::EventLoopFailed { message } => write!(f, "event loop failed: {message}"),
         }
     }
 }

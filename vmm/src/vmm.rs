@@ -124,7 +124,12 @@ impl Vm {
 
         // Devices.
         let io_bus = Arc::new(legacy_bus(&vm, &config.console, &exit)?);
-        let (mmio_bus, slots, subscribers) = virtio_bus(&vm, devices)?;
+        let VirtioBus {
+            bus: mmio_bus,
+            slots,
+            subscribers,
+            devices,
+        } = virtio_bus(&vm, devices)?;
 
         // Command line and boot data.
         let cmdline = compose(&profile.cmdline, &slots, &config.cmdline_extra)?;
@@ -204,6 +209,7 @@ impl Vm {
             finished: None,
             vm: Some(vm),
             profile: rip_profile,
+            devices,
         };
         running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
         let mmio_bus = Arc::new(mmio_bus);
@@ -294,10 +300,7 @@ fn legacy_bus(
 }
 
 /// One 4 KiB virtio-mmio window and one IRQ per device; QueueNotify as ioeventfds.
-fn virtio_bus(
-    vm: &KvmVm,
-    devices: Vec<VirtioDeviceHandle>,
-) -> Result<(Bus, Vec<MmioDeviceSlot>, Vec<SharedSubscriber>), VmmError> {
+fn virtio_bus(vm: &KvmVm, devices: Vec<VirtioDeviceHandle>) -> Result<VirtioBus, VmmError> {
     let max = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
     if devices.len() > max {
         return Err(VmmError::TooManyDevices(devices.len()));
@@ -305,6 +308,7 @@ fn virtio_bus(
     let mut bus = Bus::new();
     let mut slots = Vec::new();
     let mut subscribers = Vec::new();
+    let mut owned = Vec::new();
     for (i, handle) in devices.into_iter().enumerate() {
         let slot = MmioDeviceSlot {
             base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
@@ -329,12 +333,28 @@ fn virtio_bus(
                     source,
                 })?;
         }
+        owned.push(handle.device.clone());
         let transport = MmioTransport::new(handle.device, vm.mem.clone());
         bus.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
         slots.push(slot);
         subscribers.extend(handle.subscriber);
     }
-    Ok((bus, slots, subscribers))
+    Ok(VirtioBus {
+        bus,
+        slots,
+        subscribers,
+        devices: owned,
+    })
+}
+
+struct VirtioBus {
+    bus: Bus,
+    slots: Vec<MmioDeviceSlot>,
+    subscribers: Vec<SharedSubscriber>,
+    /// Kept by `RunningVm` so devices are dropped on the tearing-down thread, not on
+    /// whichever vCPU or event thread happens to release them last (their seccomp filters
+    /// do not allow what a device's `Drop` may do, e.g. removing its socket).
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// Ends the event loop when its eventfd fires.
@@ -377,10 +397,7 @@ fn spawn_event_loop(
         .spawn(move || {
             let fail = |message: String| {
                 log::error!("event loop: {message}");
-                exit.request(ExitReason::VcpuFailed {
-                    vcpu: u8::MAX,
-                    message,
-                });
+                exit.request(ExitReason::EventLoopFailed { message });
             };
             let stopped = Arc::new(AtomicBool::new(false));
             let mut manager = match EventManager::<SharedSubscriber>::new() {
@@ -448,6 +465,7 @@ pub struct RunningVm {
     /// Kept until the vCPU threads are gone.
     vm: Option<KvmVm>,
     profile: Option<RipProfile>,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// How long teardown keeps kicking a vCPU thread before giving up on it.
@@ -540,6 +558,7 @@ impl RunningVm {
                 log::error!("event loop thread panicked");
             }
         }
+        self.devices.clear();
         self.vm = None;
         if let Some(profile) = self.profile.take() {
             profile.finish();

@@ -80,4 +80,6 @@ fn vcpu_and_event_threads_are_filtered_and_vsock_is_wired() {
 
     vm.stopper().stop();
     assert_eq!(wait(vm), ExitReason::Stopped);
+    // The device was dropped at teardown and removed its socket.
+    assert!(!uds.exists(), "vsock socket {} left behind", uds.display());
 }

@@ -55,6 +55,8 @@ pub const COMMON_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_close,
+    // std's HashMap seeds come from getrandom, once per thread.
+    libc::SYS_getrandom,
 ];
 
 /// Extra syscalls for vCPU threads (beyond [`COMMON_SYSCALLS`]; ioctl is filtered by request).
@@ -87,7 +89,6 @@ pub const VMM_THREAD_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_lseek,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_getrandom,
     libc::SYS_nanosleep,
     libc::SYS_clock_nanosleep,
     libc::SYS_getpid,

@@ -51,6 +51,16 @@ fn build(
         }
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules(ioctls)?);
+    // glibc grows per-thread malloc arenas with mprotect; never allow making memory executable.
+    rules.insert(
+        libc::SYS_mprotect,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?])?],
+    );
     // Rust's std checks fds with fcntl(F_GETFD) in debug builds (OwnedFd sanity checks).
     rules
         .entry(libc::SYS_fcntl)
@@ -185,6 +195,36 @@ mod tests {
             "child should die of SIGSYS, status {status:#x} (exit code {})",
             libc::WEXITSTATUS(status)
         );
+    }
+
+    #[test]
+    fn mprotect_may_not_make_memory_executable() {
+        let filters = compile(SeccompAction::Errno(libc::EPERM as u32)).expect("compile");
+        let results = std::thread::spawn(move || {
+            // SAFETY: anonymous private mapping of one page, unmapped below.
+            let page = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(page, libc::MAP_FAILED);
+            install(&filters.vcpu).expect("install");
+            // SAFETY: changing protection of the page we own.
+            let rw = unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+            // SAFETY: as above.
+            let rwx = unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+            // SAFETY: unmapping the page mapped above.
+            unsafe { libc::munmap(page, 4096) };
+            (rw, rwx)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(results, (0, -1));
     }
 
     #[test]
