@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
+use nix::mount::{mount, MsFlags};
 use vessel_runtime::mounts::Mounter;
 
 /// Mounts `mounts` on `<bundle>/rootfs` in order. Returns whether anything was mounted.
@@ -14,9 +15,7 @@ pub fn mount_rootfs(bundle: &Path, mounts: &[Mount]) -> Result<bool, String> {
     }
     std::fs::create_dir_all(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
     for m in mounts {
-        let fstype = (!m.type_.is_empty()).then_some(m.type_.as_str());
-        let source = (!m.source.is_empty()).then_some(m.source.as_str());
-        if let Err(e) = containerd_shim::mount::mount_rootfs(fstype, source, &m.options, &target) {
+        if let Err(e) = mount_one(&m.type_, &m.source, &m.options, &target) {
             let _ = unmount_rootfs(bundle, &vessel_runtime::mounts::HostMounter);
             return Err(format!(
                 "mounting {} rootfs ({}) on {}: {e}",
@@ -27,6 +26,72 @@ pub fn mount_rootfs(bundle: &Path, mounts: &[Mount]) -> Result<bool, String> {
         }
     }
     Ok(true)
+}
+
+/// mount(8)-style options → (flags, data), as containerd parses them.
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data: Vec<&str> = Vec::new();
+    for o in options {
+        let (clear, f) = match o.as_str() {
+            "async" => (true, MsFlags::MS_SYNCHRONOUS),
+            "atime" => (true, MsFlags::MS_NOATIME),
+            "bind" => (false, MsFlags::MS_BIND),
+            "defaults" => (false, MsFlags::empty()),
+            "dev" => (true, MsFlags::MS_NODEV),
+            "diratime" => (true, MsFlags::MS_NODIRATIME),
+            "dirsync" => (false, MsFlags::MS_DIRSYNC),
+            "exec" => (true, MsFlags::MS_NOEXEC),
+            "mand" => (false, MsFlags::MS_MANDLOCK),
+            "noatime" => (false, MsFlags::MS_NOATIME),
+            "nodev" => (false, MsFlags::MS_NODEV),
+            "nodiratime" => (false, MsFlags::MS_NODIRATIME),
+            "noexec" => (false, MsFlags::MS_NOEXEC),
+            "nomand" => (true, MsFlags::MS_MANDLOCK),
+            "norelatime" => (true, MsFlags::MS_RELATIME),
+            "nostrictatime" => (true, MsFlags::MS_STRICTATIME),
+            "nosuid" => (false, MsFlags::MS_NOSUID),
+            "rbind" => (false, MsFlags::MS_BIND | MsFlags::MS_REC),
+            "relatime" => (false, MsFlags::MS_RELATIME),
+            "remount" => (false, MsFlags::MS_REMOUNT),
+            "ro" => (false, MsFlags::MS_RDONLY),
+            "rw" => (true, MsFlags::MS_RDONLY),
+            "strictatime" => (false, MsFlags::MS_STRICTATIME),
+            "suid" => (true, MsFlags::MS_NOSUID),
+            "sync" => (false, MsFlags::MS_SYNCHRONOUS),
+            other => {
+                data.push(other);
+                continue;
+            }
+        };
+        if clear {
+            flags.remove(f);
+        } else {
+            flags.insert(f);
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// One mount in this process (no fork: the shim has no global child reaper).
+fn mount_one(fstype: &str, source: &str, options: &[String], target: &Path) -> Result<(), String> {
+    let (flags, data) = parse_options(options);
+    // The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
+    if data.len() >= 4096 {
+        return Err(format!(
+            "mount options are {} bytes, more than a page",
+            data.len()
+        ));
+    }
+    let fstype = (!fstype.is_empty()).then_some(fstype);
+    let source = (!source.is_empty()).then_some(source);
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount(source, target, fstype, flags, data).map_err(|e| e.to_string())?;
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 pub fn rootfs_path(bundle: &Path) -> PathBuf {
@@ -41,4 +106,66 @@ pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), String
         mounter.unmount(&m).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["ro", "nosuid", "rbind", "index=off", "lowerdir=/a:/b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = parse_options(&opts);
+        assert!(flags.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC
+        ));
+        assert_eq!(data, "index=off,lowerdir=/a:/b");
+        let (flags, _) = parse_options(&["ro".to_string(), "rw".to_string()]);
+        assert!(!flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    /// A real overlay mount and unmount at `<bundle>/rootfs` (root only).
+    #[test]
+    fn mounts_and_unmounts_an_overlay_rootfs() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root to mount"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper, work) = (
+            dir.path().join("l"),
+            dir.path().join("u"),
+            dir.path().join("w"),
+        );
+        for d in [&lower, &upper, &work] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(lower.join("from-image"), b"img").unwrap();
+        let bundle = dir.path().join("bundle");
+        let m = Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}", lower.display()),
+            ],
+            ..Default::default()
+        };
+        assert!(mount_rootfs(&bundle, &[m]).unwrap());
+        let rootfs = rootfs_path(&bundle);
+        assert_eq!(std::fs::read(rootfs.join("from-image")).unwrap(), b"img");
+        std::fs::write(rootfs.join("written"), b"w").unwrap();
+        unmount_rootfs(&bundle, &vessel_runtime::mounts::HostMounter).unwrap();
+        assert!(!rootfs.join("from-image").exists());
+        assert_eq!(
+            std::fs::read(upper.join("written")).unwrap(),
+            b"w",
+            "write did not land in upper"
+        );
+        assert!(!mount_rootfs(&bundle, &[]).unwrap());
+    }
 }

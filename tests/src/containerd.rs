@@ -1,0 +1,472 @@
+//! A real containerd for tests, and a busybox image built locally.
+//!
+//! [`Containerd::start`] runs Debian's `containerd` (1.6) with its own config, root, state and
+//! socket under a temp dir, with the workspace's `target/<profile>` first in its PATH so
+//! `ctr --runtime io.containerd.vessel.v2` finds `containerd-shim-vessel-v2`.
+//! [`Containerd::import_busybox`] builds an OCI image layout by hand from `busybox-static`
+//! (one uncompressed tar layer, config, manifest, index) and imports it with `ctr images import`.
+//!
+//! ```no_run
+//! use vessel_tests::containerd::{Containerd, BUSYBOX_REF};
+//! let ctrd = Containerd::start().unwrap();
+//! ctrd.import_busybox().unwrap();
+//! let out = ctrd.ctr(&["run", "--rm", "--runtime", "io.containerd.runc.v2", BUSYBOX_REF, "t1", "echo", "hi"]);
+//! assert_eq!(out.stdout, "hi\n");
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The name the busybox image is imported under.
+pub const BUSYBOX_REF: &str = "docker.io/library/vessel-busybox:latest";
+/// containerd's namespace used by the tests.
+pub const NAMESPACE: &str = "vessel-test";
+/// Applets linked into the image's /bin.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "true", "false", "ls", "head", "seq", "tr", "wc", "printf",
+    "tty", "id", "hostname", "test", "dd", "mkdir", "rm", "touch", "sync", "env", "kill",
+];
+
+/// The workspace's build output dir holding the test binaries (target/debug or target/release).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// A workspace binary that must have been built; a clear error if not.
+pub fn workspace_binary(name: &str, package: &str) -> Result<PathBuf> {
+    let p = target_dir().join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not built: run `cargo build -p {package}` before these tests",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// What a `ctr` call did.
+#[derive(Debug)]
+pub struct CtrOutput {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtrOutput {
+    fn from(o: Output) -> CtrOutput {
+        CtrOutput {
+            status: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+/// A running containerd owned by a test.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Containerd {
+    /// Starts containerd with no extra environment.
+    pub fn start() -> Result<Containerd> {
+        Containerd::start_with_env(&[])
+    }
+
+    /// Starts containerd; `env` is added to its (and so the shims') environment, e.g.
+    /// `VESSEL_CONFIG`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("vctrd")
+            .tempdir_in("/tmp")?;
+        let config = dir.path().join("config.toml");
+        let d = dir.path().display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  level = "info"
+"#
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            target_dir().display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .context("spawning containerd (apt-get install containerd)")?;
+        let mut c = Containerd {
+            dir,
+            child: Some(child),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if c.socket().exists() && c.ctr(&["version"]).success() {
+                break;
+            }
+            if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
+                bail!("containerd exited ({status}):\n{}", c.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("containerd did not come up in 60 s:\n{}", c.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(c)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+    /// containerd's root (content store, snapshots).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last 4 KiB of containerd's log (shim logs land here too).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(4096);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `ctr` with stdin from /dev/null and waits for it.
+    pub fn ctr(&self, args: &[&str]) -> CtrOutput {
+        let out = self
+            .ctr_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(CtrOutput::from);
+        out.unwrap_or_else(|e| CtrOutput {
+            status: None,
+            stdout: String::new(),
+            stderr: format!("spawning ctr: {e}"),
+        })
+    }
+
+    /// Runs `ctr` with `input` on its stdin.
+    pub fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Result<CtrOutput> {
+        let mut child = self
+            .ctr_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        stdin.write_all(input)?;
+        drop(stdin);
+        Ok(CtrOutput::from(child.wait_with_output()?))
+    }
+
+    /// Starts `ctr` in the background (e.g. a `ctr run` to be killed).
+    pub fn ctr_spawn(&self, args: &[&str]) -> Result<Child> {
+        Ok(self
+            .ctr_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Runs `ctr` under a pseudo-terminal (`script`), for `--tty`. Returns the terminal's text.
+    pub fn ctr_in_pty(&self, args: &[&str]) -> CtrOutput {
+        let mut line = format!(
+            "ctr --address {} --namespace {NAMESPACE}",
+            self.socket().display()
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(&shell_quote(a));
+        }
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd.output()
+            .map(CtrOutput::from)
+            .unwrap_or_else(|e| CtrOutput {
+                status: None,
+                stdout: String::new(),
+                stderr: format!("spawning script: {e}"),
+            })
+    }
+
+    /// Builds the busybox OCI image and imports it as [`BUSYBOX_REF`].
+    pub fn import_busybox(&self) -> Result<()> {
+        let tar = build_busybox_oci_tar(&self.dir.path().join("image"))?;
+        let out = self.ctr(&["images", "import", &tar.display().to_string()]);
+        if !out.success() {
+            bail!("ctr images import failed: {}{}", out.stdout, out.stderr);
+        }
+        let list = self.ctr(&["images", "ls", "-q"]);
+        if !list.stdout.lines().any(|l| l.trim() == BUSYBOX_REF) {
+            bail!("imported image not listed: {}{}", list.stdout, list.stderr);
+        }
+        Ok(())
+    }
+
+    /// Kills and deletes every task and container, so shims exit and mounts go.
+    pub fn remove_all(&self) {
+        let tasks = self.ctr(&["tasks", "ls", "-q"]);
+        for id in tasks
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !self.ctr(&["tasks", "delete", id]).success() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let containers = self.ctr(&["containers", "ls", "-q"]);
+        for id in containers
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+    }
+
+    /// Mount points under this containerd's dir (snapshots, bundles' rootfs).
+    pub fn mounts(&self) -> Vec<String> {
+        mounts_under(self.dir.path())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.remove_all();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Never delete through a live mount: unmount what is left (deepest first) first.
+        let mut left = mounts_under(self.dir.path());
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in &left {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if !mounts_under(self.dir.path()).is_empty() {
+            // Keep the dir rather than delete files through a mount.
+            eprintln!(
+                "{}: mounts left, not removing it",
+                self.dir.path().display()
+            );
+            self.dir.disable_cleanup(true);
+        }
+    }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    if !out.status.success() {
+        bail!("sha256sum {} failed", path.display());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or_default();
+    if hex.len() != 64 {
+        bail!("sha256sum printed {text:?}");
+    }
+    Ok(hex.to_string())
+}
+
+/// Moves `file` into `blobs/sha256/<digest>`; returns (digest, size).
+fn add_blob(layout: &Path, file: &Path) -> Result<(String, u64)> {
+    let hex = sha256_file(file)?;
+    let size = std::fs::metadata(file)?.len();
+    std::fs::rename(file, layout.join("blobs/sha256").join(&hex))?;
+    Ok((format!("sha256:{hex}"), size))
+}
+
+/// Writes an OCI image layout for busybox-static in `work` and tars it; returns the tar path.
+pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.is_file() {
+        bail!("/bin/busybox missing: apt-get install busybox-static");
+    }
+    let rootfs = work.join("rootfs");
+    let layout = work.join("layout");
+    for d in [
+        rootfs.join("bin"),
+        rootfs.join("tmp"),
+        rootfs.join("etc"),
+        rootfs.join("proc"),
+        rootfs.join("dev"),
+        rootfs.join("sys"),
+        layout.join("blobs/sha256"),
+    ] {
+        std::fs::create_dir_all(&d)?;
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+
+    let layer = work.join("layer.tar");
+    let st = Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "--sort=name",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar of the layer failed");
+    }
+    let (layer_digest, layer_size) = add_blob(&layout, &layer)?;
+
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    });
+    let config_file = work.join("config.json");
+    std::fs::write(&config_file, serde_json::to_vec(&config)?)?;
+    let (config_digest, config_size) = add_blob(&layout, &config_file)?;
+
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    });
+    let manifest_file = work.join("manifest.json");
+    std::fs::write(&manifest_file, serde_json::to_vec(&manifest)?)?;
+    let (manifest_digest, manifest_size) = add_blob(&layout, &manifest_file)?;
+
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": BUSYBOX_REF,
+                "org.opencontainers.image.ref.name": "latest",
+            },
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+
+    let tar = work.join("busybox-oci.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar of the layout failed");
+    }
+    Ok(tar)
+}

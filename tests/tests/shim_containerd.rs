@@ -1,0 +1,559 @@
+//! containerd-shim-vessel-v2 under a real containerd (Debian's 1.6), driven with `ctr`.
+//!
+//! Needs root, `containerd`, `runc`, `busybox-static`, and built binaries:
+//! `cargo build -p containerd-shim-vessel-v2 -p vessel-vmm`. The guest kernel and initrd are
+//! taken from `VESSEL_KERNEL` / `VESSEL_INITRD` (default: /usr/local/share/vessel/{vmlinux,
+//! initrd.cpio}); `VESSEL_TEST_AGENT_TIMEOUT` (s, default 600) bounds a boot.
+//!
+//! Tests that need a booted VM go through one shared boot probe: if the VM cannot boot here,
+//! each of them fails with the probe's error (which carries the VMM's console tail).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use vessel_tests::containerd::{workspace_binary, Containerd, CtrOutput, BUSYBOX_REF};
+
+const VESSEL: &str = "io.containerd.vessel.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+
+/// A vessel configuration for one test: its own state root.
+struct VesselEnv {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl VesselEnv {
+    fn new(kernel: Option<&Path>) -> VesselEnv {
+        VesselEnv::with(kernel, None)
+    }
+
+    fn with(kernel: Option<&Path>, initrd: Option<&Path>) -> VesselEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("vstate")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let vmm = workspace_binary("vessel-vmm", "vessel-vmm").unwrap_or_else(|e| panic!("{e}"));
+        workspace_binary("containerd-shim-vessel-v2", "containerd-shim-vessel-v2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let env_path =
+            |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_string());
+        let kernel = kernel
+            .map(|k| k.display().to_string())
+            .unwrap_or_else(|| env_path("VESSEL_KERNEL", "/usr/local/share/vessel/vmlinux"));
+        let initrd = initrd
+            .map(|k| k.display().to_string())
+            .unwrap_or_else(|| env_path("VESSEL_INITRD", "/usr/local/share/vessel/initrd.cpio"));
+        let timeout = env_path("VESSEL_TEST_AGENT_TIMEOUT", "600");
+        let config = dir.path().join("vessel.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hypervisor]\npath = \"{}\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                 [runtime]\nstate_root = \"{}\"\nagent_timeout_secs = {timeout}\nlog_level = \"debug\"\n",
+                vmm.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        VesselEnv { dir, config }
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Sandbox dirs left in the state root.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_root())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn containerd(&self) -> Containerd {
+        let ctrd = Containerd::start_with_env(&[("VESSEL_CONFIG", self.config.to_str().unwrap())])
+            .unwrap_or_else(|e| panic!("starting containerd: {e:#}"));
+        ctrd.import_busybox()
+            .unwrap_or_else(|e| panic!("importing busybox: {e:#}"));
+        ctrd
+    }
+}
+
+/// Processes whose command line mentions `needle` (shims of a given containerd, VMMs).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) && !text.starts_with("ctr ") {
+            found.push(format!("{name}: {text}"));
+        }
+    }
+    found
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds, up to `timeout`.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn describe(out: &CtrOutput, ctrd: &Containerd) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- containerd log tail ---\n{}",
+        out.status,
+        out.stdout,
+        out.stderr,
+        ctrd.log_tail()
+    )
+}
+
+/// Proves the harness: the same containerd + image run busybox with runc.
+#[test]
+fn harness_runs_busybox_with_runc() {
+    let ctrd = Containerd::start().unwrap_or_else(|e| panic!("{e:#}"));
+    ctrd.import_busybox().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNC,
+        BUSYBOX_REF,
+        "runc-echo",
+        "echo",
+        "hello from busybox",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert_eq!(out.stdout, "hello from busybox\n");
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNC,
+        BUSYBOX_REF,
+        "runc-exit",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status, Some(3), "{}", describe(&out, &ctrd));
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr.trim(), "err");
+    ctrd.remove_all();
+    assert!(
+        eventually(Duration::from_secs(10), || ctrd.mounts().is_empty()),
+        "mounts left: {:?}",
+        ctrd.mounts()
+    );
+}
+
+/// A kernel path that does not exist: a clear error naming it, and nothing left behind.
+#[test]
+fn missing_kernel_is_a_clear_error_and_leaves_nothing() {
+    let env = VesselEnv::new(Some(Path::new("/nonexistent/vessel/vmlinux")));
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "nokernel",
+        "true",
+    ]);
+    assert!(!out.success(), "{}", describe(&out, &ctrd));
+    assert!(
+        out.stderr.contains("guest kernel") && out.stderr.contains("/nonexistent/vessel/vmlinux"),
+        "{}",
+        describe(&out, &ctrd)
+    );
+    assert_nothing_left(&env, &ctrd);
+}
+
+/// The real VMM given a kernel that is not a kernel dies during create: containerd gets the
+/// VMM's exit and log tail, and no mount, socket, process or state dir survives.
+#[test]
+fn vmm_dying_during_create_is_reported_and_cleaned_up() {
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), vec![0u8; 4096]).unwrap();
+    let env = VesselEnv::with(Some(junk.path()), Some(junk.path()));
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "vmmdies",
+        "true",
+    ]);
+    assert!(!out.success(), "{}", describe(&out, &ctrd));
+    assert!(
+        out.stderr.contains("vessel-vmm") && out.stderr.contains("before the agent answered"),
+        "{}",
+        describe(&out, &ctrd)
+    );
+    assert!(
+        out.stderr.contains("console tail"),
+        "{}",
+        describe(&out, &ctrd)
+    );
+    assert_nothing_left(&env, &ctrd);
+}
+
+fn assert_nothing_left(env: &VesselEnv, ctrd: &Containerd) {
+    let sock = ctrd.socket().display().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || env.leftovers().is_empty()
+            && ctrd.mounts().is_empty()
+            && processes_mentioning(&sock).is_empty()
+            && processes_mentioning(&env.state_root().display().to_string())
+                .is_empty()),
+        "left behind: state {:?}, mounts {:?}, processes {:?} {:?}",
+        env.leftovers(),
+        ctrd.mounts(),
+        processes_mentioning(&sock),
+        processes_mentioning(&env.state_root().display().to_string()),
+    );
+}
+
+/// One boot attempt shared by the tests that need a VM: Ok, or the error to fail with.
+fn vm_boot_probe() -> Result<(), String> {
+    static PROBE: OnceLock<Mutex<Option<Result<(), String>>>> = OnceLock::new();
+    let cell = PROBE.get_or_init(|| Mutex::new(None));
+    let mut g = cell.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = g.as_ref() {
+        return r.clone();
+    }
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "probe",
+        "echo",
+        "vm-ok",
+    ]);
+    let r = if out.success() && out.stdout == "vm-ok\n" {
+        Ok(())
+    } else {
+        Err(format!(
+            "the vessel VM did not run a container here:\n{}",
+            describe(&out, &ctrd)
+        ))
+    };
+    *g = Some(r.clone());
+    r
+}
+
+fn need_vm() {
+    if let Err(e) = vm_boot_probe() {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn vm_run_prints_output_and_exit_code() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-echo",
+        "echo",
+        "hello from vessel",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert_eq!(out.stdout, "hello from vessel\n");
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-exit",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.status, Some(7), "{}", describe(&out, &ctrd));
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr.trim(), "err");
+    let out = ctrd
+        .ctr_with_input(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                VESSEL,
+                BUSYBOX_REF,
+                "v-stdin",
+                "cat",
+            ],
+            b"piped input\n",
+        )
+        .unwrap();
+    assert_eq!(out.stdout, "piped input\n", "{}", describe(&out, &ctrd));
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_exec_and_tty() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-exec",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "v-exec",
+        "sh",
+        "-c",
+        "echo exec-out; exit 4",
+    ]);
+    assert_eq!(out.status, Some(4), "{}", describe(&out, &ctrd));
+    assert_eq!(out.stdout, "exec-out\n");
+    let out = ctrd.ctr_in_pty(&["task", "exec", "-t", "--exec-id", "e2", "v-exec", "tty"]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "tty output: {:?}",
+        out.stdout
+    );
+    // Exec of a binary that does not exist: an error, promptly (Kata #8026 hung here).
+    let started = Instant::now();
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e3",
+        "v-exec",
+        "/no/such/binary",
+    ]);
+    assert!(!out.success(), "{}", describe(&out, &ctrd));
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "exec of a missing binary hung"
+    );
+    // The task is still fine afterwards.
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e4",
+        "v-exec",
+        "echo",
+        "still-here",
+    ]);
+    assert_eq!(out.stdout, "still-here\n", "{}", describe(&out, &ctrd));
+    ctrd.remove_all();
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_kill_reports_signal_exit_and_kill_of_exited_is_not_found() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let run = ctrd
+        .ctr_spawn(&[
+            "run",
+            "--rm",
+            "--runtime",
+            VESSEL,
+            BUSYBOX_REF,
+            "v-kill",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(600), || ctrd
+            .ctr(&["task", "ls"])
+            .stdout
+            .contains("RUNNING")),
+        "task never ran: {}",
+        ctrd.log_tail()
+    );
+    let out = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "v-kill"]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    let done = run.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(137), "ctr run: {done:?}");
+
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-done",
+        "true",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert!(eventually(Duration::from_secs(120), || ctrd
+        .ctr(&["task", "ls"])
+        .stdout
+        .contains("STOPPED")));
+    let out = ctrd.ctr(&["task", "kill", "v-done"]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("not found"),
+        "{}",
+        describe(&out, &ctrd)
+    );
+    let out = ctrd.ctr(&["task", "kill", "no-such-task"]);
+    assert!(
+        !out.success() && out.stderr.contains("not found"),
+        "{}",
+        describe(&out, &ctrd)
+    );
+    ctrd.remove_all();
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_one_mib_of_output_arrives_intact() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-big",
+        "seq",
+        "1",
+        "160000",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    let expect: String = (1..=160000).map(|i| format!("{i}\n")).collect();
+    assert!(expect.len() > 1 << 20);
+    assert_eq!(out.stdout.len(), expect.len(), "length differs");
+    assert!(out.stdout == expect, "content differs");
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_write_lands_in_the_snapshot() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-write",
+        "sh",
+        "-c",
+        "echo written-in-vm > /marker.txt; sync",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    let snapshots = ctrd
+        .root()
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs/marker.txt"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(found.len(), 1, "marker in snapshots: {found:?}");
+    assert_eq!(
+        std::fs::read_to_string(&found[0]).unwrap(),
+        "written-in-vm\n"
+    );
+    let out = ctrd.ctr(&["containers", "delete", "v-write"]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_twenty_create_delete_cycles_leak_nothing() {
+    need_vm();
+    let env = VesselEnv::new(None);
+    let ctrd = env.containerd();
+    let pid = ctrd.pid().unwrap();
+    // One cycle first so containerd's lazily opened fds exist before counting.
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-warm",
+        "true",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    let fds_before = fd_count(pid);
+    let mounts_before = vessel_tests::containerd::mounts_under(Path::new("/")).len();
+    for i in 0..20 {
+        let id = format!("v-cycle-{i}");
+        let out = ctrd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            VESSEL,
+            BUSYBOX_REF,
+            &id,
+            "echo",
+            &id,
+        ]);
+        assert!(out.success(), "cycle {i}: {}", describe(&out, &ctrd));
+        assert_eq!(out.stdout, format!("{id}\n"));
+    }
+    assert_nothing_left(&env, &ctrd);
+    let mounts_after = vessel_tests::containerd::mounts_under(Path::new("/")).len();
+    assert!(
+        mounts_after <= mounts_before,
+        "mounts: {mounts_before} → {mounts_after}"
+    );
+    // containerd's own fds may move by a few (gRPC connections); 20 leaked cycles would not.
+    let fds_after = fd_count(pid);
+    assert!(
+        fds_after <= fds_before + 4,
+        "containerd fds: {fds_before} → {fds_after}"
+    );
+}
