@@ -103,7 +103,7 @@ impl<W: Write> CpioWriter<W> {
     /// Writes the `TRAILER!!!` entry, pads to 512 bytes and returns the inner writer.
     pub fn finish(mut self) -> Result<W, CpioError> {
         self.header(0, 0, 1, 0, (0, 0), "TRAILER!!!")?;
-        while self.written % 512 != 0 {
+        while !self.written.is_multiple_of(512) {
             self.emit(&[0])?;
         }
         Ok(self.out)
@@ -143,7 +143,7 @@ impl<W: Write> CpioWriter<W> {
 
     /// newc aligns headers and file data to 4 bytes.
     fn pad(&mut self) -> Result<(), CpioError> {
-        while self.written % 4 != 0 {
+        while !self.written.is_multiple_of(4) {
             self.emit(&[0])?;
         }
         Ok(())
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(&out[112..115], b"xyz");
         assert_eq!(out[115], 0);
         assert_eq!(&out[116..122], b"070701", "trailer header is 4-aligned");
-        assert_eq!(out.len() % 512, 0);
+        assert!(out.len().is_multiple_of(512));
     }
 
     #[test]

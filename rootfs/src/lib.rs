@@ -137,7 +137,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("initrd.cpio");
         let size = build_initrd(busybox, &out).unwrap();
-        assert_eq!(size % 512, 0, "archive is padded to 512 bytes");
+        assert!(size.is_multiple_of(512), "archive is padded to 512 bytes");
         let listing = Command::new("cpio")
             .args(["-itv", "--quiet", "-F"])
             .arg(&out)
