@@ -23,12 +23,17 @@ pub struct Rootfs {
 
 impl Rootfs {
     pub fn busybox() -> Result<Rootfs> {
+        Self::busybox_in(&std::env::temp_dir())
+    }
+
+    /// The same, in a temp dir under `parent`.
+    pub fn busybox_in(parent: &Path) -> Result<Rootfs> {
         if !Path::new(BUSYBOX).exists() {
             bail!("{BUSYBOX} is missing: install busybox-static (apt-get install busybox-static)");
         }
         let dir = tempfile::Builder::new()
             .prefix("vessel-rootfs-")
-            .tempdir()?;
+            .tempdir_in(parent)?;
         let root = dir.path();
         for d in [
             "bin",
@@ -114,6 +119,11 @@ impl ContainerSpec {
                 .expect("tmpfs mount"),
         );
         spec.set_mounts(Some(mounts));
+        ContainerSpec { spec }
+    }
+
+    /// Wraps a spec built elsewhere.
+    pub fn from_spec(spec: Spec) -> ContainerSpec {
         ContainerSpec { spec }
     }
 

@@ -55,16 +55,33 @@ struct HostAgent {
 
 impl HostAgent {
     fn start() -> HostAgent {
+        Self::start_with(&[], None)
+    }
+
+    /// Starts the agent behind `prefix` (e.g. `unshare --net`), with its socket and state in
+    /// a temp dir under `parent` (default: the system temp dir).
+    fn start_with(prefix: &[&str], parent: Option<&Path>) -> HostAgent {
         require_root();
         let bin = agent_binary();
         assert!(bin.exists(), "agent binary {} missing", bin.display());
-        let dir = tempfile::Builder::new()
-            .prefix("vessel-agent-test-")
-            .tempdir()
-            .expect("temp dir");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("vessel-agent-test-");
+        let dir = match parent {
+            Some(p) => builder.tempdir_in(p),
+            None => builder.tempdir(),
+        }
+        .expect("temp dir");
         let sock = dir.path().join("agent.sock");
         let log = File::create(dir.path().join("agent.log")).expect("log file");
-        let child = Command::new(&bin)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("--listen")
             .arg(format!("unix://{}", sock.display()))
             .arg("--state-dir")
@@ -163,7 +180,14 @@ fn cgroup_parents() -> Vec<PathBuf> {
         );
         let rel = path.trim_start_matches('/');
         if ctrls.is_empty() {
-            out.push(Path::new("/sys/fs/cgroup").join(rel).join("vessel"));
+            let unified = Path::new("/sys/fs/cgroup/unified");
+            let v2 = if unified.exists() {
+                unified
+            } else {
+                Path::new("/sys/fs/cgroup")
+            };
+            out.push(v2.join(rel).join("vessel"));
+            out.push(v2.join("vessel"));
         }
         for c in ctrls
             .split(',')
@@ -265,4 +289,177 @@ fn no_zombie_or_fd_leak_when_containers_die() {
     agent.run("no_leaks", |c| {
         sc::no_leaks_when_containers_die(c, rootfs.path(), pid)
     });
+}
+
+fn is_mount_point(path: &Path, mountinfo: &str) -> bool {
+    let p = path.display().to_string();
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+#[test]
+fn sandbox_storage_and_dns() {
+    let agent = HostAgent::start();
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    let shared = agent.dir.path().join("shared");
+    agent.run("sandbox_storage_and_dns", |c| {
+        sc::sandbox_storage_and_dns(c, rootfs.path(), &shared)
+    });
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !is_mount_point(&shared, &mountinfo),
+        "DestroySandbox left {} mounted",
+        shared.display()
+    );
+}
+
+fn run_in_netns(pid: i32, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(args)
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn network_interface_and_routes() {
+    // The agent gets a network namespace of its own with a veth pair; nothing leaves it.
+    let agent = HostAgent::start_with(&["unshare", "--net"], None);
+    let pid = agent.pid();
+    run_in_netns(
+        pid,
+        &[
+            "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ],
+    );
+    run_in_netns(pid, &["ip", "link", "set", "v1", "up"]);
+    let link = run_in_netns(pid, &["ip", "-o", "link", "show", "v0"]);
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("v0 MAC")
+        .to_string();
+    agent.run("network_config", |c| sc::network_config(c, &mac));
+    let addrs = run_in_netns(pid, &["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains("192.0.2.10/24") && addrs.contains("2001:db8::10/64"),
+        "{addrs}"
+    );
+    let link = run_in_netns(pid, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    let routes = run_in_netns(pid, &["ip", "route", "show"]);
+    assert!(
+        routes.contains("default via 192.0.2.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("198.51.100.0/24 dev eth0"), "{routes}");
+}
+
+/// The agent as PID 1 (of a new pid + mount namespace): base mounts, cgroup2, hostname, a
+/// container on cgroup v2, and DestroySandbox ending PID 1 (the "reboot" of a pid
+/// namespace kills its init, as the VMM's power-off would in a guest).
+#[test]
+fn pid1_lifecycle_in_a_pid_namespace() {
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--propagation",
+        "private",
+        "--uts",
+        "--net",
+    ];
+    let mut agent = HostAgent::start_with(&prefix, Some(parent));
+    let unshare_pid = agent.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+            .expect("children");
+    let agent_pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("agent pid");
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "agent is not pid 1: {status}"
+    );
+
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).expect("mountinfo");
+    for (point, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+    ] {
+        let found = mountinfo.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&point) && f.iter().skip_while(|x| **x != "-").nth(1) == Some(&fstype)
+        });
+        assert!(
+            found,
+            "PID 1 did not mount {fstype} on {point}:\n{mountinfo}"
+        );
+    }
+    let hostname = Command::new("nsenter")
+        .arg(format!("--uts=/proc/{agent_pid}/ns/uts"))
+        .arg("hostname")
+        .output()
+        .expect("hostname");
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "vessel");
+
+    let rootfs = Rootfs::busybox_in(parent).expect("busybox rootfs");
+    agent.run("pid1 container on cgroup v2", |c| {
+        sc::exit_code_and_streams(c, rootfs.path())
+    });
+    let client = &agent.client;
+    let spec =
+        vessel_tests::bundle::ContainerSpec::new(rootfs.path()).args(&["/bin/sleep", "1000"]);
+    let c = sc::run(client, "pid1-left", &spec, false).expect("container");
+    let id = c.id.clone();
+    std::mem::forget(c); // DestroySandbox removes it.
+    client
+        .destroy_sandbox(
+            sc::ctx(),
+            &vessel_protocol::agent::DestroySandboxRequest::new(),
+        )
+        .expect("DestroySandbox");
+    let mut child = agent.child.take().expect("child");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "PID 1 did not power off after DestroySandbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!exit.success(), "unshare reports {exit:?}");
+    for base in cgroup_parents() {
+        assert!(
+            !base.join(&id).exists(),
+            "{} left behind",
+            base.join(&id).display()
+        );
+    }
 }

@@ -13,7 +13,9 @@ use vessel_protocol::agent_ttrpc::AgentClient;
 use crate::bundle::ContainerSpec;
 
 mod client;
+mod sandbox;
 pub use client::*;
+pub use sandbox::*;
 
 fn spec(rootfs: &Path) -> ContainerSpec {
     ContainerSpec::new(rootfs)
