@@ -179,6 +179,7 @@ impl Vm {
             vcpu_fds.push(create_vcpu(&vm.fd, &vm.mem, index, &boot)?);
         }
         let filters = if config.seccomp {
+            crate::seccomp::prepare_process();
             Some(default_filters()?)
         } else {
             log::warn!("seccomp disabled (--no-seccomp)");

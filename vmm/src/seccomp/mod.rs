@@ -107,6 +107,21 @@ pub fn default_filters() -> Result<ThreadFilters, SeccompError> {
     compile(SeccompAction::KillProcess)
 }
 
+/// Process-wide preparation before threads run under the filters: one glibc malloc arena.
+/// glibc gives each thread its own arena, and shrinking one opens
+/// `/proc/sys/vm/overcommit_memory` (openat, which the filters forbid: a profiled boot was
+/// killed that way); the main arena grows and shrinks with brk/mmap only.
+pub fn prepare_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX = 1 is always valid.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+        if ok != 1 {
+            log::warn!("mallopt(M_ARENA_MAX, 1) failed; threads may use their own arenas");
+        }
+    });
+}
+
 /// Installs `filter` on the calling thread only.
 pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(filter).map_err(SeccompError::Install)
