@@ -45,6 +45,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
+    /// "vmm" (a VM per pod), or "host-agent": the agent binary run directly on the host with
+    /// no VM and no isolation, to test the runtime and shim where no guest can boot.
+    pub backend: String,
     pub path: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -52,11 +55,14 @@ pub struct HypervisorConfig {
     pub vcpus: u32,
     pub kernel_params: String,
     pub seccomp: bool,
+    /// The agent binary for the "host-agent" backend.
+    pub agent_path: PathBuf,
 }
 
 impl Default for HypervisorConfig {
     fn default() -> Self {
         Self {
+            backend: "vmm".to_string(),
             path: PathBuf::from("/usr/local/bin/vessel-vmm"),
             kernel: PathBuf::from("/usr/local/share/vessel/vmlinux"),
             initrd: PathBuf::from("/usr/local/share/vessel/initrd.cpio"),
@@ -64,6 +70,7 @@ impl Default for HypervisorConfig {
             vcpus: 1,
             kernel_params: String::new(),
             seccomp: true,
+            agent_path: PathBuf::from("/usr/local/bin/vessel-agent"),
         }
     }
 }
@@ -163,10 +170,18 @@ impl Config {
             ("hypervisor.kernel", &h.kernel),
             ("hypervisor.initrd", &h.initrd),
             ("runtime.state_root", &self.runtime.state_root),
+            ("hypervisor.agent_path", &h.agent_path),
         ] {
             if !path.is_absolute() {
                 return invalid(key, path.display().to_string(), "must be an absolute path");
             }
+        }
+        if h.backend != "vmm" && h.backend != "host-agent" {
+            return invalid(
+                "hypervisor.backend",
+                h.backend.clone(),
+                "must be \"vmm\" or \"host-agent\"",
+            );
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&h.memory_mib) {
             return invalid(
@@ -269,6 +284,7 @@ mod tests {
             ),
             ("[runtime]\nlog_level = \"loud\"\n", "runtime.log_level"),
             ("[runtime]\nstate_root = \"run\"\n", "runtime.state_root"),
+            ("[hypervisor]\nbackend = \"qemu\"\n", "hypervisor.backend"),
         ] {
             match Config::from_toml(text, "t") {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),

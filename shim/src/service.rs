@@ -203,11 +203,20 @@ impl Shim for VesselShim {
         }
         let events = ContainerdEvents::new(publisher, self.namespace.clone())
             .unwrap_or_else(|e| panic!("cannot start the event thread: {e}"));
+        let backend = match &config {
+            Ok(c) => vessel_runtime::vm::backend_from_config(c),
+            Err(_) => Arc::new(VmmBackend),
+        };
+        if let Ok(c) = &config {
+            if c.hypervisor.backend == "host-agent" {
+                log::warn!("backend host-agent: containers run on the host with NO VM isolation");
+            }
+        }
         TaskService::new(TaskServiceDeps {
             namespace: self.namespace.clone(),
             events: Arc::new(events),
             config,
-            backend: Arc::new(VmmBackend),
+            backend,
             mounter: Arc::new(HostMounter),
             exit: Arc::clone(&self.exit),
         })

@@ -17,6 +17,15 @@ use vessel_tests::containerd::{workspace_binary, Containerd, CtrOutput, BUSYBOX_
 const VESSEL: &str = "io.containerd.vessel.v2";
 const RUNC: &str = "io.containerd.runc.v2";
 
+/// Where the shim runs containers.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// The product: a VM per pod.
+    Vmm,
+    /// The real agent on the host, no VM: exercises shim + runtime + agent where no guest boots.
+    HostAgent,
+}
+
 /// A vessel configuration for one test: its own state root.
 struct VesselEnv {
     dir: tempfile::TempDir,
@@ -25,10 +34,14 @@ struct VesselEnv {
 
 impl VesselEnv {
     fn new(kernel: Option<&Path>) -> VesselEnv {
-        VesselEnv::with(kernel, None)
+        VesselEnv::with(Backend::Vmm, kernel, None)
     }
 
-    fn with(kernel: Option<&Path>, initrd: Option<&Path>) -> VesselEnv {
+    fn for_backend(backend: Backend) -> VesselEnv {
+        VesselEnv::with(backend, None, None)
+    }
+
+    fn with(backend: Backend, kernel: Option<&Path>, initrd: Option<&Path>) -> VesselEnv {
         let dir = tempfile::Builder::new()
             .prefix("vstate")
             .tempdir_in("/tmp")
@@ -45,11 +58,20 @@ impl VesselEnv {
             .map(|k| k.display().to_string())
             .unwrap_or_else(|| env_path("VESSEL_INITRD", "/usr/local/share/vessel/initrd.cpio"));
         let timeout = env_path("VESSEL_TEST_AGENT_TIMEOUT", "600");
+        let backend_lines = match backend {
+            Backend::Vmm => "backend = \"vmm\"\n".to_string(),
+            Backend::HostAgent => format!(
+                "backend = \"host-agent\"\nagent_path = \"{}\"\n",
+                workspace_binary("vessel-agent", "vessel-agent")
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .display()
+            ),
+        };
         let config = dir.path().join("vessel.toml");
         std::fs::write(
             &config,
             format!(
-                "[hypervisor]\npath = \"{}\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                "[hypervisor]\n{backend_lines}path = \"{}\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  [runtime]\nstate_root = \"{}\"\nagent_timeout_secs = {timeout}\nlog_level = \"debug\"\n",
                 vmm.display(),
                 dir.path().join("state").display()
@@ -197,7 +219,7 @@ fn missing_kernel_is_a_clear_error_and_leaves_nothing() {
 fn vmm_dying_during_create_is_reported_and_cleaned_up() {
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), vec![0u8; 4096]).unwrap();
-    let env = VesselEnv::with(Some(junk.path()), Some(junk.path()));
+    let env = VesselEnv::with(Backend::Vmm, Some(junk.path()), Some(junk.path()));
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -276,10 +298,7 @@ fn need_vm() {
     }
 }
 
-#[test]
-fn vm_run_prints_output_and_exit_code() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -325,10 +344,7 @@ fn vm_run_prints_output_and_exit_code() {
     assert_nothing_left(&env, &ctrd);
 }
 
-#[test]
-fn vm_exec_and_tty() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_exec_and_tty(env: VesselEnv) {
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -353,10 +369,22 @@ fn vm_exec_and_tty() {
     ]);
     assert_eq!(out.status, Some(4), "{}", describe(&out, &ctrd));
     assert_eq!(out.stdout, "exec-out\n");
-    let out = ctrd.ctr_in_pty(&["task", "exec", "-t", "--exec-id", "e2", "v-exec", "tty"]);
+    let out = ctrd.ctr_in_pty(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "e2",
+        "v-exec",
+        "sh",
+        "-c",
+        "test -t 0 && echo in-tty; test -t 1 && echo out-tty",
+    ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
+    // Through the container's terminal (and script's): both ends are ttys; ptys add "\r"s.
+    let text = out.stdout.replace(['\r', '\0'], "");
     assert!(
-        out.stdout.contains("/dev/pts/"),
+        text.contains("in-tty\nout-tty\n"),
         "tty output: {:?}",
         out.stdout
     );
@@ -390,10 +418,7 @@ fn vm_exec_and_tty() {
     assert_nothing_left(&env, &ctrd);
 }
 
-#[test]
-fn vm_kill_reports_signal_exit_and_kill_of_exited_is_not_found() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: VesselEnv) {
     let ctrd = env.containerd();
     let run = ctrd
         .ctr_spawn(&[
@@ -451,10 +476,7 @@ fn vm_kill_reports_signal_exit_and_kill_of_exited_is_not_found() {
     assert_nothing_left(&env, &ctrd);
 }
 
-#[test]
-fn vm_one_mib_of_output_arrives_intact() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_one_mib_of_output_arrives_intact(env: VesselEnv) {
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -465,20 +487,17 @@ fn vm_one_mib_of_output_arrives_intact() {
         "v-big",
         "seq",
         "1",
-        "160000",
+        "200000",
     ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
-    let expect: String = (1..=160000).map(|i| format!("{i}\n")).collect();
+    let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(expect.len() > 1 << 20);
     assert_eq!(out.stdout.len(), expect.len(), "length differs");
     assert!(out.stdout == expect, "content differs");
     assert_nothing_left(&env, &ctrd);
 }
 
-#[test]
-fn vm_write_lands_in_the_snapshot() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_write_lands_in_the_snapshot(env: VesselEnv) {
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -510,10 +529,7 @@ fn vm_write_lands_in_the_snapshot() {
     assert_nothing_left(&env, &ctrd);
 }
 
-#[test]
-fn vm_twenty_create_delete_cycles_leak_nothing() {
-    need_vm();
-    let env = VesselEnv::new(None);
+fn scenario_twenty_create_delete_cycles_leak_nothing(env: VesselEnv) {
     let ctrd = env.containerd();
     let pid = ctrd.pid().unwrap();
     // One cycle first so containerd's lazily opened fds exist before counting.
@@ -556,4 +572,72 @@ fn vm_twenty_create_delete_cycles_leak_nothing() {
         fds_after <= fds_before + 4,
         "containerd fds: {fds_before} → {fds_after}"
     );
+}
+
+#[test]
+fn vm_run_prints_output_and_exit_code() {
+    need_vm();
+    scenario_run_prints_output_and_exit_code(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_run_prints_output_and_exit_code() {
+    scenario_run_prints_output_and_exit_code(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+#[test]
+fn vm_exec_and_tty() {
+    need_vm();
+    scenario_exec_and_tty(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_exec_and_tty() {
+    scenario_exec_and_tty(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+#[test]
+fn vm_kill_reports_signal_exit_and_kill_of_exited_is_not_found() {
+    need_vm();
+    scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_kill_reports_signal_exit_and_kill_of_exited_is_not_found() {
+    scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(VesselEnv::for_backend(
+        Backend::HostAgent,
+    ));
+}
+
+#[test]
+fn vm_one_mib_of_output_arrives_intact() {
+    need_vm();
+    scenario_one_mib_of_output_arrives_intact(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_one_mib_of_output_arrives_intact() {
+    scenario_one_mib_of_output_arrives_intact(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+#[test]
+fn vm_write_lands_in_the_snapshot() {
+    need_vm();
+    scenario_write_lands_in_the_snapshot(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_write_lands_in_the_snapshot() {
+    scenario_write_lands_in_the_snapshot(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+#[test]
+fn vm_twenty_create_delete_cycles_leak_nothing() {
+    need_vm();
+    scenario_twenty_create_delete_cycles_leak_nothing(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_twenty_create_delete_cycles_leak_nothing() {
+    scenario_twenty_create_delete_cycles_leak_nothing(VesselEnv::for_backend(Backend::HostAgent));
 }

@@ -43,6 +43,8 @@ impl VmBackend for HostAgentBackend {
         let mut cmd = Command::new(&self.agent_binary);
         cmd.arg("--listen")
             .arg(format!("unix://{}", socket.display()))
+            .arg("--state-dir")
+            .arg(req.paths.dir().join("agent"))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

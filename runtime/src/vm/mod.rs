@@ -68,6 +68,17 @@ pub struct LaunchRequest<'a> {
     pub config: &'a Config,
 }
 
+/// The backend `[hypervisor] backend` names.
+pub fn backend_from_config(config: &Config) -> std::sync::Arc<dyn VmBackend> {
+    if config.hypervisor.backend == "host-agent" {
+        std::sync::Arc::new(host_agent::HostAgentBackend {
+            agent_binary: config.hypervisor.agent_path.clone(),
+        })
+    } else {
+        std::sync::Arc::new(vmm::VmmBackend)
+    }
+}
+
 /// Starts machines for sandboxes.
 pub trait VmBackend: Send + Sync {
     fn launch(&self, req: &LaunchRequest<'_>) -> Result<Box<dyn VmInstance>, VmError>;

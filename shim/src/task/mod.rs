@@ -180,7 +180,13 @@ impl Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        log::info!("Exec {} {}", req.id, req.exec_id);
+        log::info!(
+            "Exec {} {} terminal={} stdin={:?}",
+            req.id,
+            req.exec_id,
+            req.terminal,
+            req.stdin
+        );
         let c = self.inner.container(&req.id)?;
         vessel_runtime::state::validate_id(&req.exec_id)
             .map_err(|e| TaskError::InvalidArgument(format!("exec id: {e}")))?;
