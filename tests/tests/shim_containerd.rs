@@ -8,6 +8,8 @@
 //! Tests that need a booted VM go through one shared boot probe: if the VM cannot boot here,
 //! each of them fails with the probe's error (which carries the VMM's console tail).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed step is a failed test
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -640,4 +642,120 @@ fn vm_twenty_create_delete_cycles_leak_nothing() {
 #[test]
 fn host_agent_twenty_create_delete_cycles_leak_nothing() {
     scenario_twenty_create_delete_cycles_leak_nothing(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+/// The machine dies under a running task (SIGKILL to the VMM / host agent): the task's exit is
+/// reported (255), delete works, and nothing is left behind.
+fn scenario_machine_crash_is_reported_and_cleaned_up(env: VesselEnv) {
+    let ctrd = env.containerd();
+    let run = ctrd
+        .ctr_spawn(&[
+            "run",
+            "--rm",
+            "--runtime",
+            VESSEL,
+            BUSYBOX_REF,
+            "v-crash",
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(600), || ctrd
+            .ctr(&["task", "ls"])
+            .stdout
+            .contains("RUNNING")),
+        "task never ran: {}",
+        ctrd.log_tail()
+    );
+    let state = env.state_root().display().to_string();
+    let machine: Vec<i32> = processes_mentioning(&state)
+        .iter()
+        .filter(|p| p.contains("vessel-vmm") || p.contains("vessel-agent"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        machine.len(),
+        1,
+        "machine processes: {:?}",
+        processes_mentioning(&state)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(machine[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // `ctr run` returns the task's exit: 255, the status for "the machine went away".
+    let done = run.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(255),
+        "ctr run: {done:?}\n{}",
+        ctrd.log_tail()
+    );
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_machine_crash_is_reported_and_cleaned_up() {
+    need_vm();
+    scenario_machine_crash_is_reported_and_cleaned_up(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_machine_crash_is_reported_and_cleaned_up() {
+    scenario_machine_crash_is_reported_and_cleaned_up(VesselEnv::for_backend(Backend::HostAgent));
+}
+
+/// The shim is SIGKILLed with a task running: containerd runs `containerd-shim-vessel-v2
+/// delete`, which must kill the machine, unmount and remove the sandbox's state from the state
+/// file alone.
+fn scenario_killed_shim_is_cleaned_up_by_delete(env: VesselEnv) {
+    let ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "v-orphan",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    assert!(
+        !env.leftovers().is_empty(),
+        "no sandbox state while running"
+    );
+    let sock = ctrd.socket().display().to_string();
+    let shims: Vec<i32> = processes_mentioning(&sock)
+        .iter()
+        .filter(|p| p.contains("containerd-shim-vessel-v2"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(shims.len(), 1, "shims: {:?}", processes_mentioning(&sock));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || env.leftovers().is_empty()),
+        "state left after the shim died: {:?}\n{}",
+        env.leftovers(),
+        ctrd.log_tail()
+    );
+    ctrd.remove_all();
+    assert_nothing_left(&env, &ctrd);
+}
+
+#[test]
+fn vm_killed_shim_is_cleaned_up_by_delete() {
+    need_vm();
+    scenario_killed_shim_is_cleaned_up_by_delete(VesselEnv::new(None));
+}
+
+#[test]
+fn host_agent_killed_shim_is_cleaned_up_by_delete() {
+    scenario_killed_shim_is_cleaned_up_by_delete(VesselEnv::for_backend(Backend::HostAgent));
 }
