@@ -129,18 +129,18 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
     let service = Arc::new(AgentService {
         sandbox: sandbox.clone(),
     });
-    let server_err = |source| StartupError::Server {
-        addr: listen.clone(),
-        source,
+    // As PID 1 a failure to listen (e.g. the vsock driver not ready yet) is retried: PID 1
+    // cannot exit, and the host keeps trying to connect.
+    let _server = loop {
+        match serve(&listen, service.clone()) {
+            Ok(server) => break server,
+            Err(e) if pid1 => {
+                log::error!("{e}; retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let mut server = ttrpc::Server::new()
-        .bind(&listen)
-        .map_err(server_err)?
-        .register_service(create_agent(service))
-        .set_thread_count_min(2)
-        .set_thread_count_default(4)
-        .set_thread_count_max(32);
-    server.start().map_err(server_err)?;
     log::info!("serving on {listen} (pid1: {pid1})");
 
     let mut stop = SigSet::empty();
@@ -166,6 +166,22 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
             }
         }
     }
+}
+
+fn serve(listen: &str, service: Arc<AgentService>) -> Result<ttrpc::Server, StartupError> {
+    let server_err = |source| StartupError::Server {
+        addr: listen.to_string(),
+        source,
+    };
+    let mut server = ttrpc::Server::new()
+        .bind(listen)
+        .map_err(server_err)?
+        .register_service(create_agent(service))
+        .set_thread_count_min(2)
+        .set_thread_count_default(4)
+        .set_thread_count_max(32);
+    server.start().map_err(server_err)?;
+    Ok(server)
 }
 
 #[cfg(test)]
