@@ -4,6 +4,7 @@
 //! * `vessel config` — print the effective configuration and where it came from
 //! * `vessel list` — sandboxes under the state root
 //! * `vessel cleanup <sandbox-id>...` — release what a dead shim left behind
+//! * `vessel probe` — boot a throw-away sandbox, wait for its agent, tear it down
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use vessel_runtime::check::{evaluate, HostFacts};
 use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
 use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
-use vessel_runtime::Config;
+use vessel_runtime::vm::backend_from_config;
+use vessel_runtime::{Config, Sandbox, SandboxOptions};
 
 #[derive(Parser)]
 #[command(name = "vessel", about = "vessel runtime host tool")]
@@ -35,6 +37,12 @@ enum Cmd {
     List,
     /// Kill leftover VMMs, unmount and remove the state of the named sandboxes.
     Cleanup { ids: Vec<String> },
+    /// Boot a throw-away sandbox, wait for its agent, report, and tear it down.
+    Probe {
+        /// Sandbox id to use.
+        #[arg(long, default_value = "vessel-probe")]
+        id: String,
+    },
 }
 
 struct StderrLogger;
@@ -113,6 +121,37 @@ fn run() -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { id } => {
+            let started = std::time::Instant::now();
+            let config = std::sync::Arc::new(config);
+            let sandbox = Sandbox::start(SandboxOptions {
+                id: id.clone(),
+                hostname: id,
+                backend: backend_from_config(&config),
+                mounter: std::sync::Arc::new(HostMounter),
+                config,
+            });
+            match sandbox {
+                Ok(sb) => {
+                    println!(
+                        "sandbox {} ready in {:.1} s (pid {})",
+                        sb.id(),
+                        started.elapsed().as_secs_f64(),
+                        sb.vmm_pid()
+                    );
+                    sb.stop()?;
+                    println!("stopped and cleaned up");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "probe failed after {:.1} s: {e}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Cmd::Cleanup { ids } => {
             let mut failed = false;

@@ -362,3 +362,145 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::status;
+    use containerd_shim::protos::shim_sync::TaskClient;
+    use containerd_shim::protos::ttrpc::context::Context;
+
+    #[derive(Default)]
+    struct RecordingEvents(Mutex<Vec<&'static str>>);
+    impl EventSink for RecordingEvents {
+        fn publish(&self, topic: &'static str, _event: Box<dyn protobuf::MessageDyn>) {
+            lock(&self.0).push(topic);
+        }
+    }
+
+    /// The task service behind a real ttrpc server on a temp socket, and a client for it.
+    struct Served {
+        _dir: tempfile::TempDir,
+        server: containerd_shim::protos::ttrpc::Server,
+        client: TaskClient,
+        events: Arc<RecordingEvents>,
+        exit: Arc<ExitSignal>,
+    }
+
+    fn serve(config: Result<Arc<Config>, String>) -> Served {
+        let events = Arc::new(RecordingEvents::default());
+        let exit = Arc::new(ExitSignal::default());
+        let svc = TaskService::new(TaskServiceDeps {
+            namespace: "t".into(),
+            events: events.clone(),
+            config,
+            backend: Arc::new(vessel_runtime::vm::vmm::VmmBackend),
+            mounter: Arc::new(vessel_runtime::mounts::HostMounter),
+            exit: exit.clone(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("shim.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut server = containerd_shim::protos::ttrpc::Server::new()
+            .add_listener(std::os::fd::IntoRawFd::into_raw_fd(listener))
+            .unwrap()
+            .register_service(crate::bootstrap::task_methods(Arc::new(svc)));
+        server.start().unwrap();
+        let client = TaskClient::new(
+            containerd_shim::protos::ttrpc::Client::connect(&format!("unix://{}", sock.display()))
+                .unwrap(),
+        );
+        Served {
+            _dir: dir,
+            server,
+            client,
+            events,
+            exit,
+        }
+    }
+
+    fn code<T: std::fmt::Debug>(r: TtrpcResult<T>) -> (i32, String) {
+        match r {
+            Err(ttrpc::Error::RpcStatus(s)) => (s.code.value(), s.message),
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+
+    fn cx() -> Context {
+        ttrpc::context::with_timeout(30_000_000_000)
+    }
+
+    #[test]
+    fn unknown_task_is_not_found_everywhere() {
+        let s = serve(Ok(Arc::new(Config::default())));
+        let c = &s.client;
+        let id = || "nope".to_string();
+        let k = KillRequest {
+            id: id(),
+            signal: 9,
+            ..Default::default()
+        };
+        assert_eq!(code(c.kill(cx(), &k)).0, status::NOT_FOUND);
+        let st = StateRequest {
+            id: id(),
+            ..Default::default()
+        };
+        assert_eq!(code(c.state(cx(), &st)).0, status::NOT_FOUND);
+        let d = DeleteRequest {
+            id: id(),
+            ..Default::default()
+        };
+        assert_eq!(code(c.delete(cx(), &d)).0, status::NOT_FOUND);
+        let w = WaitRequest {
+            id: id(),
+            ..Default::default()
+        };
+        assert_eq!(code(c.wait(cx(), &w)).0, status::NOT_FOUND);
+        let sr = StartRequest {
+            id: id(),
+            ..Default::default()
+        };
+        assert_eq!(code(c.start(cx(), &sr)).0, status::NOT_FOUND);
+        let e = ExecProcessRequest {
+            id: id(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        };
+        assert_eq!(code(c.exec(cx(), &e)).0, status::NOT_FOUND);
+        assert!(lock(&s.events.0).is_empty(), "no event for failed calls");
+        // Shutdown with nothing left lets the shim exit.
+        c.shutdown(cx(), &ShutdownRequest::default()).unwrap();
+        s.exit.wait();
+        s.server.shutdown();
+    }
+
+    #[test]
+    fn bad_create_requests_are_invalid_argument_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = |id: &str| CreateTaskRequest {
+            id: id.into(),
+            bundle: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        let s = serve(Err(
+            "config t.toml: hypervisor.vcpus = 0: must be between 1 and 254".into(),
+        ));
+        let (c, msg) = code(s.client.create(cx(), &req("c1")));
+        assert_eq!(c, status::INVALID_ARGUMENT);
+        assert!(msg.contains("hypervisor.vcpus"), "{msg}");
+        s.server.shutdown();
+
+        let s = serve(Ok(Arc::new(Config::default())));
+        // No config.json in the bundle.
+        let (c, msg) = code(s.client.create(cx(), &req("c1")));
+        assert_eq!(c, status::INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("config.json"), "{msg}");
+        // An id that cannot be a path component.
+        assert_eq!(
+            code(s.client.create(cx(), &req("../x"))).0,
+            status::INVALID_ARGUMENT
+        );
+        assert!(lock(&s.events.0).is_empty());
+        s.server.shutdown();
+    }
+}
