@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vessel: {e:#}");
+            eprintln!("vessel: {e}");
             ExitCode::from(2)
         }
     }
