@@ -23,10 +23,9 @@ impl I8042 {
 }
 
 impl BusDevice for I8042 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         // Status 0: no data waiting, input buffer empty (so `kb_wait()` returns at once);
         // data port reads 0. Nothing else to emulate: no keyboard is attached.
-        let _ = offset;
         data.fill(0);
     }
 
