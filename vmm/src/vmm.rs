@@ -90,6 +90,7 @@ pub struct Vm;
 impl Vm {
     /// Boots `config` (with its vsock device, if configured).
     pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
+        config.validate()?;
         let mut devices = Vec::new();
         if let Some(vsock) = &config.vsock {
             devices.push(crate::vsock_wiring::create(vsock)?);
