@@ -79,7 +79,17 @@ pub const FEATURES: &[CpuFeature] = &[
     f("svm", 0x8000_0001, 0, Reg::Ecx, 2),
     f("abm", 0x8000_0001, 0, Reg::Ecx, 5),
     f("sse4a", 0x8000_0001, 0, Reg::Ecx, 6),
+    // KVM paravirt features (leaf 0x40000001 EAX); not x86 flags, so never in clearcpuid=.
+    f("kvm_pv_eoi", KVM_FEATURES_LEAF, 0, Reg::Eax, 6),
+    f("kvm_pv_unhalt", KVM_FEATURES_LEAF, 0, Reg::Eax, 7),
+    f("kvm_pv_tlb_flush", KVM_FEATURES_LEAF, 0, Reg::Eax, 9),
+    f("kvm_pv_send_ipi", KVM_FEATURES_LEAF, 0, Reg::Eax, 11),
+    f("kvm_poll_control", KVM_FEATURES_LEAF, 0, Reg::Eax, 12),
+    f("kvm_pv_sched_yield", KVM_FEATURES_LEAF, 0, Reg::Eax, 13),
 ];
+
+/// CPUID leaf of KVM's paravirt feature bits.
+pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 
 /// Features KVM-PVM's emulator cannot run (from PLATFORM.md, plus the AVX family, which
 /// needs XSAVE anyway). `x2apic` is removed until shown to work on PVM.
@@ -121,6 +131,16 @@ pub const PVM_REMOVED_FEATURES: &[&str] = &[
     "adx",
     "sha_ni",
     "invpcid",
+];
+
+/// KVM paravirt features hidden on PVM: with them an SMP guest livelocked while bringing up
+/// its second CPU (one vCPU in `kvm_hypercall4` = PV send-IPI, the other spinning in
+/// `queued_spin_lock_slowpath`); plain IPIs and spinlocks go through the emulated LAPIC.
+pub const PVM_REMOVED_KVM_FEATURES: &[&str] = &[
+    "kvm_pv_unhalt",
+    "kvm_pv_tlb_flush",
+    "kvm_pv_send_ipi",
+    "kvm_pv_sched_yield",
 ];
 
 /// CPUID leaves emptied on PVM: 0xd describes XSAVE state, which the guest must not use.
@@ -219,10 +239,15 @@ impl HostProfile {
                 // Unknown names would be a typo in the table above; tests check there are none.
                 let removed: Vec<CpuFeature> = PVM_REMOVED_FEATURES
                     .iter()
+                    .chain(PVM_REMOVED_KVM_FEATURES)
                     .filter_map(|n| feature(n))
                     .collect();
                 let mut cmdline: Vec<String> = PVM_CMDLINE.iter().map(|s| s.to_string()).collect();
-                let names: Vec<&str> = removed.iter().map(|f| f.name).collect();
+                let names: Vec<&str> = removed
+                    .iter()
+                    .filter(|f| f.leaf != KVM_FEATURES_LEAF)
+                    .map(|f| f.name)
+                    .collect();
                 cmdline.push(format!("clearcpuid={}", names.join(",")));
                 HostProfile {
                     kind,
@@ -314,14 +339,17 @@ mod tests {
 
     #[test]
     fn every_pvm_feature_name_is_known() {
-        for name in PVM_REMOVED_FEATURES {
+        for name in PVM_REMOVED_FEATURES.iter().chain(PVM_REMOVED_KVM_FEATURES) {
             assert!(
                 feature(name).is_some(),
                 "unknown feature name {name} in the PVM table"
             );
         }
         let p = HostProfile::for_kind(HostKind::Pvm);
-        assert_eq!(p.removed_features.len(), PVM_REMOVED_FEATURES.len());
+        assert_eq!(
+            p.removed_features.len(),
+            PVM_REMOVED_FEATURES.len() + PVM_REMOVED_KVM_FEATURES.len()
+        );
     }
 
     #[test]
@@ -386,6 +414,13 @@ mod tests {
             "xsave leaf zeroed"
         );
         assert_eq!(entries[4].ebx, 0x4b4d_564b, "KVM signature leaf kept");
+        // KVM paravirt features: clocksource kept, PV IPIs/unhalt/TLB flush/yield hidden.
+        let mut kvm = vec![entry(KVM_FEATURES_LEAF, 0, [0x0100_7efb, 0, 0, 0])];
+        p.filter_cpuid(&mut kvm);
+        assert_eq!(
+            kvm[0].eax,
+            0x0100_7efb & !((1 << 7) | (1 << 9) | (1 << 11) | (1 << 13))
+        );
         assert_eq!(entries[5].ecx & 0b100101, 0, "lahf_lm, svm, abm");
     }
 
@@ -405,6 +440,10 @@ mod tests {
         let clear = p.cmdline.last().expect("clearcpuid");
         assert!(clear.starts_with("clearcpuid=cx16,xsave,"));
         assert!(clear.contains(",popcnt,") && clear.contains(",sse4_2,"));
+        assert!(
+            !clear.contains("kvm_"),
+            "KVM paravirt bits are not kernel flag names: {clear}"
+        );
     }
 
     #[test]

@@ -169,6 +169,12 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(crate::kvm::vm::ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
         profile.filter_cpuid(cpuid.as_mut_slice());
+        if let Some(pv) = cpuid.as_slice().iter().find(|e| e.function == 0x4000_0001) {
+            log::info!(
+                "KVM paravirt features for the guest (CPUID 0x40000001 eax): {:#x}",
+                pv.eax
+            );
+        }
         let boot = VcpuBoot {
             entry: boot_entry,
             entry_addr,
