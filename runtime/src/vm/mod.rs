@@ -153,6 +153,7 @@ pub fn tail_file(path: &Path, max: u64) -> String {
     }
     String::from_utf8_lossy(&buf)
         .chars()
+        .filter(|&c| c != '\r')
         .map(|c| {
             if c.is_control() && c != '\n' && c != '\t' {
                 '?'
@@ -212,6 +213,8 @@ mod tests {
         assert_eq!(t.len(), 100);
         assert!(t.ends_with("?[0mend\n"), "{t:?}");
         assert_eq!(tail_file(&dir.path().join("none"), 100), "");
+        std::fs::write(&f, b"serial line\r\n").unwrap();
+        assert_eq!(tail_file(&f, 100), "serial line\n");
     }
 
     #[test]
