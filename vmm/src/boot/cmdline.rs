@@ -13,6 +13,9 @@ pub const BASE_CMDLINE: &[&str] = &[
     "nomodule",
     // One UART only: probing absent ones costs port exits.
     "8250.nr_uarts=1",
+    // Every console byte is a port exit; warnings and panics still print. `--cmdline
+    // loglevel=7` (appended last) brings the boot log back.
+    "quiet",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
