@@ -223,6 +223,33 @@ pub struct HostProfile {
     pub vmm_emulation: bool,
 }
 
+/// Feature names the kernel's `clearcpuid=` does not know (it prints "unknown: ...").
+const NOT_KERNEL_FLAG_NAMES: &[&str] = &["osxsave"];
+/// Linux 6.1 copies the `clearcpuid=` value into a 128-byte buffer: longer lists are cut.
+pub const CLEARCPUID_MAX_VALUE: usize = 127;
+
+/// `clearcpuid=` for `names`, skipping names the kernel does not know and stopping before the
+/// kernel's length limit. The CPUID filter removes every feature anyway; this only repeats
+/// it for code that looks at CPUID before the kernel re-reads it.
+pub fn clearcpuid_option(names: &[&str]) -> String {
+    let mut value = String::new();
+    for name in names.iter().filter(|n| !NOT_KERNEL_FLAG_NAMES.contains(n)) {
+        let extra = if value.is_empty() {
+            name.len()
+        } else {
+            name.len() + 1
+        };
+        if value.len() + extra > CLEARCPUID_MAX_VALUE {
+            break;
+        }
+        if !value.is_empty() {
+            value.push(',');
+        }
+        value.push_str(name);
+    }
+    format!("clearcpuid={value}")
+}
+
 fn feature(name: &str) -> Option<CpuFeature> {
     FEATURES.iter().copied().find(|f| f.name == name)
 }
@@ -259,7 +286,7 @@ impl HostProfile {
                     .filter(|f| f.leaf != KVM_FEATURES_LEAF)
                     .map(|f| f.name)
                     .collect();
-                cmdline.push(format!("clearcpuid={}", names.join(",")));
+                cmdline.push(clearcpuid_option(&names));
                 HostProfile {
                     kind,
                     removed_features: removed,
@@ -449,12 +476,32 @@ mod tests {
         let p = HostProfile::for_kind(HostKind::Pvm);
         assert_eq!(&p.cmdline[..3], &["noxsave", "nopti", "mitigations=off"]);
         let clear = p.cmdline.last().expect("clearcpuid");
-        assert!(clear.starts_with("clearcpuid=cx16,xsave,"));
-        assert!(clear.contains(",popcnt,") && clear.contains(",sse4_2,"));
+        assert!(
+            clear.starts_with("clearcpuid=cx16,xsave,avx,"),
+            "osxsave is skipped: {clear}"
+        );
+        assert!(
+            clear.len() - "clearcpuid=".len() <= CLEARCPUID_MAX_VALUE,
+            "{clear}"
+        );
+        assert!(clear.contains(",popcnt,") && clear.contains(",smep,"));
         assert!(
             !clear.contains("kvm_"),
             "KVM paravirt bits are not kernel flag names: {clear}"
         );
+    }
+
+    #[test]
+    fn clearcpuid_fits_the_kernel_buffer() {
+        assert_eq!(
+            clearcpuid_option(&["cx16", "osxsave", "popcnt"]),
+            "clearcpuid=cx16,popcnt"
+        );
+        let many: Vec<&str> = std::iter::repeat_n("abcdefghi", 20).collect();
+        let opt = clearcpuid_option(&many);
+        let value = opt.trim_start_matches("clearcpuid=");
+        assert!(value.len() <= CLEARCPUID_MAX_VALUE);
+        assert_eq!(value.split(',').count(), 12, "whole names only: {value}");
     }
 
     #[test]
