@@ -181,3 +181,44 @@ fn sigterm_stops_the_vm_cleanly_and_reports_where_the_guest_was() {
     assert!(err.contains("vcpu0 stopped at rip 0x100000"), "{err}");
     assert!(err.contains("VM stopped: stopped by the host"), "{err}");
 }
+
+#[test]
+fn vsock_socket_serves_under_seccomp_and_is_removed_on_stop() {
+    use std::io::Write as _;
+    require_kvm();
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(&dir, &[0xfa, 0xf4, 0xeb, 0xfd], false);
+    let uds = dir.path().join("vsock.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .args(["--kernel", &k, "--no-initrd", "--boot-entry", "linux64"])
+        .args([
+            "--vsock-uds",
+            uds.to_str().expect("utf8"),
+            "--vsock-cid",
+            "7",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !uds.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(uds.exists(), "vsock socket never appeared");
+    // A host connection (the guest has no driver, so nothing answers): the event thread
+    // accepts and reads it under its seccomp filter.
+    let mut conn = std::os::unix::net::UnixStream::connect(&uds).expect("connect");
+    conn.write_all(b"CONNECT 1024\n").expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let o = child.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("virtio_mmio.device=4K@0xd0000000:5"), "{err}");
+    assert!(!uds.exists(), "socket left behind");
+}
