@@ -212,10 +212,8 @@ fn vsock_socket_serves_under_seccomp_and_is_removed_on_stop() {
     conn.write_all(b"CONNECT 1024\n").expect("write");
     std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: signalling our own child process.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let o = child.wait_with_output().expect("wait");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
