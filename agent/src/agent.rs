@@ -35,6 +35,18 @@ pub struct Options {
 }
 
 pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
+    parse_args_inner(args, true)
+}
+
+/// As PID 1 the kernel hands init every command-line word it did not recognise (`nomodule`,
+/// `noxsave`, …) as arguments. None of them is meant for us and PID 1 must not fail on them,
+/// so they are skipped; our own flags still apply (a test runs the agent as PID 1 of a pid
+/// namespace with `--listen`). Guest options come from `vessel.*` words in /proc/cmdline.
+pub fn parse_init_args(args: &[String]) -> Result<Options, StartupError> {
+    parse_args_inner(args, false)
+}
+
+fn parse_args_inner(args: &[String], strict: bool) -> Result<Options, StartupError> {
     let mut o = Options {
         listen: None,
         log_level: None,
@@ -58,7 +70,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
             }
             "--state-dir" => o.state_dir = Some(PathBuf::from(value("--state-dir")?)),
             "-h" | "--help" => return Err(StartupError::Usage("help".into())),
-            other => return Err(StartupError::Usage(format!("unknown argument {other:?}"))),
+            other if strict => {
+                return Err(StartupError::Usage(format!("unknown argument {other:?}")))
+            }
+            _ => {}
         }
     }
     Ok(o)
@@ -66,8 +81,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
 
 /// Runs the agent; returns only on a start-up error (or after SIGTERM on a host).
 pub fn run(args: &[String]) -> Result<(), StartupError> {
-    let opts = parse_args(args)?;
     let pid1 = nix::unistd::getpid().as_raw() == 1;
+    let opts = if pid1 {
+        parse_init_args(args)?
+    } else {
+        parse_args(args)?
+    };
     // Before any thread exists, so all inherit the mask: SIGCHLD goes to the reaper,
     // SIGTERM/SIGINT to the main thread's sigwait.
     let mut mask = SigSet::empty();
@@ -197,5 +216,14 @@ mod tests {
         assert!(a(&["--listen"]).is_err());
         assert!(a(&["--bogus"]).is_err());
         assert!(a(&["--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn pid1_skips_kernel_leftovers() {
+        let v = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse_init_args(&v(&["nomodule", "noxsave", "--log-level", "debug"])).unwrap();
+        assert_eq!(o.log_level, Some(LevelFilter::Debug));
+        assert_eq!(o.listen, None);
+        assert!(parse_args(&v(&["nomodule"])).is_err(), "strict off PID 1");
     }
 }
