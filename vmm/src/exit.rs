@@ -1,5 +1,6 @@
 //! Why a VM stopped, and the one-shot signal that tells the VMM to stop it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -68,6 +69,8 @@ impl std::fmt::Display for ExitReason {
 #[derive(Debug)]
 pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
+    /// Set with `reason`; cheap to poll from vCPU loops.
+    requested: AtomicBool,
     evt: EventFd,
 }
 
@@ -75,6 +78,7 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             reason: Mutex::new(None),
+            requested: AtomicBool::new(false),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
@@ -85,9 +89,15 @@ impl ExitSignal {
         if slot.is_none() {
             *slot = Some(reason);
         }
+        self.requested.store(true, Ordering::Release);
         drop(slot);
         // A full counter still wakes the waiter; nothing else to do on error.
         let _ = self.evt.write(1);
+    }
+
+    /// True once any reason was recorded.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
@@ -110,7 +120,9 @@ mod tests {
     fn first_reason_wins_and_event_fires() {
         let s = ExitSignal::new().expect("eventfd");
         assert_eq!(s.reason(), None);
+        assert!(!s.is_requested());
         s.request(ExitReason::GuestReset);
+        assert!(s.is_requested());
         s.request(ExitReason::Stopped);
         assert_eq!(s.reason(), Some(ExitReason::GuestReset));
         assert_eq!(s.event().read().expect("read"), 2);

@@ -177,7 +177,10 @@ impl VcpuRunner {
                 return;
             }
         }
-        while !self.stop.load(Ordering::Acquire) {
+        let mut own_stop = false;
+        // Also leave as soon as the VM is stopping (e.g. the guest's own i8042 reset), rather
+        // than running on until the VMM kicks us.
+        while !self.stop.load(Ordering::Acquire) && !self.exit.is_requested() {
             match self.run_once() {
                 Step::Continue => {}
                 Step::Interrupted => {
@@ -192,14 +195,15 @@ impl VcpuRunner {
                 }
                 Step::Stop(reason) => {
                     self.exit.request(reason);
+                    own_stop = true;
                     break;
                 }
             }
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
-        if self.stop.load(Ordering::Acquire) {
-            // Stopped from outside (host stop, another vCPU, a signal): say where the guest
-            // was, which is what one needs to find a guest that hangs.
+        if !own_stop {
+            // Stopped by the VM stopping (host stop, signal, guest reset, another vCPU): say
+            // where the guest was, which is what one needs to find a guest that hangs.
             match self.fd.get_regs() {
                 Ok(regs) => log::info!(
                     "vcpu{index} stopped at rip {:#x} rsp {:#x}",
