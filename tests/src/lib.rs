@@ -5,3 +5,4 @@
 pub mod agent_scenarios;
 pub mod bundle;
 pub mod containerd;
+pub mod vm;
