@@ -30,18 +30,27 @@ fn main() {
     let connected = started.elapsed();
     // ttrpc takes ownership of the fd.
     let client = AgentClient::new(ttrpc::Client::new(stream.into_raw_fd()).expect("ttrpc client"));
-    match client.check(ttrpc::context::with_timeout(30_000_000_000), &CheckRequest::new()) {
-        Ok(r) => println!(
-            "agent {} (version {}, guest uptime {} ms); vsock connected after {:.2?}, answered after {:.2?}",
-            r.status,
-            r.version,
-            r.uptime_ms,
-            connected,
-            started.elapsed()
-        ),
-        Err(e) => {
-            eprintln!("agent-check: Check failed: {e}");
-            std::process::exit(1);
+    let repeat: usize = std::env::var("AGENT_CHECK_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for i in 0..repeat {
+        let call = Instant::now();
+        match client.check(ttrpc::context::with_timeout(30_000_000_000), &CheckRequest::new()) {
+            Ok(r) => println!(
+                "agent {} (version {}, guest uptime {} ms); vsock connected after {:.2?}, \
+                 call {i} took {:.2?}, {:.2?} since start",
+                r.status,
+                r.version,
+                r.uptime_ms,
+                connected,
+                call.elapsed(),
+                started.elapsed()
+            ),
+            Err(e) => {
+                eprintln!("agent-check: Check failed: {e}");
+                std::process::exit(1);
+            }
         }
     }
 }
