@@ -187,35 +187,47 @@ impl StdioSetup {
         })
     }
 
-    /// A pty: the child gets the slave as fds 0-2, the agent keeps the master. Output arrives
-    /// on stdout only.
-    pub fn pty(size: Option<(u16, u16)>) -> Result<Self, StdioError> {
-        let pty = nix::pty::openpty(None, None).map_err(|e| StdioError::Create(e.into()))?;
-        let (master, slave) = (pty.master, pty.slave);
-        for fd in [&master, &slave] {
-            fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(|e| StdioError::Create(e.into()))?;
-        }
-        if let Some((rows, cols)) = size {
-            crate::sys::set_window_size(master.as_fd(), rows, cols).map_err(StdioError::Create)?;
-        }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(StdioError::Create);
-        let reader = dup(&master)?;
-        let writer = dup(&master)?;
-        let child = [dup(&slave)?, dup(&slave)?, slave];
+    /// For a process with a terminal: the child starts with /dev/null as fds 0-2 and opens
+    /// the pty itself, inside the container (its /dev/pts instance, so `tty` and /dev/console
+    /// name a device the container can see, as with runc's console socket); the agent gets
+    /// the master back through the sync socket and builds the streams with
+    /// [`ProcessStreams::from_pty_master`].
+    pub fn terminal_placeholder() -> Result<Self, StdioError> {
+        let null = || -> Result<OwnedFd, StdioError> {
+            Ok(File::open("/dev/null").map_err(StdioError::Create)?.into())
+        };
         Ok(Self {
-            child,
+            child: [null()?, null()?, null()?],
             streams: ProcessStreams {
-                stdin: Mutex::new(Some(writer)),
-                stdout: Some(OutputStream::new(reader)?),
+                stdin: Mutex::new(None),
+                stdout: None,
                 stderr: None,
-                tty: Some(master),
+                tty: None,
             },
         })
     }
 }
 
 impl ProcessStreams {
+    /// The agent's side of a pty whose master the container's process sent back: output on
+    /// stdout only, input and window size through the master.
+    pub fn from_pty_master(master: OwnedFd, size: Option<(u16, u16)>) -> Result<Self, StdioError> {
+        fcntl(&master, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(|e| StdioError::Create(e.into()))?;
+        if let Some((rows, cols)) = size {
+            crate::sys::set_window_size(master.as_fd(), rows, cols).map_err(StdioError::Create)?;
+        }
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(StdioError::Create);
+        let reader = dup(&master)?;
+        let writer = dup(&master)?;
+        Ok(Self {
+            stdin: Mutex::new(Some(writer)),
+            stdout: Some(OutputStream::new(reader)?),
+            stderr: None,
+            tty: Some(master),
+        })
+    }
+
     /// Writes all of `data` (waiting while the pipe is full), or fails.
     pub fn write_stdin(
         &self,

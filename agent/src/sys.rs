@@ -217,3 +217,10 @@ pub fn stdin_fd() -> BorrowedFd<'static> {
     // life of the process.
     unsafe { BorrowedFd::borrow_raw(0) }
 }
+
+/// Takes ownership of a descriptor the kernel just installed for us through SCM_RIGHTS.
+pub fn adopt_received_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: `raw` came out of a recvmsg control message: the kernel created it in our fd
+    // table for this call, so nothing else owns or closes it.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}

@@ -262,6 +262,11 @@ fn exec_with_a_pty() {
 }
 
 #[test]
+fn init_with_a_pty() {
+    with_agent("pty_init", sc::pty_init);
+}
+
+#[test]
 fn stdin_reaches_the_process() {
     with_agent("stdin_pipe", sc::stdin_pipe);
 }

@@ -4,15 +4,16 @@
 //! seccomp and `execve` of the container's program.
 //!
 //! Descriptors: 0-2 stdio, 3 the sync socket to the agent, 4.. namespace fds (exec).
-//! Protocol on the sync socket (length-prefixed JSON): agent → [`ChildConfig`]; child →
-//! [`ChildReport::Ready`] once set up (only when `wait_for_start`); agent → `Start`; then
-//! either end of file (the socket is close-on-exec: `execve` succeeded) or
-//! [`ChildReport::Failed`].
+//! Protocol on the sync socket (length-prefixed JSON): agent → [`ChildConfig`]; for a process
+//! with a terminal, child → [`ChildReport::Console`] carrying the pty master (SCM_RIGHTS) it
+//! opened inside the container; child → [`ChildReport::Ready`] once set up (only when
+//! `wait_for_start`); agent → `Start`; then either end of file (the socket is close-on-exec:
+//! `execve` succeeded) or [`ChildReport::Failed`].
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::io::{self, Read, Write};
-use std::os::fd::RawFd;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ pub struct InitConfig {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChildReport {
+    /// Sent with the pty master attached (SCM_RIGHTS).
+    Console,
     Ready,
     /// Setup failed; `invalid`: the request asked for something impossible (e.g. a missing
     /// executable) rather than the agent failing.
@@ -86,6 +89,81 @@ pub fn send<T: Serialize>(mut sock: &UnixStream, msg: &T) -> io::Result<()> {
         u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     sock.write_all(&len.to_le_bytes())?;
     sock.write_all(&body)
+}
+
+/// Sends one message with `fd` attached to its first byte.
+pub fn send_with_fd<T: Serialize>(sock: &UnixStream, msg: &T, fd: &OwnedFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let body = serde_json::to_vec(msg)?;
+    let len =
+        u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let header = len.to_le_bytes();
+    let fds = [fd.as_raw_fd()];
+    // The fd rides on the 4-byte header; the body follows as plain bytes.
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&header)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
+    if sent != header.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
+    }
+    let mut w = sock;
+    w.write_all(&body)
+}
+
+/// Receives one message and the descriptor that came with it, if any (close-on-exec).
+pub fn recv_with_fd<T: DeserializeOwned>(
+    sock: &UnixStream,
+) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    let mut fd = None;
+    while got < header.len() {
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut header[got..])];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    let owned = sys::adopt_received_fd(raw);
+                    // Keep the first; any extra is closed by dropping it.
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        if msg.bytes == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got += msg.bytes;
+    }
+    let len = u32::from_le_bytes(header);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sync message too large",
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    let mut r = sock;
+    r.read_exact(&mut body)?;
+    Ok(Some((serde_json::from_slice(&body)?, fd)))
 }
 
 /// Receives one message; `Ok(None)` on end of file before a message starts.
@@ -134,7 +212,7 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
         .map_err(|e| ChildError::io("read config", e))?
         .ok_or_else(|| ChildError::Invalid("agent closed the sync socket".into()))?;
     let terminal = cfg.process.terminal().unwrap_or(false);
-    match &cfg.init {
+    let console = match &cfg.init {
         Some(init) => setup_init(init, terminal)?,
         None => {
             for (i, kind) in cfg.join.iter().enumerate() {
@@ -142,7 +220,18 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
                     .map_err(|e| ChildError::io("namespace fd", e))?;
                 namespaces::join(*kind, fd)?;
             }
+            // setns into the mount namespace moved us to its root: the pty comes from the
+            // container's /dev/pts.
+            if terminal {
+                Some(open_console(false)?)
+            } else {
+                None
+            }
         }
+    };
+    if let Some(master) = console {
+        send_with_fd(sync, &ChildReport::Console, &master)
+            .map_err(|e| ChildError::io("send pty master", e))?;
     }
     nix::unistd::setsid().map_err(|e| ChildError::sys("setsid", e))?;
     if terminal {
@@ -184,7 +273,28 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
     Err(ChildError::sys(format!("exec {}", exe.display()), err))
 }
 
-fn setup_init(init: &InitConfig, terminal: bool) -> Result<(), ChildError> {
+/// Opens a pty in the current root (the container's, after pivot_root or setns), makes the
+/// slave our fds 0-2 and, for a container's init, /dev/console; returns the master for the
+/// agent. This is what runc does with its console socket.
+pub fn open_console(bind_dev_console: bool) -> Result<OwnedFd, ChildError> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| {
+        ChildError::sys(
+            "open a pty in the container (does the spec mount devpts at /dev/pts?)",
+            e,
+        )
+    })?;
+    if bind_dev_console {
+        let name = nix::unistd::ttyname(pty.slave.as_fd())
+            .map_err(|e| ChildError::sys("name of the pty", e))?;
+        super::devices::bind_console(&name)?;
+    }
+    nix::unistd::dup2_stdin(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stdin", e))?;
+    nix::unistd::dup2_stdout(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stdout", e))?;
+    nix::unistd::dup2_stderr(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stderr", e))?;
+    Ok(pty.master)
+}
+
+fn setup_init(init: &InitConfig, terminal: bool) -> Result<Option<OwnedFd>, ChildError> {
     for (kind, path) in &init.join_namespaces {
         namespaces::join_path(*kind, path)?;
     }

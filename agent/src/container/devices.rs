@@ -145,13 +145,14 @@ pub fn create_symlinks(rootfs: &Path, has_devpts: bool) -> Result<(), ChildError
     Ok(())
 }
 
-/// Binds the process's terminal (fd 0) onto /dev/console, as runc does for `terminal: true`.
-pub fn bind_console(rootfs: &Path) -> Result<(), ChildError> {
-    let dest = secure_join(rootfs, Path::new("/dev/console"))?;
-    ensure_mountpoint(&dest, true)?;
+/// Binds the container's pty slave (a path in the container's /dev/pts) onto /dev/console,
+/// as runc does for `terminal: true`. Runs after pivot_root.
+pub fn bind_console(slave: &Path) -> Result<(), ChildError> {
+    let dest = Path::new("/dev/console");
+    ensure_mountpoint(dest, true)?;
     mount(
-        Some("/proc/self/fd/0"),
-        &dest,
+        Some(slave),
+        dest,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,

@@ -131,8 +131,8 @@ impl Container {
                 .map_err(|e| RequestError::invalid(format!("applying resources: {e}")))?;
         }
         let terminal = plan.config.process.terminal().unwrap_or(false);
-        let stdio = if terminal {
-            StdioSetup::pty(plan.console_size)
+        let mut stdio = if terminal {
+            StdioSetup::terminal_placeholder()
         } else {
             StdioSetup::pipes(stdin)
         }
@@ -151,6 +151,15 @@ impl Container {
         let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
         let spawned = process::spawn(&plan.config, &stdio.child, &[], pid_ns, &plan.cgroup)?;
         drop(stdio.child);
+        if terminal {
+            match attach_console(&spawned, plan.console_size) {
+                Ok(streams) => stdio.streams = streams,
+                Err(e) => {
+                    spawned.abort();
+                    return Err(e);
+                }
+            }
+        }
         if let Err(e) = spawned.wait_ready() {
             spawned.abort();
             return Err(e);
@@ -238,8 +247,8 @@ impl Container {
         let size = process
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        let stdio = if terminal {
-            StdioSetup::pty(size)
+        let mut stdio = if terminal {
+            StdioSetup::terminal_placeholder()
         } else {
             StdioSetup::pipes(stdin)
         }
@@ -273,6 +282,15 @@ impl Container {
         let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
         drop(ns);
         drop(stdio.child);
+        if terminal {
+            match attach_console(&spawned, size) {
+                Ok(streams) => stdio.streams = streams,
+                Err(e) => {
+                    spawned.abort();
+                    return Err(e);
+                }
+            }
+        }
         if let Err(e) = spawned.wait_exec() {
             spawned.abort();
             return Err(e);
@@ -400,4 +418,11 @@ impl Container {
         lock(&self.execs).clear();
         Ok(())
     }
+}
+
+/// Receives the pty master a terminal process opened inside the container and builds the
+/// agent's streams on it.
+fn attach_console(spawned: &Spawned, size: Option<(u16, u16)>) -> RequestResult<ProcessStreams> {
+    let master = spawned.recv_console()?;
+    ProcessStreams::from_pty_master(master, size).map_err(|e| RequestError::internal(e.to_string()))
 }

@@ -101,6 +101,23 @@ pub fn spawn(
 }
 
 impl Spawned {
+    /// Receives the pty master the child opened inside the container (terminal processes).
+    pub fn recv_console(&self) -> Result<OwnedFd, RequestError> {
+        match child::recv_with_fd::<ChildReport>(&self.sync) {
+            Ok(Some((ChildReport::Console, Some(fd)))) => Ok(fd),
+            Ok(Some((ChildReport::Failed { invalid, message }, _))) => {
+                Err(report_error(invalid, message))
+            }
+            Ok(Some((other, _))) => Err(RequestError::internal(format!(
+                "expected the pty master from the container, got {other:?}"
+            ))),
+            Ok(None) => Err(self.died("before sending its pty")),
+            Err(e) => Err(RequestError::internal(format!(
+                "receiving the container's pty: {e}"
+            ))),
+        }
+    }
+
     /// Waits for the child to report that it is set up (CreateContainer).
     pub fn wait_ready(&self) -> Result<(), RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
@@ -108,6 +125,9 @@ impl Spawned {
             Ok(Some(ChildReport::Failed { invalid, message })) => {
                 Err(report_error(invalid, message))
             }
+            Ok(Some(ChildReport::Console)) => Err(RequestError::internal(
+                "the child sent a pty master nobody asked for",
+            )),
             Ok(None) => Err(self.died("during setup")),
             Err(e) => Err(RequestError::internal(format!(
                 "waiting for container setup: {e}"
@@ -133,9 +153,9 @@ impl Spawned {
             Ok(Some(ChildReport::Failed { invalid, message })) => {
                 Err(report_error(invalid, message))
             }
-            Ok(Some(ChildReport::Ready)) => {
-                Err(RequestError::internal("child reported ready twice"))
-            }
+            Ok(Some(other)) => Err(RequestError::internal(format!(
+                "unexpected report from the child while waiting for exec: {other:?}"
+            ))),
             Err(e) => Err(RequestError::internal(format!("waiting for exec: {e}"))),
         }
     }

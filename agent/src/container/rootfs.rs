@@ -3,6 +3,7 @@
 //! Runs in the container's new mount namespace (in the child, before exec).
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -23,8 +24,13 @@ pub struct RootfsExtras<'a> {
     pub terminal: bool,
 }
 
-/// Builds the root filesystem and pivots into it.
-pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<(), ChildError> {
+/// Builds the root filesystem and pivots into it. With a terminal, returns the master of the
+/// pty opened inside the container (see `child::open_console`).
+pub fn setup(
+    spec: &Spec,
+    rootfs: &Path,
+    extras: &RootfsExtras<'_>,
+) -> Result<Option<OwnedFd>, ChildError> {
     let linux = spec.linux().as_ref();
     // Nothing we mount may propagate back to the agent's namespace.
     let prop = linux
@@ -77,11 +83,14 @@ pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<()
             .unwrap_or(&no_devices),
     )?;
     devices::create_symlinks(rootfs, mounted("/dev/pts"))?;
-    if extras.terminal {
-        devices::bind_console(rootfs)?;
-    }
 
     pivot(rootfs)?;
+    // Before any read-only remount: /dev/console is bound over.
+    let console = if extras.terminal {
+        Some(super::child::open_console(true)?)
+    } else {
+        None
+    };
 
     if let Some(linux) = linux {
         for p in linux.masked_paths().iter().flatten() {
@@ -109,7 +118,7 @@ pub fn setup(spec: &Spec, rootfs: &Path, extras: &RootfsExtras<'_>) -> Result<()
         )
         .map_err(|e| ChildError::sys("remount / read-only", e))?;
     }
-    Ok(())
+    Ok(console)
 }
 
 /// pivot_root(".", ".") then detach the old root (runc's way: no temporary directory).

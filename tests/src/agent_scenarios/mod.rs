@@ -265,6 +265,32 @@ pub fn exec_in_container(client: &AgentClient, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A container whose init has a terminal: the pty is the container's own (its name resolves
+/// in the container's /dev/pts) and is bound at /dev/console, as with runc.
+pub fn pty_init(client: &AgentClient, rootfs: &Path) -> Result<()> {
+    let p = spec(rootfs)
+        .shell(
+            "T=$(tty) && [ -c \"$T\" ] && echo VISIBLE-$T; [ -c /dev/console ] && echo CONSOLE; \
+             read line; echo GOT-$line",
+        )
+        .terminal(true);
+    let c = run(client, "ptyinit", &p, true).context("a container with a terminal")?;
+    c.write_stdin("", b"hi\n")?;
+    let (out, err, status) = c.output("")?;
+    ensure!(status == 0, "status {status}: {out:?}");
+    ensure!(err.is_empty(), "a terminal has no separate stderr: {err:?}");
+    ensure!(
+        out.contains("VISIBLE-/dev/pts/"),
+        "tty not visible: {out:?}"
+    );
+    ensure!(out.contains("CONSOLE"), "/dev/console missing: {out:?}");
+    ensure!(
+        out.contains("GOT-hi"),
+        "stdin through the pty lost: {out:?}"
+    );
+    Ok(())
+}
+
 /// An exec with a pty: stdin/stdout on the terminal, window size set and resized.
 pub fn pty_exec(client: &AgentClient, rootfs: &Path) -> Result<()> {
     let c = run(
@@ -274,7 +300,10 @@ pub fn pty_exec(client: &AgentClient, rootfs: &Path) -> Result<()> {
         false,
     )?;
     let p = spec(rootfs)
-        .shell("[ -t 0 ] && [ -t 1 ] && echo IS-A-TTY; read line; stty size; echo GOT-$line")
+        .shell(
+            "[ -t 0 ] && [ -t 1 ] && echo IS-A-TTY; T=$(tty) && [ -c \"$T\" ] && echo VISIBLE-$T; \
+             read line; stty size; echo GOT-$line",
+        )
         .terminal(true);
     c.exec("t1", &p, true)
         .context("ExecProcess with terminal")?;
@@ -289,6 +318,11 @@ pub fn pty_exec(client: &AgentClient, rootfs: &Path) -> Result<()> {
     ensure!(status == 0, "status {status}: {out:?}");
     ensure!(err.is_empty(), "a terminal has no separate stderr: {err:?}");
     ensure!(out.contains("IS-A-TTY"), "not a tty: {out:?}");
+    // The pty comes from the container's own /dev/pts, so its name resolves inside it.
+    ensure!(
+        out.contains("VISIBLE-/dev/pts/"),
+        "the terminal's device is not visible in the container: {out:?}"
+    );
     ensure!(out.contains("40 123"), "window size not applied: {out:?}");
     ensure!(
         out.contains("GOT-hello"),
