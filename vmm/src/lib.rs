@@ -22,6 +22,7 @@ pub mod kvm;
 pub mod log_limit;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod vmm;
 mod vsock_wiring;
 

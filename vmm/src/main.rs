@@ -1,39 +1,85 @@
-//! `vessel-vmm`: boots one micro-VM. A thin edge over the `vessel_vmm` library.
+//! `vessel-vmm`: boots one micro-VM, restores one from a snapshot, or creates a snapshot.
+//! A thin edge over the `vessel_vmm` library.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
-use vessel_vmm::{BootEntry, ConsoleConfig, HostKindChoice, Vm, VmConfig, VsockConfig};
+use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
+use vessel_vmm::{
+    BootEntry, ConsoleConfig, HostKindChoice, RunningVm, Vm, VmConfig, VmmError, VsockConfig,
+};
 
-/// Boots a Linux micro-VM (ELF vmlinux + initrd) on KVM.
+/// Exit status when `--restore` refuses the snapshot (missing, damaged, from another VMM or
+/// host, or not what the flags ask for): the caller should remove and recreate it.
+const EXIT_SNAPSHOT_REJECTED: u8 = 6;
+
+/// Boots a Linux micro-VM (ELF vmlinux + initrd) on KVM, or restores one from a snapshot.
 #[derive(Debug, Parser)]
-#[command(name = "vessel-vmm", version)]
+#[command(name = "vessel-vmm", version, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Guest kernel (ELF vmlinux).
-    #[arg(long, default_value = DEFAULT_KERNEL)]
-    kernel: PathBuf,
-    /// Initramfs (cpio, optionally compressed).
-    #[arg(long, default_value = DEFAULT_INITRD)]
-    initrd: PathBuf,
+    #[command(flatten)]
+    boot: BootArgs,
+    /// Restore the snapshot in this directory instead of booting. --kernel, --initrd,
+    /// --no-initrd, --cmdline, --mem-mib, --vcpus and --vsock-cid, if given, must match it.
+    #[arg(long)]
+    restore: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot, wait until the guest agent answers Check over --vsock-uds (or --delay-secs),
+    /// close every vsock connection, save a snapshot into --snapshot-dir and exit 0.
+    SnapshotCreate(SnapshotCreateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotCreateArgs {
+    /// Directory to write `vm.json` and `memory.bin` into (must not hold a snapshot).
+    #[arg(long)]
+    snapshot_dir: PathBuf,
+    /// Snapshot this many seconds after boot instead of waiting for the agent.
+    #[arg(long)]
+    delay_secs: Option<u64>,
+    /// How long to wait for the agent's Check.
+    #[arg(long, default_value_t = 600)]
+    ready_timeout_secs: u64,
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+#[derive(Debug, Args)]
+struct BootArgs {
+    /// Guest kernel (ELF vmlinux) [default: /usr/local/share/vessel/vmlinux].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed) [default: /usr/local/share/vessel/initrd.cpio].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
     /// Boot without an initrd.
     #[arg(long, conflicts_with = "initrd")]
     no_initrd: bool,
     /// Appended to the command line the VMM builds.
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
-    mem_mib: u32,
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory [default: 128].
+    #[arg(long)]
+    mem_mib: Option<u32>,
+    /// [default: 1]
+    #[arg(long)]
+    vcpus: Option<u8>,
     /// Host end of the guest's vsock (Unix socket, Firecracker's hybrid vsock).
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
-    #[arg(long, default_value_t = DEFAULT_VSOCK_CID, requires = "vsock_uds")]
-    vsock_cid: u64,
+    /// [default: 3]
+    #[arg(long, requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
@@ -84,30 +130,53 @@ impl log::Log for StderrLogger {
 
 static LOGGER: StderrLogger = StderrLogger;
 
-fn config_from(cli: Cli) -> VmConfig {
+fn config_from(args: &BootArgs) -> VmConfig {
     VmConfig {
-        kernel: cli.kernel,
-        initrd: (!cli.no_initrd).then_some(cli.initrd),
-        cmdline_extra: cli.cmdline,
-        mem_mib: cli.mem_mib,
-        vcpus: cli.vcpus,
-        boot_entry: cli.boot_entry,
-        console: cli
+        kernel: args
+            .kernel
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL)),
+        initrd: (!args.no_initrd).then(|| {
+            args.initrd
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_INITRD))
+        }),
+        cmdline_extra: args.cmdline.clone().unwrap_or_default(),
+        mem_mib: args.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
+        vcpus: args.vcpus.unwrap_or(1),
+        boot_entry: args.boot_entry,
+        console: args
             .console
+            .clone()
             .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
-        vsock: cli.vsock_uds.map(|uds_path| VsockConfig {
-            guest_cid: cli.vsock_cid,
+        vsock: args.vsock_uds.clone().map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid.unwrap_or(DEFAULT_VSOCK_CID),
             uds_path,
         }),
-        seccomp: !cli.no_seccomp,
-        host_kind: cli.host_kind,
-        rip_profile: cli.profile_rips,
+        seccomp: !args.no_seccomp,
+        host_kind: args.host_kind,
+        rip_profile: args.profile_rips.clone(),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let seccomp = !cli.no_seccomp;
-    let vm = Vm::start(config_from(cli)).context("starting the VM")?;
+/// The snapshot must be what the explicitly given boot flags describe.
+fn expectations_from(args: &BootArgs) -> RestoreExpectations {
+    RestoreExpectations {
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        kernel: args.kernel.clone(),
+        initrd: if args.no_initrd {
+            Some(None)
+        } else {
+            args.initrd.clone().map(Some)
+        },
+        cmdline_extra: args.cmdline.clone(),
+        vsock_cid: args.vsock_cid,
+    }
+}
+
+/// Waits for the VM, with the main thread under the VMM filter, and maps its end to a status.
+fn run_vm(vm: RunningVm, seccomp: bool) -> anyhow::Result<ExitCode> {
     vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
     if seccomp {
         // This thread now only waits for the VM and tears it down.
@@ -122,9 +191,98 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
+    if args.boot_entry.is_some() {
+        anyhow::bail!("--boot-entry cannot be used with --restore (the snapshot decides)");
+    }
+    let cfg = RestoreConfig {
+        snapshot_dir: dir,
+        host: config_from(args),
+        expect: expectations_from(args),
+    };
+    match Vm::restore(cfg) {
+        Ok(vm) => run_vm(vm, !args.no_seccomp),
+        Err(VmmError::Snapshot(e)) if e.is_rejected_snapshot() => {
+            log::error!("snapshot rejected: {e}");
+            Ok(ExitCode::from(EXIT_SNAPSHOT_REJECTED))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("restoring the VM")),
+    }
+}
+
+fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
+    let config = config_from(&args.boot);
+    let uds = config.vsock.as_ref().map(|v| v.uds_path.clone());
+    if args.delay_secs.is_none() && uds.is_none() {
+        anyhow::bail!("snapshot-create needs --vsock-uds (to wait for the agent) or --delay-secs");
+    }
+    // The main thread stays unfiltered: it talks to the agent and writes the snapshot. The
+    // vCPU and device threads run under their filters as usual.
+    let mut vm = Vm::start(config).context("starting the VM")?;
+    vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
+    let stopped = |reason: vessel_vmm::ExitReason| {
+        anyhow::anyhow!("the VM stopped before it could be snapshotted: {reason}")
+    };
+    match (args.delay_secs, uds) {
+        (Some(secs), _) => {
+            if let Some(reason) = vm.wait_timeout(Duration::from_secs(secs)) {
+                return Err(stopped(reason));
+            }
+        }
+        (None, Some(uds)) => {
+            let timeout = Duration::from_secs(args.ready_timeout_secs);
+            let waiter = std::thread::Builder::new()
+                .name("agent-check".to_string())
+                .spawn(move || vessel_vmm::snapshot::agent::wait_for_agent(&uds, timeout))
+                .context("spawning the agent check")?;
+            while !waiter.is_finished() {
+                if let Some(reason) = vm.wait_timeout(Duration::from_millis(100)) {
+                    return Err(stopped(reason));
+                }
+            }
+            let ready = waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("the agent check panicked"))??;
+            log::info!(
+                "agent {} answered after {:?} (guest uptime {} ms)",
+                ready.version,
+                ready.waited,
+                ready.guest_uptime_ms
+            );
+        }
+        (None, None) => unreachable!("checked above"),
+    }
+    let summary = vm
+        .snapshot(&args.snapshot_dir, &SnapshotOptions::default())
+        .context("creating the snapshot")?;
+    println!(
+        "snapshot {}: {} MiB of RAM, {} KiB non-zero, saved in {} ms",
+        summary.dir.display(),
+        summary.mem_bytes >> 20,
+        summary.memory_data_bytes >> 10,
+        summary.save_time.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match (cli.command, cli.restore) {
+        (Some(Command::SnapshotCreate(args)), _) => snapshot_create(args),
+        (None, Some(dir)) => restore(dir, &cli.boot),
+        (None, None) => {
+            let vm = Vm::start(config_from(&cli.boot)).context("starting the VM")?;
+            run_vm(vm, !cli.boot.no_seccomp)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    log::set_max_level(cli.log_level);
+    let level = match &cli.command {
+        Some(Command::SnapshotCreate(a)) => a.boot.log_level,
+        None => cli.boot.log_level,
+    };
+    log::set_max_level(level);
     let _ = log::set_logger(&LOGGER);
     match run(cli) {
         Ok(code) => code,

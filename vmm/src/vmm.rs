@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::IoEventAddress;
+use kvm_ioctls::{IoEventAddress, VcpuFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
@@ -91,10 +91,7 @@ impl Vm {
     /// Boots `config` (with its vsock device, if configured).
     pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
         config.validate()?;
-        let mut devices = Vec::new();
-        if let Some(vsock) = &config.vsock {
-            devices.push(crate::vsock_wiring::create(vsock)?);
-        }
+        let devices = configured_devices(&config)?;
         Self::start_with_devices(config, devices)
     }
 
@@ -107,10 +104,7 @@ impl Vm {
         let profile = HostProfile::detect(config.host_kind, &SysfsProbe);
         let mem_size = config.mem_bytes();
         let vm = KvmVm::new(mem_size)?;
-        let exit = Arc::new(ExitSignal::new().map_err(|source| VmmError::EventFd {
-            what: "the VM exit signal",
-            source,
-        })?);
+        let exit = new_exit_signal()?;
 
         // Kernel, initrd.
         let kernel = load_kernel(&vm.mem, &config.kernel, mem_size)?;
@@ -124,13 +118,10 @@ impl Vm {
         };
 
         // Devices.
-        let io_bus = Arc::new(legacy_bus(&vm, &config.console, &exit)?);
-        let VirtioBus {
-            bus: mmio_bus,
-            slots,
-            subscribers,
-            devices,
-        } = virtio_bus(&vm, devices)?;
+        let serial = SerialDevice::new(serial_irq(&vm)?, console_output(&config.console)?);
+        let (io_bus, serial) = legacy_bus(serial, &exit)?;
+        let virtio = virtio_bus(&vm, devices)?;
+        let slots = virtio.slots.clone();
 
         // Command line and boot data.
         let cmdline = compose(&profile.cmdline, &slots, &config.cmdline_extra)?;
@@ -164,17 +155,7 @@ impl Vm {
         log::info!("kernel command line: {}", info.cmdline);
 
         // vCPUs, configured here, run on their own threads.
-        let mut cpuid = vm
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(crate::kvm::vm::ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
-        profile.filter_cpuid(cpuid.as_mut_slice());
-        if let Some(pv) = cpuid.as_slice().iter().find(|e| e.function == 0x4000_0001) {
-            log::info!(
-                "KVM paravirt features for the guest (CPUID 0x40000001 eax): {:#x}",
-                pv.eax
-            );
-        }
+        let cpuid = guest_cpuid(&vm, &profile)?;
         let boot = VcpuBoot {
             entry: boot_entry,
             entry_addr,
@@ -185,80 +166,165 @@ impl Vm {
         for index in 0..config.vcpus {
             vcpu_fds.push(create_vcpu(&vm.fd, &vm.mem, index, &boot)?);
         }
-        let filters = if config.seccomp {
-            crate::seccomp::prepare_process();
-            Some(default_filters()?)
-        } else {
-            log::warn!("seccomp disabled (--no-seccomp)");
-            None
-        };
-        register_kick_handler()?;
-        let rip_profile = match &config.rip_profile {
-            Some(path) => Some(RipProfile {
-                file: std::fs::File::create(path).map_err(|source| VmmError::Profile {
-                    path: path.clone(),
-                    source,
-                })?,
-                samples: RipHistogram::default(),
-                sampler: None,
-            }),
-            None => None,
-        };
-
-        let mem = vm.mem.clone();
-        let profile_emulation = profile.vmm_emulation;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut running = RunningVm {
-            exit: exit.clone(),
-            stop: stop.clone(),
-            vcpus: Vec::new(),
-            event_loop: None,
+        launch(Launch {
+            config,
+            vm,
+            exit,
+            io_bus,
+            serial,
+            virtio,
+            vcpu_fds,
             info,
-            finished: None,
-            vm: Some(vm),
-            profile: rip_profile,
-            devices,
-        };
-        running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
-        let mmio_bus = Arc::new(mmio_bus);
-        for (index, fd) in (0u8..).zip(vcpu_fds) {
-            let runner = VcpuRunner {
-                index,
-                fd,
-                io_bus: io_bus.clone(),
-                mmio_bus: mmio_bus.clone(),
-                mem: mem.clone(),
-                exit: exit.clone(),
-                stop: stop.clone(),
-                seccomp: filters.as_ref().map(|f| Arc::new(f.vcpu.clone())),
-                rip_samples: running.profile.as_ref().map(|p| p.samples.clone()),
-                vmm_emulation: profile_emulation,
-                vmm_emulated: 0,
-            };
-            let name = format!("vcpu{index}");
-            let handle = std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || runner.run())
-                .map_err(|source| VmmError::Spawn { name, source })?;
-            running.vcpus.push(handle);
-        }
-        if let Some(profile) = running.profile.as_mut() {
-            use std::os::unix::thread::JoinHandleExt;
-            let threads = running.vcpus.iter().map(|h| h.as_pthread_t()).collect();
-            let filter = filters.as_ref().map(|f| f.vmm.clone());
-            let sampler = Sampler::start(threads, kick_signal(), SAMPLE_INTERVAL, filter).map_err(
-                |source| VmmError::Spawn {
-                    name: "vmm-sampler".to_string(),
-                    source,
-                },
-            )?;
-            profile.sampler = Some(sampler);
-        }
-        Ok(running)
+            vmm_emulation: profile.vmm_emulation,
+        })
     }
 }
 
-fn console_output(console: &ConsoleConfig) -> Result<ConsoleOutput, VmmError> {
+/// The virtio devices `config` asks for, in bus order (also used to recreate them when
+/// restoring a snapshot, with the restored VM's host paths).
+pub(crate) fn configured_devices(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VmmError> {
+    let mut devices = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        devices.push(crate::vsock_wiring::create(vsock)?);
+    }
+    Ok(devices)
+}
+
+pub(crate) fn new_exit_signal() -> Result<Arc<ExitSignal>, VmmError> {
+    Ok(Arc::new(ExitSignal::new().map_err(|source| {
+        VmmError::EventFd {
+            what: "the VM exit signal",
+            source,
+        }
+    })?))
+}
+
+/// KVM's supported CPUID filtered for the host profile (what every vCPU gets at boot).
+fn guest_cpuid(vm: &KvmVm, profile: &HostProfile) -> Result<kvm_bindings::CpuId, VmmError> {
+    let mut cpuid = vm
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(crate::kvm::vm::ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
+    profile.filter_cpuid(cpuid.as_mut_slice());
+    if let Some(pv) = cpuid.as_slice().iter().find(|e| e.function == 0x4000_0001) {
+        log::info!(
+            "KVM paravirt features for the guest (CPUID 0x40000001 eax): {:#x}",
+            pv.eax
+        );
+    }
+    Ok(cpuid)
+}
+
+/// A VM whose memory, devices and vCPUs are ready: booted or restored from a snapshot.
+pub(crate) struct Launch {
+    pub config: VmConfig,
+    pub vm: KvmVm,
+    pub exit: Arc<ExitSignal>,
+    pub io_bus: Bus,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub virtio: VirtioBus,
+    pub vcpu_fds: Vec<VcpuFd>,
+    pub info: VmInfo,
+    pub vmm_emulation: bool,
+}
+
+/// Starts the event loop and one thread per vCPU.
+pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
+    let Launch {
+        config,
+        vm,
+        exit,
+        io_bus,
+        serial,
+        virtio,
+        vcpu_fds,
+        info,
+        vmm_emulation,
+    } = l;
+    let filters = if config.seccomp {
+        crate::seccomp::prepare_process();
+        Some(default_filters()?)
+    } else {
+        log::warn!("seccomp disabled (--no-seccomp)");
+        None
+    };
+    register_kick_handler()?;
+    let rip_profile = match &config.rip_profile {
+        Some(path) => Some(RipProfile {
+            file: std::fs::File::create(path).map_err(|source| VmmError::Profile {
+                path: path.clone(),
+                source,
+            })?,
+            samples: RipHistogram::default(),
+            sampler: None,
+        }),
+        None => None,
+    };
+
+    let mem = vm.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let VirtioBus {
+        bus: mmio_bus,
+        subscribers,
+        devices,
+        transports,
+        ..
+    } = virtio;
+    let mut running = RunningVm {
+        exit: exit.clone(),
+        stop: stop.clone(),
+        vcpus: Vec::new(),
+        event_loop: None,
+        info,
+        finished: None,
+        vm: Some(vm),
+        profile: rip_profile,
+        devices,
+        transports,
+        serial,
+        config,
+    };
+    running.event_loop = Some(spawn_event_loop(subscribers, filters.as_ref(), &exit)?);
+    let io_bus = Arc::new(io_bus);
+    let mmio_bus = Arc::new(mmio_bus);
+    for (index, fd) in (0u8..).zip(vcpu_fds) {
+        let runner = VcpuRunner {
+            index,
+            fd,
+            io_bus: io_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            mem: mem.clone(),
+            exit: exit.clone(),
+            stop: stop.clone(),
+            seccomp: filters.as_ref().map(|f| Arc::new(f.vcpu.clone())),
+            rip_samples: running.profile.as_ref().map(|p| p.samples.clone()),
+            vmm_emulation,
+            vmm_emulated: 0,
+        };
+        let name = format!("vcpu{index}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || runner.run())
+            .map_err(|source| VmmError::Spawn { name, source })?;
+        running.vcpus.push(handle);
+    }
+    if let Some(profile) = running.profile.as_mut() {
+        use std::os::unix::thread::JoinHandleExt;
+        let threads = running.vcpus.iter().map(|h| h.as_pthread_t()).collect();
+        let filter = filters.as_ref().map(|f| f.vmm.clone());
+        let sampler =
+            Sampler::start(threads, kick_signal(), SAMPLE_INTERVAL, filter).map_err(|source| {
+                VmmError::Spawn {
+                    name: "vmm-sampler".to_string(),
+                    source,
+                }
+            })?;
+        profile.sampler = Some(sampler);
+    }
+    Ok(running)
+}
+
+pub(crate) fn console_output(console: &ConsoleConfig) -> Result<ConsoleOutput, VmmError> {
     Ok(match console {
         ConsoleConfig::Stdout => Box::new(std::io::stdout()),
         ConsoleConfig::Discard => Box::new(std::io::sink()),
@@ -276,13 +342,8 @@ fn console_output(console: &ConsoleConfig) -> Result<ConsoleOutput, VmmError> {
     })
 }
 
-/// Serial port and i8042 on the port-I/O bus.
-fn legacy_bus(
-    vm: &KvmVm,
-    console: &ConsoleConfig,
-    exit: &Arc<ExitSignal>,
-) -> Result<Bus, VmmError> {
-    let mut bus = Bus::new();
+/// The serial port's interrupt: an eventfd registered as a KVM irqfd.
+pub(crate) fn serial_irq(vm: &KvmVm) -> Result<EventFd, VmmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
         what: "the serial IRQ",
         source,
@@ -293,22 +354,30 @@ fn legacy_bus(
             what: format!("serial irqfd (IRQ {SERIAL_IRQ})"),
             source,
         })?;
-    let serial = SerialDevice::new(serial_irq, console_output(console)?);
-    bus.insert(
-        Arc::new(Mutex::new(serial)),
-        SERIAL_PORT_BASE,
-        SERIAL_PORT_LEN,
-    )?;
+    Ok(serial_irq)
+}
+
+/// Serial port and i8042 on the port-I/O bus.
+pub(crate) fn legacy_bus(
+    serial: SerialDevice,
+    exit: &Arc<ExitSignal>,
+) -> Result<(Bus, Arc<Mutex<SerialDevice>>), VmmError> {
+    let mut bus = Bus::new();
+    let serial = Arc::new(Mutex::new(serial));
+    bus.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
     bus.insert(
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         I8042_PORT_BASE,
         I8042_PORT_LEN,
     )?;
-    Ok(bus)
+    Ok((bus, serial))
 }
 
 /// One 4 KiB virtio-mmio window and one IRQ per device; QueueNotify as ioeventfds.
-fn virtio_bus(vm: &KvmVm, devices: Vec<VirtioDeviceHandle>) -> Result<VirtioBus, VmmError> {
+pub(crate) fn virtio_bus(
+    vm: &KvmVm,
+    devices: Vec<VirtioDeviceHandle>,
+) -> Result<VirtioBus, VmmError> {
     let max = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
     if devices.len() > max {
         return Err(VmmError::TooManyDevices(devices.len()));
@@ -317,6 +386,7 @@ fn virtio_bus(vm: &KvmVm, devices: Vec<VirtioDeviceHandle>) -> Result<VirtioBus,
     let mut slots = Vec::new();
     let mut subscribers = Vec::new();
     let mut owned = Vec::new();
+    let mut transports = Vec::new();
     for (i, handle) in devices.into_iter().enumerate() {
         let slot = MmioDeviceSlot {
             base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
@@ -342,8 +412,12 @@ fn virtio_bus(vm: &KvmVm, devices: Vec<VirtioDeviceHandle>) -> Result<VirtioBus,
                 })?;
         }
         owned.push(handle.device.clone());
-        let transport = MmioTransport::new(handle.device, vm.mem.clone());
-        bus.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            handle.device,
+            vm.mem.clone(),
+        )));
+        bus.insert(transport.clone(), slot.base, slot.size)?;
+        transports.push(transport);
         slots.push(slot);
         subscribers.extend(handle.subscriber);
     }
@@ -352,17 +426,20 @@ fn virtio_bus(vm: &KvmVm, devices: Vec<VirtioDeviceHandle>) -> Result<VirtioBus,
         slots,
         subscribers,
         devices: owned,
+        transports,
     })
 }
 
-struct VirtioBus {
-    bus: Bus,
-    slots: Vec<MmioDeviceSlot>,
-    subscribers: Vec<SharedSubscriber>,
+pub(crate) struct VirtioBus {
+    pub bus: Bus,
+    pub slots: Vec<MmioDeviceSlot>,
+    pub subscribers: Vec<SharedSubscriber>,
+    /// In bus order; a snapshot saves and restores their state.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Kept by `RunningVm` so devices are dropped on the tearing-down thread, not on
     /// whichever vCPU or event thread happens to release them last (their seccomp filters
     /// do not allow what a device's `Drop` may do, e.g. removing its socket).
-    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// Ends the event loop when its eventfd fires.
@@ -437,7 +514,7 @@ fn spawn_event_loop(
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The RIP sampling profiler's state (`VmConfig::rip_profile`).
-struct RipProfile {
+pub(crate) struct RipProfile {
     file: std::fs::File,
     samples: RipHistogram,
     sampler: Option<Sampler>,
@@ -464,16 +541,21 @@ impl RipProfile {
 
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
-    exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
-    vcpus: Vec<JoinHandle<()>>,
-    event_loop: Option<(JoinHandle<()>, EventFd)>,
-    info: VmInfo,
-    finished: Option<ExitReason>,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Each returns its vCPU fd when it ends (a snapshot saves the vCPUs from them).
+    pub(crate) vcpus: Vec<JoinHandle<VcpuFd>>,
+    pub(crate) event_loop: Option<(JoinHandle<()>, EventFd)>,
+    pub(crate) info: VmInfo,
+    pub(crate) finished: Option<ExitReason>,
     /// Kept until the vCPU threads are gone.
-    vm: Option<KvmVm>,
-    profile: Option<RipProfile>,
-    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    pub(crate) vm: Option<KvmVm>,
+    pub(crate) profile: Option<RipProfile>,
+    pub(crate) devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    /// What the VM was booted with (a snapshot records it).
+    pub(crate) config: VmConfig,
 }
 
 /// How long teardown keeps kicking a vCPU thread before giving up on it.
@@ -536,15 +618,15 @@ impl RunningVm {
         }
     }
 
-    fn teardown(&mut self) -> ExitReason {
-        if let Some(reason) = &self.finished {
-            return reason.clone();
-        }
+    /// Takes every vCPU out of KVM_RUN and joins its thread; returns the fds of the vCPUs
+    /// that stopped (each completed its pending I/O first, so its state is consistent).
+    pub(crate) fn stop_vcpus(&mut self) -> Vec<VcpuFd> {
         // The sampler signals vCPU threads: it must be gone before they are joined.
         if let Some(sampler) = self.profile.as_mut().and_then(|p| p.sampler.as_mut()) {
             sampler.stop();
         }
         self.stop.store(true, Ordering::Release);
+        let mut fds = Vec::new();
         for handle in self.vcpus.drain(..) {
             let name = handle.thread().name().unwrap_or("vcpu").to_string();
             let start = Instant::now();
@@ -553,19 +635,34 @@ impl RunningVm {
                 std::thread::sleep(Duration::from_millis(1));
             }
             if handle.is_finished() {
-                if handle.join().is_err() {
-                    log::error!("{name} panicked");
+                match handle.join() {
+                    Ok(fd) => fds.push(fd),
+                    Err(_) => log::error!("{name} panicked"),
                 }
             } else {
                 log::error!("{name} did not stop within {KICK_TIMEOUT:?}; leaving it");
             }
         }
+        fds
+    }
+
+    /// Stops and joins the device event loop: devices no longer change after this.
+    pub(crate) fn stop_event_loop(&mut self) {
         if let Some((handle, evt)) = self.event_loop.take() {
             let _ = evt.write(1);
             if handle.join().is_err() {
                 log::error!("event loop thread panicked");
             }
         }
+    }
+
+    pub(crate) fn teardown(&mut self) -> ExitReason {
+        if let Some(reason) = &self.finished {
+            return reason.clone();
+        }
+        self.stop_vcpus();
+        self.stop_event_loop();
+        self.transports.clear();
         self.devices.clear();
         self.vm = None;
         if let Some(profile) = self.profile.take() {

@@ -162,8 +162,9 @@ enum Step {
 }
 
 impl VcpuRunner {
-    /// Runs until the VM stops. Meant to be the body of thread `vcpu{index}`.
-    pub fn run(mut self) {
+    /// Runs until the VM stops; returns the vCPU (out of KVM_RUN, its pending I/O completed)
+    /// for whoever joins the thread. Meant to be the body of thread `vcpu{index}`.
+    pub fn run(mut self) -> VcpuFd {
         let index = self.index;
         let immediate_exit: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
@@ -174,7 +175,7 @@ impl VcpuRunner {
                     message: format!("installing seccomp filter: {e}"),
                 });
                 IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
-                return;
+                return self.fd;
             }
         }
         let mut own_stop = false;
@@ -200,6 +201,9 @@ impl VcpuRunner {
                 }
             }
         }
+        if !own_stop {
+            self.complete_pending_io();
+        }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
         if !own_stop {
             // Stopped by the VM stopping (host stop, signal, guest reset, another vCPU): say
@@ -212,6 +216,23 @@ impl VcpuRunner {
                 ),
                 Err(e) => log::info!("vcpu{index} stopped (registers unavailable: {e})"),
             }
+        }
+        self.fd
+    }
+
+    /// An I/O or MMIO exit is only finished (an `in`'s value written to the guest register,
+    /// RIP advanced) when KVM_RUN is entered again. With `immediate_exit` set, KVM completes
+    /// it and returns EINTR without running guest code, leaving the vCPU state consistent for
+    /// a snapshot (KVM API: "userspace should ensure that the operation is completed").
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => log::warn!("vcpu{}: completing pending I/O: {e}", self.index),
+            Ok(exit) => log::warn!(
+                "vcpu{}: completing pending I/O returned an exit: {exit:?}",
+                self.index
+            ),
         }
     }
 

@@ -81,13 +81,17 @@ pub struct KvmVm {
 
 impl KvmVm {
     pub fn new(mem_size: u64) -> Result<Self, KvmError> {
+        Self::with_memory(create_guest_memory(mem_size)?)
+    }
+
+    /// A VM over already mapped guest RAM (e.g. a snapshot's memory file).
+    pub fn with_memory(mem: GuestMemory) -> Result<Self, KvmError> {
         let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(ioctl_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(ioctl_err("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(ioctl_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        let mem = create_guest_memory(mem_size)?;
         for (slot, region) in mem.iter().enumerate() {
             let desc = kvm_userspace_memory_region {
                 slot: slot as u32,

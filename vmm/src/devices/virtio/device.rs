@@ -85,4 +85,19 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool {
         false
     }
+    /// Why the device cannot be snapshotted right now (e.g. open host connections); `None`
+    /// when it can. A snapshot waits for this to clear.
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+    /// Device-specific state a snapshot carries beyond what the transport saves (features,
+    /// queues, interrupt status). Host-side backends are not saved: restore recreates them.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Takes back what [`VirtioDevice::save_state`] returned, before the device is
+    /// re-activated. The value comes from a file: validate it.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -454,6 +454,10 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_state.rs"]
+mod state;
+pub use state::{device_identity, QueueSnapshot, RingConfigSnapshot, VirtioSnapshot};
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

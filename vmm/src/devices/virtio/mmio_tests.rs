@@ -378,3 +378,78 @@ fn odd_sized_and_unaligned_accesses_are_harmless() {
     assert_eq!(rd(&mut t, REG_STATUS), 0);
     assert_eq!(rd(&mut t, 0x0f0), 0);
 }
+
+/// An active transport with a used queue, saved and restored into a fresh one.
+#[test]
+fn snapshot_state_round_trips_into_a_fresh_transport() {
+    let (mut t, dev) = setup();
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, 0x10000);
+    setup_queue(&mut t, 1, 0x20000);
+    wr(
+        &mut t,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    {
+        let mut d = dev.lock().expect("lock");
+        d.queues[1].set_next_avail(7);
+        d.queues[1].set_next_used(5);
+        d.irq
+            .irq_status
+            .store(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+    }
+    wr(&mut t, REG_QUEUE_SEL, 1);
+    let saved = t.save_state();
+    assert!(saved.activated);
+    assert_eq!(saved.queues[1].next_avail, 7);
+    assert_eq!(&saved.config_space[..8], b"\x03\0\0\0\0\0\0\0");
+    // Through JSON, as in vm.json.
+    let saved: VirtioSnapshot =
+        serde_json::from_str(&serde_json::to_string(&saved).expect("ser")).expect("de");
+
+    let (mut fresh, fresh_dev) = setup();
+    assert_eq!(
+        fresh.restore_state(&saved),
+        Ok(true),
+        "interrupt was pending"
+    );
+    assert_eq!(fresh.save_state(), saved);
+    assert_eq!(rd(&mut fresh, REG_STATUS), rd(&mut t, REG_STATUS));
+    assert_eq!(rd(&mut fresh, REG_QUEUE_DESC_LOW), 0x20000);
+    assert_eq!(rd(&mut fresh, REG_QUEUE_READY), 1);
+    assert_eq!(rd(&mut fresh, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+    let d = fresh_dev.lock().expect("lock");
+    assert!(d.activated, "re-activated");
+    assert_eq!(d.acked, (1 << 32) | 1);
+    assert_eq!((d.queues[1].next_avail(), d.queues[1].next_used()), (7, 5));
+}
+
+#[test]
+fn snapshot_state_from_a_file_is_checked() {
+    let (mut t, _) = setup();
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, 0x10000);
+    let good = t.save_state();
+    let fails = |edit: &dyn Fn(&mut VirtioSnapshot), what: &str| {
+        let mut s = good.clone();
+        edit(&mut s);
+        let (mut fresh, _) = setup();
+        let err = fresh.restore_state(&s).expect_err(what);
+        assert!(err.contains(what), "{what}: {err}");
+    };
+    fails(&|s| s.device_type = 26, "device type");
+    fails(&|s| s.config_space[0] = 4, "configuration space");
+    fails(&|s| s.queues.truncate(1), "queues");
+    fails(&|s| s.status |= 0x100, "unknown status");
+    fails(&|s| s.activated = true, "active device");
+    fails(&|s| s.acked_features = 1 << 40, "acked");
+    fails(&|s| s.queues[0].max_size = 1024, "max size");
+    fails(&|s| s.queues[0].size = 3, "queue size");
+    fails(
+        &|s| s.queues[0].desc_table = (MEM_SIZE as u64) * 4,
+        "outside guest memory",
+    );
+    let (mut fresh, _) = setup();
+    assert_eq!(fresh.restore_state(&good), Ok(false));
+}

@@ -366,6 +366,26 @@ impl VirtioDevice for Vsock {
     fn is_activated(&self) -> bool {
         self.mem.is_some()
     }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        self.muxer.snapshot_blocker()
+    }
+
+    fn save_state(&self) -> Option<serde_json::Value> {
+        // The guest CID is in the config space (checked by the snapshot); connections are
+        // never saved (a snapshot waits until there are none).
+        Some(serde_json::json!({ "local_port_last": self.muxer.local_port_last() }))
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let port = state
+            .get("local_port_last")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| format!("vsock state without a valid local_port_last: {state}"))?;
+        self.muxer.set_local_port_last(port);
+        Ok(())
+    }
 }
 
 impl Drop for Vsock {

@@ -111,6 +111,30 @@ impl Muxer {
         self.conns.values().map(Connection::tx_buffered).sum()
     }
 
+    /// Why the device cannot be snapshotted now: open streams, or RSTs still owed to the guest.
+    pub(crate) fn snapshot_blocker(&self) -> Option<String> {
+        if self.conn_count() == 0 && self.rst_queue.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "vsock: {} connection(s), {} pending handshake(s), {} RST(s) for the guest",
+            self.conns.len(),
+            self.handshakes.len(),
+            self.rst_queue.len()
+        ))
+    }
+
+    /// The last host port handed out (kept across a snapshot so a restored VM does not reuse
+    /// the ports of connections the guest saw before it).
+    pub(crate) fn local_port_last(&self) -> u32 {
+        self.local_port_last
+    }
+
+    /// Any value is fine: allocation keeps ports in `[2^30, 2^31)`.
+    pub(crate) fn set_local_port_last(&mut self, port: u32) {
+        self.local_port_last = port;
+    }
+
     /// Whether something must happen on a timer (deadlines, or a paused listener).
     pub(crate) fn needs_timer(&self) -> bool {
         self.listener_paused

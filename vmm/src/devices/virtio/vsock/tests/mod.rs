@@ -7,6 +7,7 @@ mod guest_connect;
 mod host_connect;
 mod lifecycle;
 mod limits;
+mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
