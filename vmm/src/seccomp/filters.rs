@@ -1,7 +1,9 @@
 //! The syscalls each VMM thread may make. Edit the lists here; everything else is generic.
 //!
 //! The vsock device (event thread) talks to Unix sockets; its syscalls are in
-//! `VMM_THREAD_SYSCALLS`. If a device needs more, add them here.
+//! `VMM_THREAD_SYSCALLS`. A virtio-fs device (also on the event thread) works on host files:
+//! `FS_DEVICE_SYSCALLS`, added to the event thread's filter only when a directory is shared.
+//! If a device needs more, add them here.
 
 use std::mem::size_of;
 
@@ -95,4 +97,49 @@ pub const VMM_THREAD_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_gettid,
     // Kicking vCPU threads (pthread_kill) when stopping.
     libc::SYS_tgkill,
+];
+
+/// Extra syscalls for the event thread when it serves a virtio-fs device (fuse-backend-rs's
+/// `PassthroughFs`): what its requests made under strace, checked by running every request
+/// kind under this filter (`devices/virtio/fs/tests/seccomp.rs`). Beyond the base list it
+/// already relies on `read`, `write`, `close`, `fcntl`, `lseek`, `newfstatat`, `statx`,
+/// `unlinkat`.
+pub const FS_DEVICE_SYSCALLS: &[libc::c_long] = &[
+    // Lookups and opens: an O_PATH fd per inode, reopened through /proc/self/fd.
+    libc::SYS_openat,
+    libc::SYS_readlinkat,
+    libc::SYS_getdents64,
+    libc::SYS_fstatfs,
+    // FLUSH closes a dup of the handle (what close(2) does on the host).
+    libc::SYS_dup,
+    // File data (the single-buffer paths use pread64/pwrite64).
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+    // Namespace changes.
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_linkat,
+    libc::SYS_renameat2,
+    // Attributes.
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    // xattrs (with `xattr` enabled; path variants on /proc/self/fd/N).
+    libc::SYS_getxattr,
+    libc::SYS_setxattr,
+    libc::SYS_listxattr,
+    libc::SYS_removexattr,
+    // Creating files as the guest caller: per-thread effective uid/gid switches.
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    // FUSE_INIT: the backend clears the umask so the guest's modes apply as given.
+    libc::SYS_umask,
 ];

@@ -83,9 +83,29 @@ fn build(
     Ok(filter.try_into()?)
 }
 
+/// What the VMM's event thread serves, beyond the base set of syscalls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadNeeds {
+    /// A virtio-fs device: the event thread works on host files
+    /// ([`filters::FS_DEVICE_SYSCALLS`]).
+    pub shared_fs: bool,
+}
+
 /// Compiles both filters; `mismatch` is what happens on a disallowed syscall
 /// (`KillProcess` in production).
 pub fn compile(mismatch: SeccompAction) -> Result<ThreadFilters, SeccompError> {
+    compile_for(mismatch, ThreadNeeds::default())
+}
+
+/// Like [`compile`], with the extra syscalls `needs` calls for in the event thread's filter.
+pub fn compile_for(
+    mismatch: SeccompAction,
+    needs: ThreadNeeds,
+) -> Result<ThreadFilters, SeccompError> {
+    let mut vmm_lists = vec![filters::COMMON_SYSCALLS, filters::VMM_THREAD_SYSCALLS];
+    if needs.shared_fs {
+        vmm_lists.push(filters::FS_DEVICE_SYSCALLS);
+    }
     Ok(ThreadFilters {
         vcpu: build(
             &[filters::COMMON_SYSCALLS, filters::VCPU_THREAD_SYSCALLS],
@@ -93,18 +113,18 @@ pub fn compile(mismatch: SeccompAction) -> Result<ThreadFilters, SeccompError> {
             false,
             mismatch.clone(),
         )?,
-        vmm: build(
-            &[filters::COMMON_SYSCALLS, filters::VMM_THREAD_SYSCALLS],
-            &filters::vmm_ioctls(),
-            true,
-            mismatch,
-        )?,
+        vmm: build(&vmm_lists, &filters::vmm_ioctls(), true, mismatch)?,
     })
 }
 
 /// The production filters: a disallowed syscall kills the process.
 pub fn default_filters() -> Result<ThreadFilters, SeccompError> {
-    compile(SeccompAction::KillProcess)
+    filters_for(ThreadNeeds::default())
+}
+
+/// The production filters for a VM whose event thread serves `needs`.
+pub fn filters_for(needs: ThreadNeeds) -> Result<ThreadFilters, SeccompError> {
+    compile_for(SeccompAction::KillProcess, needs)
 }
 
 /// Process-wide preparation before threads run under the filters: one glibc malloc arena.

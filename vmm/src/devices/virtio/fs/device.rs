@@ -1,0 +1,301 @@
+//! The virtio side of the file system device: feature bits, config space, activation, reset,
+//! and moving requests from the virtqueues to the FUSE server.
+//!
+//! Transport-visible state (features, queues, activation) lives in plain fields so it can be
+//! saved and restored; the FUSE backend holds no state worth saving before the guest mounts
+//! the share and is rebuilt whenever the driver starts over.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuse_backend_rs::passthrough::Config;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{new_server, passthrough_config, FsServer};
+use super::error::{validate_tag, FsError};
+use super::request::{handle_chain, Outcome};
+use super::{
+    NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_MAX_SIZE, REQUESTS_PER_ROUND, TAG_LEN, VIRTIO_ID_FS,
+};
+use crate::devices::virtio::device::{
+    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_VRING,
+};
+use crate::log_limit::LogLimiter;
+
+/// `VIRTIO_F_VERSION_1`.
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Size of `struct virtio_fs_config`: tag[36] + le32 num_request_queues.
+const CONFIG_SPACE_LEN: usize = TAG_LEN + 4;
+
+static GUEST_ERRORS: LogLimiter = LogLimiter::new(10, Duration::from_secs(10));
+
+macro_rules! guest_warn {
+    ($($arg:tt)+) => { crate::log_limited!(GUEST_ERRORS, log::Level::Warn, $($arg)+) };
+}
+
+/// What the device has done so far (for tests and diagnostics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// Chains the server answered (or that needed no answer).
+    pub served: u64,
+    /// Malformed requests answered with an error by the device itself.
+    pub refused: u64,
+    /// Chains returned unanswered (no header, descriptors outside guest memory).
+    pub dropped: u64,
+}
+
+/// A virtio-fs device sharing one host directory under one tag.
+pub struct Fs {
+    tag: String,
+    shared_dir: PathBuf,
+    config_space: [u8; CONFIG_SPACE_LEN],
+    backend_config: Config,
+    server: FsServer,
+    /// The current server has served a session: the next activation gets a fresh one.
+    server_used: bool,
+    acked_features: u64,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    irq: IrqTrigger,
+    pub(super) activate_evt: EventFd,
+    mem: Option<GuestMemory>,
+    /// Queue eventfds are registered with the event manager.
+    pub(super) subscribed: bool,
+    stats: FsStats,
+}
+
+impl Fs {
+    /// Creates the device for `tag`, sharing `shared_dir` (which must be a directory).
+    pub fn new(tag: &str, shared_dir: &Path, xattr: bool) -> Result<Self, FsError> {
+        validate_tag(tag)?;
+        let dir_err = |source| FsError::SharedDir {
+            path: shared_dir.to_path_buf(),
+            source,
+        };
+        // The backend opens its root without following symlinks: resolve them now.
+        let shared_dir = shared_dir.canonicalize().map_err(dir_err)?;
+        if !shared_dir.metadata().map_err(dir_err)?.is_dir() {
+            return Err(FsError::NotADirectory(shared_dir));
+        }
+        let backend_config = passthrough_config(&shared_dir, xattr)?;
+        let server = new_server(&backend_config)?;
+
+        let mut config_space = [0u8; CONFIG_SPACE_LEN];
+        config_space[..tag.len()].copy_from_slice(tag.as_bytes());
+        config_space[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+
+        let queues = (0..NUM_QUEUES)
+            .map(|_| Queue::new(QUEUE_MAX_SIZE))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(FsError::Queue)?;
+        let queue_evts = (0..NUM_QUEUES)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(FsError::EventFd)?;
+        Ok(Self {
+            tag: tag.to_string(),
+            shared_dir,
+            config_space,
+            backend_config,
+            server,
+            server_used: false,
+            acked_features: 0,
+            queues,
+            queue_evts,
+            irq: IrqTrigger::new().map_err(FsError::EventFd)?,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
+            mem: None,
+            subscribed: false,
+            stats: FsStats::default(),
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The shared directory, symlinks resolved.
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    pub fn stats(&self) -> FsStats {
+        self.stats
+    }
+
+    pub(super) fn queue_evt(&self, index: usize) -> &EventFd {
+        &self.queue_evts[index]
+    }
+
+    /// Called on the event thread when the driver (re)activated the device: a driver that
+    /// starts over after a reset gets a fresh FUSE backend (no inodes or handles of the old
+    /// session survive).
+    pub(super) fn start_session(&mut self) {
+        if !self.server_used {
+            self.server_used = true;
+            return;
+        }
+        match new_server(&self.backend_config) {
+            Ok(server) => self.server = server,
+            // Keep serving with the old backend: stale handles are the guest's own.
+            Err(e) => log::error!("virtio-fs {}: new FUSE session: {e}", self.tag),
+        }
+    }
+
+    /// Handles up to [`REQUESTS_PER_ROUND`] chains of queue `index`, then interrupts the
+    /// guest if any were used. Returns true if the queue may have more.
+    pub(super) fn process_queue(&mut self, index: usize) -> bool {
+        let Some(mem) = self.mem.as_ref() else {
+            return false;
+        };
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
+        };
+        let mut used = false;
+        let mut handled = 0;
+        while handled < REQUESTS_PER_ROUND {
+            let chain = match queue.iter(mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => {
+                    guest_warn!("virtio-fs {}: queue {index} unusable: {e}", self.tag);
+                    None
+                }
+            };
+            let Some(chain) = chain else {
+                break;
+            };
+            handled += 1;
+            let head = chain.head_index();
+            let outcome = handle_chain(&self.server, mem, chain);
+            match &outcome {
+                Outcome::Served(_) => self.stats.served += 1,
+                Outcome::Refused { errno, why, .. } => {
+                    self.stats.refused += 1;
+                    guest_warn!(
+                        "virtio-fs {}: refused request on queue {index} (errno {errno}): {why}",
+                        self.tag
+                    );
+                }
+                Outcome::Dropped(why) => {
+                    self.stats.dropped += 1;
+                    guest_warn!(
+                        "virtio-fs {}: dropped chain {head} on queue {index}: {why}",
+                        self.tag
+                    );
+                }
+            }
+            match queue.add_used(mem, head, outcome.used_len()) {
+                Ok(()) => used = true,
+                Err(e) => guest_warn!(
+                    "virtio-fs {}: returning chain {head} on queue {index}: {e}",
+                    self.tag
+                ),
+            }
+        }
+        if used {
+            if let Err(e) = self.irq.trigger(VIRTIO_MMIO_INT_VRING) {
+                guest_warn!("virtio-fs {}: raising interrupt: {e}", self.tag);
+            }
+        }
+        handled == REQUESTS_PER_ROUND
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn avail_features(&self) -> u64 {
+        // No notification suppression (EVENT_IDX), no indirect descriptors: the queue is
+        // large enough for the biggest request.
+        VIRTIO_F_VERSION_1
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.queues
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn interrupt_trigger(&self) -> &IrqTrigger {
+        &self.irq
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| self.config_space.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        guest_warn!(
+            "virtio-fs {}: guest wrote the read-only config space",
+            self.tag
+        );
+    }
+
+    fn activate(&mut self, mem: GuestMemory) -> Result<(), ActivateError> {
+        if self.mem.is_some() {
+            return Err(ActivateError::Backend("virtio-fs already activated".into()));
+        }
+        if self.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                needed: NUM_QUEUES,
+                got: self.queues.len(),
+            });
+        }
+        if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&mem)) {
+            return Err(ActivateError::InvalidQueue(i));
+        }
+        self.mem = Some(mem);
+        // The event thread registers the queue eventfds and starts the FUSE session.
+        self.activate_evt
+            .write(1)
+            .map_err(|e| ActivateError::Backend(format!("signalling virtio-fs activation: {e}")))
+    }
+
+    fn is_activated(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    fn reset(&mut self) -> bool {
+        // The transport resets the queues; requests in flight are forgotten with them. The
+        // next activation starts a new FUSE session on the event thread.
+        self.mem = None;
+        self.acked_features = 0;
+        true
+    }
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("tag", &self.tag)
+            .field("shared_dir", &self.shared_dir)
+            .field("activated", &self.mem.is_some())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}

@@ -1,0 +1,279 @@
+//! Hostile chains and FUSE requests: each gets an error reply or comes back unanswered, and
+//! the device keeps serving afterwards.
+
+use std::mem::size_of;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    CreateIn, GetattrIn, GetxattrIn, InHeader, Opcode, OutHeader, ReadIn,
+};
+use vm_memory::ByteValued;
+
+use super::{
+    raw_request, Harness, Part, Used, MEM_SIZE, REQUEST_QUEUE, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+};
+
+const ROOT: u64 = 1;
+const HDR: usize = size_of::<InHeader>();
+const OUT: u32 = size_of::<OutHeader>() as u32;
+
+fn harness() -> Harness {
+    let mut h = Harness::new();
+    std::fs::write(h.shared().join("file"), b"data").unwrap();
+    h.activate();
+    h.client().init();
+    h
+}
+
+/// The device still answers a well-formed request.
+fn still_serves(h: &mut Harness) {
+    let entry = h
+        .client()
+        .lookup(ROOT, "file")
+        .expect("lookup after bad input");
+    assert_eq!(entry.attr.size, 4);
+}
+
+/// Asserts `used` is exactly one error header for `unique` with `errno`.
+fn assert_error(used: &Used, unique: u64, errno: i32) {
+    assert_eq!(used.len, OUT, "one out header: {used:?}");
+    let out = OutHeader::from_slice(&used.data[..OUT as usize])
+        .copied()
+        .unwrap();
+    assert_eq!((out.len, out.error, out.unique), (OUT, -errno, unique));
+}
+
+fn lookup_args() -> Vec<u8> {
+    b"file\0".to_vec()
+}
+
+#[test]
+fn truncated_header_is_returned_unanswered() {
+    let mut h = harness();
+    let full = raw_request(
+        (HDR + 5) as u32,
+        Opcode::Lookup as u32,
+        7,
+        ROOT,
+        &lookup_args(),
+    );
+    let used = h.send(&[Part::In(full[..20].to_vec()), Part::Out(4096)]);
+    assert_eq!(used.len, 0);
+    assert_eq!(h.dev().stats().dropped, 1);
+    still_serves(&mut h);
+}
+
+#[test]
+fn write_only_chain_is_returned_unanswered() {
+    let mut h = harness();
+    let used = h.send(&[Part::Out(4096)]);
+    assert_eq!(used.len, 0);
+    assert_eq!(h.dev().stats().dropped, 1);
+    still_serves(&mut h);
+}
+
+#[test]
+fn header_length_disagreeing_with_the_chain_gets_einval() {
+    let mut h = harness();
+    // Longer than what the chain carries, shorter than a header, absurd.
+    for len in [HDR as u32 + 200, 8, u32::MAX] {
+        let req = raw_request(len, Opcode::Lookup as u32, 9, ROOT, &lookup_args());
+        let used = h.send(&[Part::In(req), Part::Out(4096)]);
+        assert_error(&used, 9, libc::EINVAL);
+    }
+    assert_eq!(h.dev().stats().refused, 3);
+    still_serves(&mut h);
+}
+
+#[test]
+fn unknown_opcode_gets_enosys() {
+    let mut h = harness();
+    let req = raw_request(HDR as u32, 9999, 11, ROOT, &[]);
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert_error(&used, 11, libc::ENOSYS);
+    still_serves(&mut h);
+}
+
+#[test]
+fn reply_that_does_not_fit_gets_eio_or_nothing() {
+    let mut h = harness();
+    // Room for a header but not for the attributes.
+    let args = GetattrIn::default();
+    let req = raw_request(
+        (HDR + 16) as u32,
+        Opcode::Getattr as u32,
+        13,
+        ROOT,
+        args.as_slice(),
+    );
+    let used = h.send(&[Part::In(req.clone()), Part::Out(OUT)]);
+    assert_error(&used, 13, libc::EIO);
+    // Not even room for a header: returned unanswered, nothing written.
+    let used = h.send(&[Part::In(req.clone()), Part::Out(8)]);
+    assert_eq!(used.len, 0);
+    // No writable descriptor at all.
+    let used = h.send(&[Part::In(req)]);
+    assert_eq!(used.len, 0);
+    still_serves(&mut h);
+}
+
+#[test]
+fn arguments_shorter_than_the_opcode_needs_get_an_error() {
+    let mut h = harness();
+    // Half a CreateIn.
+    let args = CreateIn::default();
+    let half = &args.as_slice()[..8];
+    let req = raw_request((HDR + 8) as u32, Opcode::Create as u32, 15, ROOT, half);
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert_error(&used, 15, libc::EIO);
+    // A name without its NUL terminator (the server answers EINVAL, we make it EIO).
+    let req = raw_request((HDR + 4) as u32, Opcode::Lookup as u32, 17, ROOT, b"file");
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert_eq!(used.len, OUT);
+    let out = OutHeader::from_slice(&used.data[..OUT as usize])
+        .copied()
+        .unwrap();
+    assert_eq!(out.unique, 17);
+    assert!(
+        out.error == -libc::EINVAL || out.error == -libc::EIO,
+        "{out:?}"
+    );
+    assert!(!h.shared().join("file\u{a5}").exists());
+    still_serves(&mut h);
+}
+
+#[test]
+fn oversized_sizes_are_refused() {
+    let mut h = harness();
+    let mut args = GetxattrIn {
+        size: 1 << 31,
+        padding: 0,
+    }
+    .as_slice()
+    .to_vec();
+    args.extend_from_slice(b"user.x\0");
+    let req = raw_request(
+        (HDR + args.len()) as u32,
+        Opcode::Getxattr as u32,
+        19,
+        ROOT,
+        &args,
+    );
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert_error(&used, 19, libc::E2BIG);
+
+    // A READ asking for 4 GiB into a 4 KiB buffer.
+    let mut c = h.client();
+    let node = c.lookup(ROOT, "file").unwrap().nodeid;
+    let fh = c.open(node, libc::O_RDONLY).unwrap();
+    let read = ReadIn {
+        fh,
+        size: u32::MAX,
+        ..Default::default()
+    };
+    let req = raw_request(
+        (HDR + size_of::<ReadIn>()) as u32,
+        Opcode::Read as u32,
+        21,
+        node,
+        read.as_slice(),
+    );
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert_eq!(used.len, OUT);
+    let out = OutHeader::from_slice(&used.data[..OUT as usize])
+        .copied()
+        .unwrap();
+    assert!(out.error < 0 && out.unique == 21, "{out:?}");
+    still_serves(&mut h);
+}
+
+#[test]
+fn descriptors_outside_guest_memory_are_dropped() {
+    let mut h = harness();
+    let req = raw_request(
+        (HDR + 5) as u32,
+        Opcode::Lookup as u32,
+        23,
+        ROOT,
+        &lookup_args(),
+    );
+    let good = h.put(REQUEST_QUEUE, &req);
+    let reply = h.put(REQUEST_QUEUE, &[0u8; 256]);
+    let cases: [(u64, u32, u64, u32); 4] = [
+        (MEM_SIZE + 0x1000, req.len() as u32, reply, 256), // request beyond memory
+        (MEM_SIZE - 8, req.len() as u32, reply, 256),      // request straddling the end
+        (good, req.len() as u32, MEM_SIZE, 256),           // reply beyond memory
+        (good, u32::MAX, reply, 256),                      // 4 GiB request
+    ];
+    for (i, (in_addr, in_len, out_addr, out_len)) in cases.into_iter().enumerate() {
+        let head = 10 + 2 * i as u16;
+        h.add_raw(
+            REQUEST_QUEUE,
+            &[
+                (head, in_addr, in_len, VRING_DESC_F_NEXT, head + 1),
+                (head + 1, out_addr, out_len, VRING_DESC_F_WRITE, 0),
+            ],
+            head,
+        );
+        h.kick(REQUEST_QUEUE);
+        let used = h.wait_used(REQUEST_QUEUE, 1);
+        assert_eq!(used[0].1.len, 0, "case {i}");
+    }
+    assert_eq!(h.dev().stats().dropped, 4);
+    still_serves(&mut h);
+}
+
+#[test]
+fn looping_chain_ends() {
+    let mut h = harness();
+    let req = raw_request(
+        (HDR + 5) as u32,
+        Opcode::Lookup as u32,
+        25,
+        ROOT,
+        &lookup_args(),
+    );
+    let addr = h.put(REQUEST_QUEUE, &req);
+    // Descriptor 40 points at itself; 41 -> 42 -> 41 loops through a writable pair.
+    h.add_raw(
+        REQUEST_QUEUE,
+        &[(40, addr, req.len() as u32, VRING_DESC_F_NEXT, 40)],
+        40,
+    );
+    h.kick(REQUEST_QUEUE);
+    assert_eq!(h.wait_used(REQUEST_QUEUE, 1).len(), 1);
+    let out = h.put(REQUEST_QUEUE, &[0u8; 64]);
+    h.add_raw(
+        REQUEST_QUEUE,
+        &[
+            (41, addr, req.len() as u32, VRING_DESC_F_NEXT, 42),
+            (42, out, 64, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 41),
+        ],
+        41,
+    );
+    h.kick(REQUEST_QUEUE);
+    assert_eq!(h.wait_used(REQUEST_QUEUE, 1).len(), 1);
+    still_serves(&mut h);
+}
+
+#[test]
+fn a_broken_available_ring_stalls_only_its_queue() {
+    let mut h = harness();
+    let before = h.dev().stats();
+    // An index far ahead of what the queue can hold.
+    h.set_avail_idx(REQUEST_QUEUE, 1000);
+    h.kick(REQUEST_QUEUE);
+    for _ in 0..5 {
+        h.manager.run_with_timeout(10).unwrap();
+    }
+    assert_eq!(h.dev().stats(), before, "nothing served from a broken ring");
+    // The high-priority queue still works.
+    let forget = raw_request(
+        (HDR + 8) as u32,
+        Opcode::Forget as u32,
+        27,
+        ROOT,
+        &1u64.to_le_bytes(),
+    );
+    assert_eq!(h.send_on(super::HIPRIO, &[Part::In(forget)]).len, 0);
+}
