@@ -30,6 +30,35 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A host directory shared with the guest over virtio-fs; the guest mounts it with
+/// `mount -t virtiofs <tag> <dir>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDirConfig {
+    pub tag: String,
+    pub path: PathBuf,
+    /// Pass extended attributes through (off by default, as in virtiofsd and Kata; see
+    /// `devices/virtio/fs/backend.rs`).
+    pub xattr: bool,
+}
+
+impl SharedDirConfig {
+    /// Parses the CLI's `TAG=HOSTPATH` (split at the first `=`; xattrs off).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (tag, path) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected TAG=HOSTPATH"))?;
+        if path.is_empty() {
+            return Err(format!("{s:?}: the host path is empty"));
+        }
+        crate::devices::virtio::fs::validate_tag(tag).map_err(|e| e.to_string())?;
+        Ok(Self {
+            tag: tag.to_string(),
+            path: PathBuf::from(path),
+            xattr: false,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -42,6 +71,8 @@ pub struct VmConfig {
     pub boot_entry: Option<BootEntry>,
     pub console: ConsoleConfig,
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares, one device each, on the bus after vsock.
+    pub shared_dirs: Vec<SharedDirConfig>,
     /// Per-thread seccomp filters (turn off only to debug).
     pub seccomp: bool,
     pub host_kind: HostKindChoice,
@@ -60,6 +91,7 @@ impl Default for VmConfig {
             boot_entry: None,
             console: ConsoleConfig::Stdout,
             vsock: None,
+            shared_dirs: Vec::new(),
             seccomp: true,
             host_kind: HostKindChoice::Auto,
             rip_profile: None,
@@ -90,6 +122,12 @@ pub enum ConfigError {
     BadVsockCid(u64),
     #[error("vsock socket path {0} is empty or its directory does not exist")]
     BadVsockPath(PathBuf),
+    #[error("shared directory tag {0:?} is invalid (1 to 36 printable ASCII characters, no spaces or '=')")]
+    BadSharedDirTag(String),
+    #[error("shared directory tag {0:?} is used twice")]
+    DuplicateSharedDirTag(String),
+    #[error("shared directory {0} does not exist or is not a directory")]
+    SharedDirMissing(PathBuf),
 }
 
 impl VmConfig {
@@ -135,6 +173,17 @@ impl VmConfig {
                 .unwrap_or(false);
             if vsock.uds_path.as_os_str().is_empty() || !dir_ok {
                 return Err(ConfigError::BadVsockPath(vsock.uds_path.clone()));
+            }
+        }
+        for (i, dir) in self.shared_dirs.iter().enumerate() {
+            if crate::devices::virtio::fs::validate_tag(&dir.tag).is_err() {
+                return Err(ConfigError::BadSharedDirTag(dir.tag.clone()));
+            }
+            if self.shared_dirs[..i].iter().any(|d| d.tag == dir.tag) {
+                return Err(ConfigError::DuplicateSharedDirTag(dir.tag.clone()));
+            }
+            if !dir.path.is_dir() {
+                return Err(ConfigError::SharedDirMissing(dir.path.clone()));
             }
         }
         Ok(())
@@ -200,6 +249,52 @@ mod tests {
             c.validate(),
             Err(ConfigError::KernelMissing(d.path().join("missing")))
         );
+    }
+
+    #[test]
+    fn shared_dir_checks() {
+        let (d, mut c) = valid();
+        let dir = |tag: &str, path: PathBuf| SharedDirConfig {
+            tag: tag.to_string(),
+            path,
+            xattr: false,
+        };
+        c.shared_dirs = vec![dir("vessel", d.path().to_path_buf())];
+        assert_eq!(c.validate(), Ok(()));
+        c.shared_dirs = vec![dir("bad tag", d.path().to_path_buf())];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::BadSharedDirTag("bad tag".into()))
+        );
+        c.shared_dirs = vec![dir("a", d.path().to_path_buf()), dir("a", d.path().into())];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::DuplicateSharedDirTag("a".into()))
+        );
+        c.shared_dirs = vec![dir("a", d.path().join("vmlinux"))];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::SharedDirMissing(d.path().join("vmlinux")))
+        );
+    }
+
+    #[test]
+    fn shared_dir_parsing() {
+        let s = SharedDirConfig::parse("vessel=/run/vessel/x/shared").unwrap();
+        assert_eq!(
+            (s.tag.as_str(), s.path.as_path(), s.xattr),
+            (
+                "vessel",
+                std::path::Path::new("/run/vessel/x/shared"),
+                false
+            )
+        );
+        // Split at the first '=': paths may contain '='.
+        let s = SharedDirConfig::parse("t=/a=b").unwrap();
+        assert_eq!(s.path, PathBuf::from("/a=b"));
+        for bad in ["", "noequals", "=/path", "tag=", "bad tag=/p"] {
+            assert!(SharedDirConfig::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

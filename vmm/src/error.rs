@@ -57,6 +57,8 @@ pub enum VmmError {
     TooManyDevices(usize),
     #[error("vsock device: {0}")]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
+    #[error("virtio-fs device: {0}")]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("spawning thread {name}: {source}")]

@@ -18,6 +18,7 @@ pub mod cpu_policy;
 pub mod devices;
 pub mod error;
 pub mod exit;
+mod fs_wiring;
 pub mod kvm;
 pub mod log_limit;
 pub mod seccomp;
@@ -27,7 +28,7 @@ pub mod vmm;
 mod vsock_wiring;
 
 pub use arch::regs::BootEntry;
-pub use config::{ConsoleConfig, VmConfig, VsockConfig};
+pub use config::{ConsoleConfig, SharedDirConfig, VmConfig, VsockConfig};
 pub use cpu_policy::{HostKind, HostKindChoice};
 pub use error::VmmError;
 pub use exit::ExitReason;

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
 use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
 use vessel_vmm::{
-    BootEntry, ConsoleConfig, HostKindChoice, RunningVm, Vm, VmConfig, VmmError, VsockConfig,
+    BootEntry, ConsoleConfig, HostKindChoice, RunningVm, SharedDirConfig, Vm, VmConfig, VmmError,
+    VsockConfig,
 };
 
 /// Exit status when `--restore` refuses the snapshot (missing, damaged, from another VMM or
@@ -80,6 +81,14 @@ struct BootArgs {
     /// [default: 3]
     #[arg(long, requires = "vsock_uds")]
     vsock_cid: Option<u64>,
+    /// Share a host directory over virtio-fs; the guest mounts it with
+    /// `mount -t virtiofs TAG DIR` (repeatable).
+    #[arg(long = "shared-dir", value_name = "TAG=HOSTPATH", value_parser = SharedDirConfig::parse)]
+    shared_dirs: Vec<SharedDirConfig>,
+    /// Pass extended attributes through on every --shared-dir (off by default: with them
+    /// the guest asks for security.capability before every write).
+    #[arg(long, requires = "shared_dirs")]
+    shared_dir_xattr: bool,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
@@ -106,12 +115,19 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
 
 struct StderrLogger;
 
+static FUSE_BACKEND_LOGS: vessel_vmm::log_limit::LogLimiter =
+    vessel_vmm::log_limit::LogLimiter::new(20, Duration::from_secs(10));
+
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        // fuse-backend-rs logs what a guest's bad requests trigger, unlimited: cap it.
+        if record.target().starts_with("fuse_backend_rs") && FUSE_BACKEND_LOGS.check().is_none() {
+            return;
+        }
         if self.enabled(record.metadata()) {
             let thread = std::thread::current();
             let line = format!(
@@ -153,6 +169,14 @@ fn config_from(args: &BootArgs) -> VmConfig {
             guest_cid: args.vsock_cid.unwrap_or(DEFAULT_VSOCK_CID),
             uds_path,
         }),
+        shared_dirs: args
+            .shared_dirs
+            .iter()
+            .map(|d| SharedDirConfig {
+                xattr: args.shared_dir_xattr,
+                ..d.clone()
+            })
+            .collect(),
         seccomp: !args.no_seccomp,
         host_kind: args.host_kind,
         rip_profile: args.profile_rips.clone(),

@@ -36,7 +36,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::kvm::profile::{RipHistogram, Sampler};
 use crate::kvm::vcpu::{create_vcpu, kick_signal, register_kick_handler, VcpuBoot, VcpuRunner};
 use crate::kvm::vm::KvmVm;
-use crate::seccomp::{default_filters, install, ThreadFilters};
+use crate::seccomp::{filters_for, install, ThreadFilters, ThreadNeeds};
 
 pub type SharedSubscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -88,7 +88,7 @@ impl VmStopper {
 pub struct Vm;
 
 impl Vm {
-    /// Boots `config` (with its vsock device, if configured).
+    /// Boots `config` (with its vsock and virtio-fs devices, if configured).
     pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
         config.validate()?;
         let devices = configured_devices(&config)?;
@@ -187,7 +187,21 @@ pub(crate) fn configured_devices(config: &VmConfig) -> Result<Vec<VirtioDeviceHa
     if let Some(vsock) = &config.vsock {
         devices.push(crate::vsock_wiring::create(vsock)?);
     }
+    for dir in &config.shared_dirs {
+        devices.push(crate::fs_wiring::create(dir)?);
+    }
     Ok(devices)
+}
+
+/// What the event thread's seccomp filter must allow for `devices`.
+fn event_thread_needs(devices: &[Arc<Mutex<dyn VirtioDevice>>]) -> ThreadNeeds {
+    let is_fs = |d: &Arc<Mutex<dyn VirtioDevice>>| {
+        let dev = d.lock().unwrap_or_else(|e| e.into_inner());
+        dev.device_type() == crate::devices::virtio::fs::VIRTIO_ID_FS
+    };
+    ThreadNeeds {
+        shared_fs: devices.iter().any(is_fs),
+    }
 }
 
 pub(crate) fn new_exit_signal() -> Result<Arc<ExitSignal>, VmmError> {
@@ -243,7 +257,7 @@ pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
     } = l;
     let filters = if config.seccomp {
         crate::seccomp::prepare_process();
-        Some(default_filters()?)
+        Some(filters_for(event_thread_needs(&virtio.devices))?)
     } else {
         log::warn!("seccomp disabled (--no-seccomp)");
         None

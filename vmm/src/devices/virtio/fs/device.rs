@@ -54,6 +54,9 @@ pub struct Fs {
     server: FsServer,
     /// The current server has served a session: the next activation gets a fresh one.
     server_used: bool,
+    /// The guest has talked FUSE to the current server (it mounted the share): its inodes
+    /// and handles live in the backend, which a snapshot does not save.
+    in_session: bool,
     acked_features: u64,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
@@ -100,6 +103,7 @@ impl Fs {
             backend_config,
             server,
             server_used: false,
+            in_session: false,
             acked_features: 0,
             queues,
             queue_evts,
@@ -137,7 +141,10 @@ impl Fs {
             return;
         }
         match new_server(&self.backend_config) {
-            Ok(server) => self.server = server,
+            Ok(server) => {
+                self.server = server;
+                self.in_session = false;
+            }
             // Keep serving with the old backend: stale handles are the guest's own.
             Err(e) => log::error!("virtio-fs {}: new FUSE session: {e}", self.tag),
         }
@@ -169,7 +176,10 @@ impl Fs {
             let head = chain.head_index();
             let outcome = handle_chain(&self.server, mem, chain);
             match &outcome {
-                Outcome::Served(_) => self.stats.served += 1,
+                Outcome::Served(_) => {
+                    self.stats.served += 1;
+                    self.in_session = true;
+                }
                 Outcome::Refused { errno, why, .. } => {
                     self.stats.refused += 1;
                     guest_warn!(
@@ -278,6 +288,17 @@ impl VirtioDevice for Fs {
 
     fn is_activated(&self) -> bool {
         self.mem.is_some()
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        // Restore recreates the backend; a guest that mounted the share would find its inodes
+        // and open files gone. Snapshots are taken before the share is mounted.
+        self.in_session.then(|| {
+            format!(
+                "virtio-fs {}: the guest has mounted the share (FUSE session state is not saved)",
+                self.tag
+            )
+        })
     }
 
     fn reset(&mut self) -> bool {

@@ -26,7 +26,7 @@ mod tests;
 
 pub use backend::{ATTR_TIMEOUT, ENTRY_TIMEOUT};
 pub use device::{Fs, FsStats};
-pub use error::FsError;
+pub use error::{validate_tag, FsError};
 
 /// Virtio device ID of a file system device.
 pub const VIRTIO_ID_FS: u32 = 26;

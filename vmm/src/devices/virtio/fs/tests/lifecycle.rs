@@ -116,3 +116,18 @@ fn reset_then_reactivation_starts_a_fresh_session() {
     let fh = c.open(node, libc::O_RDONLY).unwrap();
     assert_eq!(c.read(node, fh, 0, 64).unwrap(), b"old session");
 }
+
+#[test]
+fn a_mounted_share_blocks_snapshots() {
+    let mut h = Harness::new();
+    h.activate();
+    assert_eq!(h.dev().snapshot_blocker(), None, "not mounted yet");
+    assert_eq!(
+        h.dev().save_state(),
+        None,
+        "no device state beyond the transport's"
+    );
+    h.client().init();
+    let why = h.dev().snapshot_blocker().expect("mounted");
+    assert!(why.contains("vessel") && why.contains("mounted"), "{why}");
+}
