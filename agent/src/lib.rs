@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod container;
 pub mod error;
+pub mod freshness;
 pub mod init;
 pub mod logger;
 pub mod network;

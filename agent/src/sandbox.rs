@@ -157,6 +157,15 @@ struct SandboxInfo {
     storages: Vec<MountedStorage>,
 }
 
+/// Host entropy and time for a guest that may have been restored from a snapshot
+/// (see [`crate::freshness`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFreshness {
+    pub entropy: Vec<u8>,
+    /// 0: leave the clock alone.
+    pub realtime_ns: i64,
+}
+
 /// All the agent's state.
 pub struct Sandbox {
     containers: Mutex<HashMap<String, Entry>>,
@@ -199,6 +208,7 @@ impl Sandbox {
         hostname: &str,
         storages: &[StorageSpec],
         dns: &[String],
+        fresh: &SandboxFreshness,
     ) -> RequestResult<()> {
         let mut info = lock(&self.info);
         if let Some(existing) = &info.id {
@@ -214,6 +224,8 @@ impl Sandbox {
                 "hostname over 64 bytes or bad dns lines",
             ));
         }
+        crate::freshness::validate(&fresh.entropy, fresh.realtime_ns)?;
+        crate::freshness::apply(&fresh.entropy, fresh.realtime_ns, self.pid1)?;
         if !hostname.is_empty() && self.pid1 {
             nix::unistd::sethostname(hostname)
                 .map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;

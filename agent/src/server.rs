@@ -208,11 +208,16 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        let fresh = crate::sandbox::SandboxFreshness {
+            entropy: req.entropy,
+            realtime_ns: req.realtime_ns,
+        };
         let r = self.sandbox.create_sandbox(
             &req.sandbox_id,
             &req.hostname,
             &storages(&req.storages),
             &req.dns,
+            &fresh,
         );
         reply("CreateSandbox", r.map(|_| Empty::new()))
     }

@@ -211,6 +211,61 @@ pub fn wait_any_nohang() -> io::Result<Option<(i32, i32)>> {
     }
 }
 
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `bytes` into the kernel's input pool crediting `bytes.len() * 8` bits of entropy
+/// (`RNDADDENTROPY` on a /dev/(u)random fd; needs CAP_SYS_ADMIN).
+pub fn add_entropy(random: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let len =
+        i32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let bits = len
+        .checked_mul(8)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = vec![0u32; 2 + bytes.len().div_ceil(4)];
+    info[0] = bits as u32;
+    info[1] = len as u32;
+    for (word, chunk) in info[2..].iter_mut().zip(bytes.chunks(4)) {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_ne_bytes(w);
+    }
+    // SAFETY: `info` is a complete rand_pool_info whose buf_size matches the bytes that
+    // follow the header; the kernel only reads it during the call.
+    let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `RNDRESEEDCRNG`: reseeds the kernel's CRNG from the input pool now.
+pub fn reseed_crng(random: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: an argument-less ioctl on a /dev/(u)random fd.
+    let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `clock_settime(CLOCK_REALTIME)` to `ns` nanoseconds since the epoch (needs CAP_SYS_TIME).
+pub fn set_realtime_ns(ns: i64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    };
+    // SAFETY: `ts` is a valid timespec read by the kernel during the call.
+    let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The calling process's standard input.
 pub fn stdin_fd() -> BorrowedFd<'static> {
     // SAFETY: fd 0 is set up by the agent before the child runs and stays open for the

@@ -319,6 +319,19 @@ fn sandbox_storage_and_dns() {
     );
 }
 
+/// Host entropy and time in CreateSandbox (for VMs restored from a snapshot). On the host the
+/// agent is not the machine's init, so the host clock is left alone.
+#[test]
+fn sandbox_with_entropy_and_realtime() {
+    let agent = HostAgent::start();
+    agent.run("sandbox_with_entropy_and_realtime", sc::sandbox_freshness);
+    let log = agent.log();
+    assert!(
+        log.contains("32 bytes of host entropy") && log.contains("clock left alone"),
+        "agent log: {log}"
+    );
+}
+
 fn run_in_netns(pid: i32, args: &[&str]) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))

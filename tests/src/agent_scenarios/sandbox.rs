@@ -92,6 +92,48 @@ pub fn sandbox_storage_and_dns(client: &AgentClient, rootfs: &Path, shared: &Pat
     Ok(())
 }
 
+/// CreateSandbox with host entropy and time, as the runtime sends them to a VM restored
+/// from a snapshot, succeeds; out-of-range values are INVALID_ARGUMENT and create nothing.
+pub fn sandbox_freshness(client: &AgentClient) -> Result<()> {
+    use std::io::Read;
+    let mut bad = CreateSandboxRequest::new();
+    bad.sandbox_id = "fresh".into();
+    bad.entropy = vec![7; 513];
+    expect_code(
+        client.create_sandbox(ctx(), &bad),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "513 bytes of entropy",
+    )?;
+    bad.entropy = vec![7; 32];
+    bad.realtime_ns = -1;
+    expect_code(
+        client.create_sandbox(ctx(), &bad),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "negative realtime_ns",
+    )?;
+
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "fresh".into();
+    req.entropy = vec![0; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut req.entropy)?;
+    req.realtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos()
+        .try_into()?;
+    client
+        .create_sandbox(ctx(), &req)
+        .context("CreateSandbox with entropy and realtime")?;
+    expect_code(
+        client.create_sandbox(ctx(), &req),
+        ttrpc::Code::ALREADY_EXISTS,
+        "second CreateSandbox (the first one created the sandbox)",
+    )?;
+    client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .context("DestroySandbox")?;
+    Ok(())
+}
+
 /// UpdateInterface renames, sets MTU and addresses of the link with `mac`; UpdateRoutes adds
 /// a subnet route and a default route. Addresses are from documentation ranges.
 pub fn network_config(client: &AgentClient, mac: &str) -> Result<()> {
