@@ -220,3 +220,47 @@ fn vsock_socket_serves_under_seccomp_and_is_removed_on_stop() {
     assert!(err.contains("virtio_mmio.device=4K@0xd0000000:5"), "{err}");
     assert!(!uds.exists(), "socket left behind");
 }
+
+#[test]
+fn shared_dir_flag_is_checked_and_wired() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(&dir, PVH_OK, true);
+    let o = vmm(&[
+        "--kernel",
+        &k,
+        "--no-initrd",
+        "--shared-dir",
+        "bad tag=/tmp",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(stderr(&o).contains("tag"), "{}", stderr(&o));
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--shared-dir", "/tmp"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("TAG=HOSTPATH"), "{}", stderr(&o));
+    let o = vmm(&[
+        "--kernel",
+        &k,
+        "--no-initrd",
+        "--shared-dir",
+        "vessel=/nonexistent/share",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("shared directory /nonexistent/share does not exist"),
+        "{}",
+        stderr(&o)
+    );
+
+    require_kvm();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let arg = format!("vessel={}", shared.display());
+    let o = vmm(&["--kernel", &k, "--no-initrd", "--shared-dir", &arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("virtio-fs: sharing"), "{err}");
+    assert!(
+        err.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "the share got the first virtio slot: {err}"
+    );
+}
