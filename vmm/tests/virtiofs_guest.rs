@@ -88,7 +88,7 @@ fn kernel() -> PathBuf {
 fn build_init(dir: &Path) -> Vec<u8> {
     let src = dir.join("init.c");
     let bin = dir.join("init");
-    std::fs::write(&src, INIT_C).unwrap();
+    std::fs::write(&src, INIT_C).expect("write init.c");
     let out = Command::new("gcc")
         .args(["-static", "-Os", "-s", "-o"])
         .arg(&bin)
@@ -100,7 +100,7 @@ fn build_init(dir: &Path) -> Vec<u8> {
         "gcc -static failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read(&bin).unwrap()
+    std::fs::read(&bin).expect("read the built init")
 }
 
 /// One newc cpio entry.
@@ -112,12 +112,12 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u3
         0, // gid
         1, // nlink
         0, // mtime
-        u32::try_from(data.len()).unwrap(),
+        u32::try_from(data.len()).expect("file under 4 GiB"),
         0, // devmajor
         0, // devminor
         rdev.0,
         rdev.1,
-        u32::try_from(name.len() + 1).unwrap(),
+        u32::try_from(name.len() + 1).expect("short name"),
         0, // check
     ];
     out.extend_from_slice(b"070701");
@@ -126,11 +126,11 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u3
     }
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
