@@ -145,7 +145,10 @@ fn run_filtered(dir: &Path, xattr: bool) -> i32 {
                 // Activation and the first FUSE_INIT happen under the filter, as in the VMM.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     h.activate();
-                    workload(&mut h.client(), xattr)
+                    workload(&mut h.client(), xattr)?;
+                    // Every opcode with random arguments, for the paths no kernel takes.
+                    super::malformed::random_requests(&mut h, 0x0dd_ba11, 600);
+                    Ok::<(), String>(())
                 }));
                 match result {
                     Ok(Ok(())) => 0,
