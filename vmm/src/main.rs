@@ -38,6 +38,17 @@ enum Command {
     /// Boot, wait until the guest agent answers Check over --vsock-uds (or --delay-secs),
     /// close every vsock connection, save a snapshot into --snapshot-dir and exit 0.
     SnapshotCreate(SnapshotCreateArgs),
+    /// Check, without starting a VM, that --snapshot-dir can be restored here and matches
+    /// the given boot flags (as --restore would). Exit 0 if so, 6 if not.
+    SnapshotCheck(SnapshotCheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotCheckArgs {
+    #[arg(long)]
+    snapshot_dir: PathBuf,
+    #[command(flatten)]
+    boot: BootArgs,
 }
 
 #[derive(Debug, Args)]
@@ -289,9 +300,31 @@ fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn snapshot_check(args: &SnapshotCheckArgs) -> ExitCode {
+    let expect = expectations_from(&args.boot);
+    match vessel_vmm::snapshot::verify(&args.snapshot_dir, &expect, args.boot.host_kind) {
+        Ok((m, _)) => {
+            println!(
+                "snapshot {}: restorable ({} MiB, {} vCPU(s), {} virtio device(s), vessel-vmm {})",
+                args.snapshot_dir.display(),
+                m.boot.mem_mib,
+                m.boot.vcpus,
+                m.virtio.len(),
+                m.vmm_version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("snapshot rejected: {e}");
+            ExitCode::from(EXIT_SNAPSHOT_REJECTED)
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match (cli.command, cli.restore) {
         (Some(Command::SnapshotCreate(args)), _) => snapshot_create(args),
+        (Some(Command::SnapshotCheck(args)), _) => Ok(snapshot_check(&args)),
         (None, Some(dir)) => restore(dir, &cli.boot),
         (None, None) => {
             let vm = Vm::start(config_from(&cli.boot)).context("starting the VM")?;
@@ -304,6 +337,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match &cli.command {
         Some(Command::SnapshotCreate(a)) => a.boot.log_level,
+        Some(Command::SnapshotCheck(a)) => a.boot.log_level,
         None => cli.boot.log_level,
     };
     log::set_max_level(level);

@@ -29,7 +29,7 @@ pub use cpu::{VcpuState, VcpuStateError};
 pub use create::{SnapshotOptions, SnapshotSummary};
 pub use format::{Manifest, RestoreExpectations, MANIFEST_FILE, MEMORY_FILE};
 pub use memory::MemoryFileError;
-pub use restore::RestoreConfig;
+pub use restore::{verify, RestoreConfig};
 pub use vm_state::{VmState, VmStateError};
 
 use crate::exit::ExitReason;

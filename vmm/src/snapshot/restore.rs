@@ -2,17 +2,17 @@
 //! state, vCPUs, then the devices (recreated with this VM's host paths, their saved state put
 //! back), then the same threads a booted VM runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::cpu::restore_vcpu;
 use super::format::{Manifest, RestoreExpectations};
-use super::memory::map_memory_file;
+use super::memory::{check_memory_file, map_memory_file};
 use super::vm_state::restore_vm;
 use super::SnapshotError;
 use crate::arch::regs::BootEntry;
 use crate::config::{VmConfig, VsockConfig};
-use crate::cpu_policy::{HostProfile, SysfsProbe};
+use crate::cpu_policy::{HostKindChoice, HostProfile, SysfsProbe};
 use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::mmio::device_identity;
 use crate::error::VmmError;
@@ -74,20 +74,31 @@ fn restored_config(m: &Manifest, host: &VmConfig) -> Result<VmConfig, VmmError> 
     Ok(config)
 }
 
+/// Everything about the snapshot in `dir` that can be checked without creating a VM: the
+/// manifest, `expect`, the host kind, the memory file. What `vessel-vmm snapshot-check` runs.
+pub fn verify(
+    dir: &Path,
+    expect: &RestoreExpectations,
+    host_kind: HostKindChoice,
+) -> Result<(Manifest, HostProfile), SnapshotError> {
+    let m = Manifest::load(dir)?;
+    m.check(expect)?;
+    let profile = HostProfile::detect(host_kind, &SysfsProbe);
+    if profile.kind.to_string() != m.boot.host_kind {
+        return Err(SnapshotError::HostKind {
+            found: m.boot.host_kind.clone(),
+            expected: profile.kind.to_string(),
+        });
+    }
+    check_memory_file(&m.memory_path(dir), m.memory.size, &m.memory.regions)?;
+    Ok((m, profile))
+}
+
 impl Vm {
     /// Restores the snapshot in `cfg.snapshot_dir` and runs it.
     pub fn restore(cfg: RestoreConfig) -> Result<RunningVm, VmmError> {
         let started = Instant::now();
-        let m = Manifest::load(&cfg.snapshot_dir)?;
-        m.check(&cfg.expect)?;
-        let profile = HostProfile::detect(cfg.host.host_kind, &SysfsProbe);
-        if profile.kind.to_string() != m.boot.host_kind {
-            return Err(SnapshotError::HostKind {
-                found: m.boot.host_kind.clone(),
-                expected: profile.kind.to_string(),
-            }
-            .into());
-        }
+        let (m, profile) = verify(&cfg.snapshot_dir, &cfg.expect, cfg.host.host_kind)?;
         let config = restored_config(&m, &cfg.host)?;
 
         let mem = map_memory_file(
