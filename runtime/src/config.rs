@@ -96,12 +96,33 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// Starting pods from a snapshot of a booted VM (see `crate::snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Restore each pod's VM from a snapshot instead of booting it (the snapshot is made on
+    /// first use, or with `vessel snapshot create`).
+    pub enabled: bool,
+    /// Snapshots, one directory per key (a hash of what goes into the VM).
+    pub dir: PathBuf,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("/var/cache/vessel/snapshots"),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub runtime: RuntimeConfig,
+    pub snapshot: SnapshotConfig,
 }
 
 impl Config {
@@ -170,6 +191,7 @@ impl Config {
             ("hypervisor.kernel", &h.kernel),
             ("hypervisor.initrd", &h.initrd),
             ("runtime.state_root", &self.runtime.state_root),
+            ("snapshot.dir", &self.snapshot.dir),
             ("hypervisor.agent_path", &h.agent_path),
         ] {
             if !path.is_absolute() {
@@ -254,6 +276,16 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_section() {
+        let c = Config::default();
+        assert!(c.snapshot.enabled);
+        assert_eq!(c.snapshot.dir, PathBuf::from("/var/cache/vessel/snapshots"));
+        let c = Config::from_toml("[snapshot]\nenabled = false\n", "t").unwrap();
+        assert!(!c.snapshot.enabled);
+        assert_eq!(c.snapshot.dir, SnapshotConfig::default().dir);
+    }
+
+    #[test]
     fn partial_file_keeps_other_defaults() {
         let c = Config::from_toml("[hypervisor]\nmemory_mib = 256\n", "t").unwrap();
         assert_eq!(c.hypervisor.memory_mib, 256);
@@ -284,6 +316,7 @@ mod tests {
             ),
             ("[runtime]\nlog_level = \"loud\"\n", "runtime.log_level"),
             ("[runtime]\nstate_root = \"run\"\n", "runtime.state_root"),
+            ("[snapshot]\ndir = \"snaps\"\n", "snapshot.dir"),
             ("[hypervisor]\nbackend = \"qemu\"\n", "hypervisor.backend"),
         ] {
             match Config::from_toml(text, "t") {

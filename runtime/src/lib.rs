@@ -9,6 +9,7 @@
 //! * [`cleanup`]: releasing a sandbox's host resources, also after its shim died.
 //! * [`grouping`]: CRI annotations → which VM a container runs in.
 //! * [`check`]: can this host run vessel.
+//! * [`snapshot`]: pods start from a snapshot of a booted VM (`[snapshot]`).
 
 pub mod agent;
 pub mod check;
@@ -18,6 +19,7 @@ pub mod grouping;
 pub mod mounts;
 pub mod sandbox;
 pub mod share;
+pub mod snapshot;
 pub mod state;
 pub mod stdio;
 pub mod vm;

@@ -169,10 +169,14 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        // A VM restored from a snapshot shares the snapshot's RNG state and wall clock with
+        // every other one: give it fresh entropy and the time.
         let create = pb::CreateSandboxRequest {
             sandbox_id: opts.id.clone(),
             hostname: opts.hostname.clone(),
             storages: vm.sandbox_storages(),
+            entropy: host_entropy(),
+            realtime_ns: realtime_ns(),
             ..Default::default()
         };
         if let Err(source) = agent.create_sandbox(&create) {
@@ -404,6 +408,30 @@ impl Drop for Sandbox {
     }
 }
 
+/// Bytes of host randomness sent to the guest at CreateSandbox.
+const ENTROPY_BYTES: usize = 64;
+
+/// Random bytes from the host's CRNG (empty, logged, if it cannot be read: the guest then
+/// keeps its own pool, which is still seeded, just not distinct from its snapshot siblings).
+fn host_entropy() -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; ENTROPY_BYTES];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)) {
+        Ok(()) => buf,
+        Err(e) => {
+            log::error!("reading /dev/urandom for the guest: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The host's CLOCK_REALTIME in ns since the epoch.
+fn realtime_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Connects to the agent and waits until it answers Check, retrying until `deadline`.
 fn connect_agent(
     sid: &str,
@@ -439,5 +467,26 @@ fn connect_agent(
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_entropy_and_time_for_the_guest() {
+        let a = host_entropy();
+        let b = host_entropy();
+        assert_eq!(a.len(), ENTROPY_BYTES);
+        assert_ne!(a, b, "two sandboxes get different bytes");
+        let now = realtime_ns();
+        // After 2020-01-01 and within a second of the std clock.
+        assert!(now > 1_577_836_800_000_000_000, "{now}");
+        let std_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert!((std_now - now).abs() < 1_000_000_000);
     }
 }

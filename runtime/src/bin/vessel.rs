@@ -5,6 +5,7 @@
 //! * `vessel list` — sandboxes under the state root
 //! * `vessel cleanup <sandbox-id>...` — release what a dead shim left behind
 //! * `vessel probe` — boot a throw-away sandbox, wait for its agent, tear it down
+//! * `vessel snapshot create|list|remove` — the VM snapshots pods start from
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use vessel_runtime::check::{evaluate, HostFacts};
 use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
+use vessel_runtime::snapshot::{snapshot_key, SnapshotStore};
 use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
 use vessel_runtime::vm::backend_from_config;
 use vessel_runtime::{Config, Sandbox, SandboxOptions};
@@ -43,6 +45,82 @@ enum Cmd {
         #[arg(long, default_value = "vessel-probe")]
         id: String,
     },
+    /// VM snapshots that pods start from (`[snapshot]` in the config).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Make the snapshot for the current configuration (one cold boot), unless it exists.
+    Create {
+        /// Make it again even if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List snapshots; `*` marks the one the current configuration uses.
+    List,
+    /// Remove snapshots by key (VMs already restored from them keep running).
+    Remove {
+        keys: Vec<String>,
+        /// Remove every snapshot.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+    },
+}
+
+fn snapshot_cmd(config: &Config, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
+    let store = SnapshotStore::from_config(config);
+    match cmd {
+        SnapshotCmd::Create { force } => {
+            let started = std::time::Instant::now();
+            let deadline = started + config.agent_timeout();
+            let path = store.create(config, deadline, force)?;
+            println!(
+                "{} ({:.1} s)",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        SnapshotCmd::List => {
+            let current = snapshot_key(config).ok();
+            for e in store.list()? {
+                let mark = if current.as_deref() == Some(e.key.as_str()) {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "{mark} {}\t{:.1} MiB on disk\t{}",
+                    e.key,
+                    e.disk_bytes as f64 / (1 << 20) as f64,
+                    e.summary
+                );
+            }
+        }
+        SnapshotCmd::Remove { keys, all } => {
+            let keys = if all {
+                store.list()?.into_iter().map(|e| e.key).collect()
+            } else {
+                keys
+            };
+            let mut failed = false;
+            for key in keys {
+                match store.remove(&key) {
+                    Ok(true) => println!("{key}: removed"),
+                    Ok(false) => println!("{key}: no such snapshot"),
+                    Err(e) => {
+                        eprintln!("{key}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 struct StderrLogger;
@@ -153,6 +231,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Snapshot(cmd) => snapshot_cmd(&config, cmd),
         Cmd::Cleanup { ids } => {
             let mut failed = false;
             for id in ids {

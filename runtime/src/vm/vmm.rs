@@ -14,6 +14,7 @@ use super::{
     VmInstance,
 };
 use crate::share::{GUEST_SHARED_ROOT, SHARED_FS_TAG};
+use crate::snapshot::{guest_args, host_args, SnapshotStore};
 use crate::state::SandboxPaths;
 
 /// Starts `vessel-vmm` as configured in `[hypervisor]`.
@@ -22,28 +23,46 @@ pub struct VmmBackend;
 
 /// The command line for the VMM of one sandbox (separate so it can be checked in tests).
 pub fn vmm_command(req: &LaunchRequest<'_>) -> Command {
-    let h = &req.config.hypervisor;
-    let mut cmd = Command::new(&h.path);
-    cmd.arg("--kernel")
-        .arg(&h.kernel)
-        .arg("--initrd")
-        .arg(&h.initrd)
-        .arg("--cmdline")
-        .arg(&h.kernel_params)
-        .arg("--mem-mib")
-        .arg(h.memory_mib.to_string())
-        .arg("--vcpus")
-        .arg(h.vcpus.to_string())
-        .arg("--vsock-uds")
-        .arg(req.paths.vsock())
-        .arg("--console")
-        .arg(req.paths.console())
-        .arg("--shared-dir")
-        .arg(format!("{SHARED_FS_TAG}={}", req.paths.shared().display()));
-    if !h.seccomp {
-        cmd.arg("--no-seccomp");
-    }
+    let mut cmd = Command::new(&req.config.hypervisor.path);
+    cmd.args(guest_args(req.config))
+        .args(sandbox_host_args(req));
     cmd
+}
+
+/// The command line restoring `snapshot` for one sandbox. The guest flags are checked by the
+/// VMM against the snapshot (it refuses one that does not match).
+pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> Command {
+    let mut cmd = Command::new(&req.config.hypervisor.path);
+    cmd.arg("--restore")
+        .arg(snapshot)
+        .args(guest_args(req.config))
+        .args(sandbox_host_args(req));
+    cmd
+}
+
+fn sandbox_host_args(req: &LaunchRequest<'_>) -> Vec<std::ffi::OsString> {
+    host_args(
+        req.config,
+        &req.paths.vsock(),
+        &req.paths.console(),
+        &req.paths.shared(),
+    )
+}
+
+/// The snapshot to restore this sandbox from, made now if needed; `None` (cold boot) when
+/// snapshots are off or one cannot be had, with the reason logged.
+fn usable_snapshot(req: &LaunchRequest<'_>) -> Option<PathBuf> {
+    if !req.config.snapshot.enabled {
+        return None;
+    }
+    let deadline = Instant::now() + req.config.agent_timeout();
+    match SnapshotStore::from_config(req.config).ensure(req.config, deadline) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            log::warn!("sandbox {}: cold boot, no snapshot: {e}", req.sandbox_id);
+            None
+        }
+    }
 }
 
 impl VmBackend for VmmBackend {
@@ -70,7 +89,11 @@ impl VmBackend for VmmBackend {
             path: req.paths.vmm_log(),
             source,
         })?;
-        let mut cmd = vmm_command(req);
+        let snapshot = usable_snapshot(req);
+        let mut cmd = match &snapshot {
+            Some(dir) => vmm_restore_command(req, dir),
+            None => vmm_command(req),
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -78,11 +101,17 @@ impl VmBackend for VmmBackend {
         // Own process group: a terminal's signals for the shim do not reach the VM.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         log::info!(
-            "sandbox {}: starting {} ({} MiB, {} vCPU)",
+            "sandbox {}: starting {} ({} MiB, {} vCPU), {}",
             req.sandbox_id,
             h.path.display(),
             h.memory_mib,
-            h.vcpus
+            h.vcpus,
+            snapshot
+                .as_ref()
+                .map_or("cold boot".to_string(), |d| format!(
+                    "restoring {}",
+                    d.display()
+                ))
         );
         let process = ChildProcess::spawn(cmd, "vessel-vmm").map_err(|source| VmError::Spawn {
             sandbox: req.sandbox_id.to_string(),
@@ -195,11 +224,104 @@ mod tests {
     }
 
     #[test]
+    fn restore_command_carries_the_snapshot_and_the_same_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let config = Config::default();
+        let req = LaunchRequest {
+            sandbox_id: "sb1",
+            paths: &paths,
+            config: &config,
+        };
+        let args = |c: Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let boot = args(vmm_command(&req));
+        let restore = args(vmm_restore_command(
+            &req,
+            Path::new("/snaps/0123456789abcdef"),
+        ));
+        assert_eq!(restore[..2], ["--restore", "/snaps/0123456789abcdef"]);
+        assert_eq!(restore[2..], boot[..]);
+    }
+
+    /// With snapshots on, the first sandbox makes the snapshot (snapshot-create), later ones
+    /// check and restore it; when making it fails the sandbox cold-boots. A script stands in
+    /// for the VMM and records how it was called.
+    #[test]
+    fn snapshot_is_made_once_then_restored_and_failure_falls_back_to_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let fake_vmm = dir.path().join("fake-vmm");
+        std::fs::write(
+            &fake_vmm,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {calls}\n\
+                 case \"$1\" in\n\
+                 snapshot-create) [ -e {fail} ] && exit 1; mkdir -p \"$3\" && echo {{}} > \"$3/vm.json\"; exit 0;;\n\
+                 snapshot-check) exit 0;;\n\
+                 esac\nexit 1\n",
+                calls = calls.display(),
+                fail = dir.path().join("fail").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &fake_vmm,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.hypervisor.path = fake_vmm.clone();
+        config.hypervisor.kernel = fake_vmm.clone();
+        config.hypervisor.initrd = fake_vmm;
+        config.snapshot.dir = dir.path().join("snapshots");
+        let start = |id: &str| {
+            let paths = SandboxPaths::new(dir.path(), id).unwrap();
+            paths.create().unwrap();
+            let req = LaunchRequest {
+                sandbox_id: id,
+                paths: &paths,
+                config: &config,
+            };
+            let vm = VmmBackend.launch(&req).unwrap();
+            vm.process().wait_timeout(Duration::from_secs(30));
+        };
+        let first_word = |n: usize| -> Vec<String> {
+            std::fs::read_to_string(&calls)
+                .unwrap()
+                .lines()
+                .map(|l| l.split(' ').next().unwrap_or("").to_string())
+                .skip(n)
+                .collect()
+        };
+        start("sb1");
+        start("sb2");
+        assert_eq!(
+            first_word(0),
+            [
+                "snapshot-create",
+                "--restore",
+                "snapshot-check",
+                "--restore"
+            ]
+        );
+        // The store's snapshot was taken away and cannot be made: cold boot.
+        std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+        std::fs::write(dir.path().join("fail"), "").unwrap();
+        start("sb3");
+        assert_eq!(first_word(4), ["snapshot-create", "--kernel"]);
+    }
+
+    #[test]
     fn missing_kernel_is_reported_before_spawning() {
         let dir = tempfile::tempdir().unwrap();
         let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
         paths.create().unwrap();
         let mut config = Config::default();
+        config.snapshot.enabled = false;
         config.hypervisor.path = PathBuf::from("/bin/true");
         config.hypervisor.kernel = dir.path().join("no-vmlinux");
         let req = LaunchRequest {
@@ -235,6 +357,7 @@ mod tests {
         )
         .unwrap();
         let mut config = Config::default();
+        config.snapshot.enabled = false;
         config.hypervisor.path = fake_vmm.clone();
         config.hypervisor.kernel = fake_vmm.clone();
         config.hypervisor.initrd = fake_vmm;
