@@ -32,6 +32,7 @@ const INIT_C: &str = r#"
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <time.h>
 #include <unistd.h>
 
 static void say(const char *what, int err) {
@@ -42,31 +43,39 @@ static void say(const char *what, int err) {
         int i = sizeof num - 1;
         num[i] = 0;
         do { num[--i] = '0' + err % 10; err /= 10; } while (err && i > 0);
-        strcat(line, " errno ");
+        strcat(line, " ");
         strcat(line, num + i);
     }
     strcat(line, "\n");
     write(1, line, strlen(line));
 }
 
+static int uptime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int main(void) {
     static const char prefix[] = "guest read: ";
     char buf[128];
-    int fd, n;
-    if (mount("vessel", "/mnt", "virtiofs", 0, 0) != 0) { say("mount failed", errno); goto out; }
+    int fd, n, started = uptime_ms();
+    if (mount("vessel", "/mnt", "virtiofs", 0, 0) != 0) { say("mount failed, errno", errno); goto out; }
     fd = open("/mnt/from-host.txt", O_RDONLY);
-    if (fd < 0) { say("open failed", errno); goto out; }
+    if (fd < 0) { say("open failed, errno", errno); goto out; }
     n = read(fd, buf, sizeof buf);
     close(fd);
-    if (n <= 0) { say("read failed", n < 0 ? errno : 0); goto out; }
+    if (n <= 0) { say("read failed, errno", n < 0 ? errno : 0); goto out; }
     fd = open("/mnt/from-guest.txt", O_WRONLY | O_CREAT | O_EXCL, 0640);
-    if (fd < 0) { say("create failed", errno); goto out; }
+    if (fd < 0) { say("create failed, errno", errno); goto out; }
     if (write(fd, prefix, sizeof prefix - 1) != sizeof prefix - 1 || write(fd, buf, n) != n) {
-        say("write failed", errno);
+        say("write failed, errno", errno);
         goto out;
     }
-    if (close(fd) != 0) { say("close failed", errno); goto out; }
+    if (close(fd) != 0) { say("close failed, errno", errno); goto out; }
     say("ok", 0);
+    say("/init started at guest ms", started);
+    say("share mounted, read and written by guest ms", uptime_ms());
 out:
     reboot(RB_AUTOBOOT);
     return 0;
@@ -211,4 +220,7 @@ fn guest_mounts_reads_and_writes_the_share() {
     );
     // Reported, not asserted: speed is never asserted in tests.
     eprintln!("virtio-fs guest: boot, mount, read, write, power-off in {elapsed:.1?}");
+    for line in output.lines().filter(|l| l.contains("guest ms")) {
+        eprintln!("  {line}");
+    }
 }
