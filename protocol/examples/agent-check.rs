@@ -36,7 +36,10 @@ fn main() {
         .unwrap_or(1);
     for i in 0..repeat {
         let call = Instant::now();
-        match client.check(ttrpc::context::with_timeout(30_000_000_000), &CheckRequest::new()) {
+        match client.check(
+            ttrpc::context::with_timeout(30_000_000_000),
+            &CheckRequest::new(),
+        ) {
             Ok(r) => println!(
                 "agent {} (version {}, guest uptime {} ms); vsock connected after {:.2?}, \
                  call {i} took {:.2?}, {:.2?} since start",
