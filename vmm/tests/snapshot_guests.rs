@@ -93,8 +93,14 @@ fn restore(dir: &Path, console: PathBuf) -> Result<RunningVm, VmmError> {
 
 /// Boots the counter guest, lets it print a few lines, snapshots it into `<tmp>/snap`.
 fn counter_snapshot(g: &TestGuest) -> PathBuf {
+    counter_snapshot_with(g, 1)
+}
+
+fn counter_snapshot_with(g: &TestGuest, vcpus: u8) -> PathBuf {
     require_kvm();
-    let mut vm = Vm::start_with_devices(g.config(BootEntry::Linux64), vec![]).expect("VM starts");
+    let mut config = g.config(BootEntry::Linux64);
+    config.vcpus = vcpus;
+    let mut vm = Vm::start_with_devices(config, vec![]).expect("VM starts");
     wait_lines(&g.console, 5, &mut vm);
     let dir = g.dir.path().join("snap");
     let summary = vm
@@ -127,6 +133,26 @@ fn restored_guest_continues_its_counter_exactly() {
     // The restored output continues the interrupted one: together they are one sequence.
     let last = assert_consecutive(&format!("{before}{after}"), 1);
     assert!(last >= last_before + 4, "before {before:?} after {after:?}");
+}
+
+/// vCPU 1 never got a SIPI: its "waiting for INIT/SIPI" state is saved and restored as is
+/// (and it keeps waiting) while vCPU 0 continues the counter.
+#[test]
+fn two_vcpu_vm_restores_with_its_idle_application_processor() {
+    let g = TestGuest::new(COUNTER, false);
+    let dir = counter_snapshot_with(&g, 2);
+    let m = Manifest::load(&dir).expect("manifest");
+    assert_eq!(m.vcpus.len(), 2);
+    assert_ne!(
+        m.vcpus[0].regs.0.rip, m.vcpus[1].regs.0.rip,
+        "the two vCPUs are saved separately"
+    );
+    let before = read(&g.console);
+    let console = g.dir.path().join("restored.log");
+    let mut vm = restore(&dir, console.clone()).expect("restore");
+    wait_lines(&console, 3, &mut vm);
+    assert_eq!(vm.stop(), ExitReason::Stopped);
+    assert_consecutive(&format!("{before}{}", read(&console)), 1);
 }
 
 #[test]
