@@ -45,22 +45,25 @@ pub struct Cli {
     /// Cap on vessel pods per memory/density point (larger points are reported as skipped).
     #[arg(long)]
     pub max_vessel_pods: Option<usize>,
-    /// How vessel pods start: cold boot, VM snapshot restore, or both.
+    /// How vessel pods start: cold boot, VM snapshot restore, or both. `snapshot`/`both` also
+    /// time vessel-vmm restoring a snapshot in the boot measure.
     #[arg(long, default_value = "cold", value_parser = ["cold", "snapshot", "both"])]
     pub vessel_mode: String,
     /// Output directory for results.json, results.md and the SVG charts.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Guest kernel [default: the runtime config's, /usr/local/share/vessel/vmlinux].
+    /// Guest kernel [default: $VESSEL_KERNEL, else the runtime config's].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// Initramfs with the agent [default: the runtime config's].
+    /// Initramfs with the agent [default: $VESSEL_INITRD, else the runtime config's].
     #[arg(long)]
     pub initrd: Option<PathBuf>,
-    /// vessel-vmm [default: the runtime config's, else next to this binary, else PATH].
+    /// vessel-vmm [default: $VESSEL_BIN_DIR/, else the runtime config's, else next to this
+    /// binary, else PATH].
     #[arg(long)]
     pub vmm: Option<PathBuf>,
-    /// containerd-shim-vessel-v2 [default: next to this binary, else PATH].
+    /// containerd-shim-vessel-v2 [default: $VESSEL_BIN_DIR/, else next to this binary, else
+    /// PATH].
     #[arg(long)]
     pub shim: Option<PathBuf>,
     /// qemu-system-x86_64 [default: PATH].

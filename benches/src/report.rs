@@ -108,6 +108,10 @@ pub struct BootResult {
     pub marker: String,
     pub vessel_command: String,
     pub qemu_command: String,
+    /// How restores were run (`--vessel-mode snapshot|both`).
+    pub restore_command: Option<String>,
+    /// How long `vessel-vmm snapshot-create` took (one cold boot + saving).
+    pub snapshot_create_ms: Option<f64>,
     pub cpuid_removed_by_vessel: Vec<String>,
     pub qemu_cpu_features_not_mappable: Vec<String>,
     pub kernel_cmdline: String,
@@ -174,6 +178,8 @@ pub struct Report {
     pub density: Option<DensityResult>,
     /// Every measure that failed, in one place.
     pub failures: Vec<String>,
+    /// Facts about the run worth knowing next to the figures.
+    pub notes: Vec<String>,
     /// The machine is shared: its load when the run ended.
     pub load_avg_at_end: String,
 }
@@ -297,6 +303,13 @@ pub fn render_table(r: &Report) -> String {
             "\n## VM boot (ms from VMM process start), N={} per VMM\n\nmarker: {}\n    {}\n    {}\n",
             p.boot_runs, b.marker, b.vessel_command, b.qemu_command
         );
+        if let Some(c) = &b.restore_command {
+            let _ = writeln!(out, "    {c}");
+        }
+        if let Some(ms) = b.snapshot_create_ms {
+            let _ = writeln!(out, "snapshot-create took {} ms", fmt_num(ms));
+        }
+        out.push('\n');
         series_rows(&mut out, &b.series);
         out.push('\n');
         series_rows(&mut out, &b.memory);
@@ -380,6 +393,9 @@ pub fn render_table(r: &Report) -> String {
                 }
             }
         }
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     if !r.load_avg_at_end.is_empty() {
         let _ = writeln!(out, "\nload average at the end: {}", r.load_avg_at_end);

@@ -91,6 +91,7 @@ fn report() -> Report {
         }),
         density: None,
         failures: vec!["start: vessel (cold) run /bin/true: boom".into()],
+        notes: vec!["a note".into()],
         load_avg_at_end: "1.0 1.0 1.0".into(),
     }
 }

@@ -1,6 +1,6 @@
 //! One benchmark run: check prerequisites, set up, measure, write the results.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::boot::{self, BootSpec};
@@ -47,16 +47,28 @@ fn needs(plan: &Plan) -> Needs {
     Needs {
         containerd: m.iter().any(|x| *x != Measure::Boot),
         boot: m.contains(&Measure::Boot),
-        vessel_cli: plan.modes.contains(&VesselMode::Snapshot),
+        // Makes snapshots, and cleans up sandboxes a killed step left behind.
+        vessel_cli: m.iter().any(|x| *x != Measure::Boot),
     }
 }
 
+/// Paths from the options, else from the environment `scripts/artifacts.sh` prints
+/// (`VESSEL_KERNEL`, `VESSEL_INITRD`, `VESSEL_BIN_DIR`).
 fn overrides(cli: &Cli) -> Overrides {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let bin = |name: &str| env("VESSEL_BIN_DIR").map(|d| d.join(name));
     Overrides {
-        vmm: cli.vmm.clone(),
-        kernel: cli.kernel.clone(),
-        initrd: cli.initrd.clone(),
-        shim: cli.shim.clone(),
+        vmm: cli.vmm.clone().or_else(|| bin("vessel-vmm")),
+        kernel: cli.kernel.clone().or_else(|| env("VESSEL_KERNEL")),
+        initrd: cli.initrd.clone().or_else(|| env("VESSEL_INITRD")),
+        shim: cli
+            .shim
+            .clone()
+            .or_else(|| bin("containerd-shim-vessel-v2")),
         qemu: cli.qemu.clone(),
     }
 }
@@ -126,13 +138,15 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
     let needs = needs(&plan);
     let tools = tools(cli, needs)?;
     let mut failures = Vec::new();
-    // Modes this build cannot do: alone, an error; with another mode, a reported failure.
+    // Pod start modes the runtime cannot do are reported failures (runc is still measured,
+    // and the boot measure times VMM-level restores on its own).
     let mut modes = Vec::new();
-    for m in &plan.modes {
-        match mode_available(*m, tools.vessel_cli.as_deref()) {
-            Ok(()) => modes.push(*m),
-            Err(e) if plan.modes.len() == 1 => return Err(e.into()),
-            Err(e) => failures.push(e.to_string()),
+    if needs.containerd {
+        for m in &plan.modes {
+            match mode_available(*m, tools.vessel_cli.as_deref()) {
+                Ok(()) => modes.push(*m),
+                Err(e) => failures.push(e.to_string()),
+            }
         }
     }
     let machine = Machine::probe(&tools);
@@ -154,7 +168,7 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
         pods: plan.pods.clone(),
         density: plan.density.clone(),
         max_vessel_pods: cli.max_vessel_pods,
-        vessel_modes: modes.iter().map(ToString::to_string).collect(),
+        vessel_modes: plan.modes.iter().map(ToString::to_string).collect(),
         guest_memory_mib: cli.mem_mib,
         guest_vcpus: cli.vcpus,
         runc_timeout_secs: cli.timeout,
@@ -170,6 +184,7 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
         memory: None,
         density: None,
         failures,
+        notes: Vec::new(),
         load_avg_at_end: String::new(),
     };
     if needs.containerd {
@@ -188,12 +203,31 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
             timeout: Duration::from_secs(cli.boot_timeout),
             work: work.path().to_path_buf(),
             pvm: std::path::Path::new("/sys/module/kvm_pvm").exists(),
+            restore: plan.modes.contains(&VesselMode::Snapshot),
         };
         let b = boot::measure(&spec);
         collect_series_failures(&mut report.failures, "boot", &b.series);
         report.boot = Some(b);
     }
     report.load_avg_at_end = crate::machine::load_avg();
+    // Never delete through a mount (a container rootfs shared into a sandbox dir).
+    let mut left = vessel_tests::containerd::mounts_under(work.path());
+    left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in &left {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    let mut work = work;
+    if !vessel_tests::containerd::mounts_under(work.path()).is_empty() {
+        report.failures.push(format!(
+            "mounts left under {}; not removing it",
+            work.path().display()
+        ));
+        work.disable_cleanup(true);
+    } else if !left.is_empty() {
+        report
+            .failures
+            .push(format!("cleanup: unmounted leftovers {left:?}"));
+    }
     if cli.keep_work {
         let kept = work.keep();
         log::info!("work directory kept: {}", kept.display());
@@ -222,7 +256,7 @@ fn containerd_measures(
     plan: &Plan,
     tools: &Tools,
     modes: &[VesselMode],
-    work: &std::path::Path,
+    work: &Path,
     report: &mut Report,
 ) -> Result<(), RunError> {
     let settings = VesselSettings {
@@ -234,16 +268,56 @@ fn containerd_measures(
         state_root: work.join("vessel-state"),
         // The runtime gives up a little before the harness would kill ctr.
         agent_timeout_secs: cli.vessel_timeout.saturating_sub(30).max(30),
+        snapshot_dir: work.join("snapshots"),
     };
-    let configs: Vec<(VesselMode, String)> = modes
-        .iter()
-        .map(|m| Ok((*m, vessel_config(&settings, *m)?)))
-        .collect::<Result<_, setup::SetupError>>()?;
-    let first = configs.first().map(|(_, t)| t.clone()).unwrap_or_default();
+    let mut modes = modes.to_vec();
+    let mut configs = Vec::new();
+    for m in modes.clone() {
+        match vessel_config(&settings, m) {
+            Ok(text) => configs.push((m, text)),
+            Err(e @ setup::SetupError::ModeUnavailable { .. }) => {
+                report.failures.push(e.to_string());
+                modes.retain(|x| *x != m);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let first = match configs.first() {
+        Some((_, t)) => t.clone(),
+        None => vessel_config(&settings, VesselMode::Cold)?,
+    };
     log::info!("starting containerd and importing the busybox image");
     let bed = Bed::start(tools, work, &first)?;
+    // Snapshot mode: make the snapshot before measuring (else the first pod pays for it).
+    if let Some((_, text)) = configs.iter().find(|(m, _)| *m == VesselMode::Snapshot) {
+        let path = work.join("vessel-config-snapshot.toml");
+        let made = std::fs::write(&path, text)
+            .map_err(|e| setup::SetupError::Write {
+                path: path.clone(),
+                source: e,
+            })
+            .and_then(|_| {
+                let cli_path = tools.vessel_cli.as_deref().unwrap_or(Path::new("vessel"));
+                log::info!("snapshot mode: vessel snapshot create (one cold boot)");
+                setup::create_snapshot(
+                    cli_path,
+                    &path,
+                    Duration::from_secs(cli.vessel_timeout + 60),
+                )
+            });
+        match made {
+            Ok(took) => report.notes.push(format!(
+                "vessel snapshot create (before measuring): {:.1} s",
+                took.as_secs_f64()
+            )),
+            Err(e) => {
+                report.failures.push(e.to_string());
+                modes.retain(|m| *m != VesselMode::Snapshot);
+            }
+        }
+    }
     let all = setup::runtimes(
-        modes,
+        &modes,
         Duration::from_secs(cli.timeout),
         Duration::from_secs(cli.vessel_timeout),
     );
@@ -347,6 +421,14 @@ fn containerd_measures(
     }
     if let Err(e) = bed.ctr.remove_all(Duration::from_secs(120)) {
         report.failures.push(format!("cleanup: {e}"));
+    }
+    for problem in bed.reap(
+        &settings.state_root,
+        tools.vessel_cli.as_deref(),
+        Duration::from_secs(30),
+    ) {
+        log::warn!("{problem}");
+        report.failures.push(format!("cleanup: {problem}"));
     }
     if !report.failures.is_empty() {
         // Shims log into containerd's log: keep it next to the results.

@@ -10,6 +10,7 @@ use vessel_tests::containerd::{Containerd, NAMESPACE};
 use crate::ctr::{Ctr, Runtime};
 use crate::exec::run_timed;
 use crate::prereq::Tools;
+use crate::procmem::ProcTable;
 
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 pub const VESSEL_RUNTIME: &str = "io.containerd.vessel.v2";
@@ -70,12 +71,18 @@ pub struct VesselSettings {
     pub vcpus: u32,
     pub state_root: PathBuf,
     pub agent_timeout_secs: u64,
+    /// `[snapshot] dir` in snapshot mode.
+    pub snapshot_dir: PathBuf,
 }
 
 /// The runtime configuration TOML for `mode`, validated by the runtime's own parser.
+///
+/// The `[snapshot]` section (`enabled`, `dir`) is set through the TOML value, so this builds
+/// against a runtime with or without it; without it, snapshot mode is unavailable. Cold mode
+/// turns snapshots off explicitly (the runtime's default is on).
 pub fn vessel_config(s: &VesselSettings, mode: VesselMode) -> Result<String, SetupError> {
-    let mut c = Config::from_toml(DEFAULT_CONFIG_TOML, "built-in")
-        .map_err(|e| SetupError::Config(e.to_string()))?;
+    let cfg_err = |e: &dyn std::fmt::Display| SetupError::Config(e.to_string());
+    let mut c = Config::from_toml(DEFAULT_CONFIG_TOML, "built-in").map_err(|e| cfg_err(&e))?;
     c.hypervisor.backend = "vmm".into();
     c.hypervisor.path = absolute(&s.vmm);
     c.hypervisor.kernel = absolute(&s.kernel);
@@ -84,17 +91,31 @@ pub fn vessel_config(s: &VesselSettings, mode: VesselMode) -> Result<String, Set
     c.hypervisor.vcpus = s.vcpus;
     c.runtime.state_root = absolute(&s.state_root);
     c.runtime.agent_timeout_secs = s.agent_timeout_secs;
-    if mode == VesselMode::Snapshot {
-        // Integration point for VM snapshot/restore (in progress in another branch of work):
-        // once the runtime config has its `[snapshot]` section, set it here.
-        return Err(SetupError::ModeUnavailable {
-            mode,
-            reason: "the runtime config has no [snapshot] section in this build".into(),
-        });
+    let mut value = toml::Value::try_from(&c).map_err(|e| cfg_err(&e))?;
+    let snapshot = value
+        .as_table_mut()
+        .and_then(|t| t.get_mut("snapshot"))
+        .and_then(toml::Value::as_table_mut);
+    match (snapshot, mode) {
+        (Some(t), VesselMode::Snapshot) => {
+            t.insert("enabled".into(), toml::Value::Boolean(true));
+            let dir = absolute(&s.snapshot_dir).display().to_string();
+            t.insert("dir".into(), toml::Value::String(dir));
+        }
+        (Some(t), VesselMode::Cold) => {
+            t.insert("enabled".into(), toml::Value::Boolean(false));
+        }
+        (None, VesselMode::Snapshot) => {
+            return Err(SetupError::ModeUnavailable {
+                mode,
+                reason: "the runtime config has no [snapshot] section in this build".into(),
+            })
+        }
+        (None, VesselMode::Cold) => {}
     }
-    let text = toml::to_string_pretty(&c).map_err(|e| SetupError::Config(e.to_string()))?;
+    let text = toml::to_string_pretty(&value).map_err(|e| cfg_err(&e))?;
     // Round trip through the runtime's parser: what the shim will read must be valid.
-    Config::from_toml(&text, "generated").map_err(|e| SetupError::Config(e.to_string()))?;
+    Config::from_toml(&text, "generated").map_err(|e| cfg_err(&e))?;
     Ok(text)
 }
 
@@ -102,41 +123,48 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Whether this build of vessel can do `mode` (asks the `vessel` CLI).
+/// Whether this build of vessel can do `mode`: the runtime has a `[snapshot]` section and
+/// the `vessel` CLI (which makes snapshots) is there.
 pub fn mode_available(mode: VesselMode, vessel_cli: Option<&Path>) -> Result<(), SetupError> {
     if mode == VesselMode::Cold {
         return Ok(());
     }
-    let Some(cli) = vessel_cli else {
-        return Err(SetupError::ModeUnavailable {
-            mode,
-            reason: "the `vessel` CLI was not found (cargo build --release -p vessel-runtime)"
-                .into(),
-        });
+    let has_section = DEFAULT_CONFIG_TOML
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("snapshot"))
+        .unwrap_or(false);
+    let reason = if !has_section {
+        "this build of vessel-runtime has no [snapshot] config section"
+    } else if vessel_cli.is_none() {
+        "the `vessel` CLI was not found (cargo build --release -p vessel-runtime)"
+    } else {
+        return Ok(());
     };
-    let mut cmd = std::process::Command::new(cli);
-    cmd.args(["snapshot", "--help"]);
-    let out = run_timed(cmd, "vessel snapshot --help", Duration::from_secs(20));
-    match out {
-        Ok(t) if t.success() => Err(SetupError::ModeUnavailable {
-            mode,
-            reason: "`vessel snapshot` exists but this harness does not set up snapshot mode yet \
-                     (fill in setup::vessel_config for the [snapshot] section)"
-                .into(),
-        }),
-        Ok(t) => Err(SetupError::ModeUnavailable {
-            mode,
-            reason: format!(
-                "this build of vessel has no snapshot support (`{} snapshot --help`: {})",
-                cli.display(),
-                crate::report::one_line(&t.stderr, 200)
-            ),
-        }),
-        Err(e) => Err(SetupError::ModeUnavailable {
-            mode,
-            reason: e.to_string(),
-        }),
-    }
+    Err(SetupError::ModeUnavailable {
+        mode,
+        reason: reason.into(),
+    })
+}
+
+/// Makes the snapshot pods will restore from (`vessel --config CFG snapshot create`), so
+/// that no measured pod pays for it; returns how long it took.
+pub fn create_snapshot(
+    vessel_cli: &Path,
+    config: &Path,
+    timeout: Duration,
+) -> Result<Duration, SetupError> {
+    let mut cmd = std::process::Command::new(vessel_cli);
+    cmd.arg("--config").arg(config).args(["snapshot", "create"]);
+    let fail = |reason: String| SetupError::ModeUnavailable {
+        mode: VesselMode::Snapshot,
+        reason,
+    };
+    let t = run_timed(cmd, "vessel snapshot create", timeout)
+        .map_err(|e| fail(e.to_string()))?
+        .check("vessel snapshot create")
+        .map_err(|e| fail(e.to_string()))?;
+    log::info!("snapshot: {}", t.stdout.trim());
+    Ok(t.elapsed)
 }
 
 /// containerd + image + config file.
@@ -188,6 +216,97 @@ impl Bed {
     /// The last lines of containerd's log (where shims log), for failure reports.
     pub fn log_tail(&self) -> String {
         self.containerd.log_tail()
+    }
+
+    /// After the measures: waits up to `grace` for this containerd's shims and the VMMs of
+    /// `state_root` to exit, SIGKILLs what is left (all started under this bed), then has
+    /// `vessel cleanup` release every sandbox left in `state_root`. Shims outlive containerd by
+    /// design, so a step killed at its deadline could otherwise leave a shim and its VM
+    /// running. Returns what had to be done (each one a problem worth reporting).
+    pub fn reap(
+        &self,
+        state_root: &Path,
+        vessel_cli: Option<&Path>,
+        grace: Duration,
+    ) -> Vec<String> {
+        let socket = self.containerd.socket().display().to_string();
+        let root = format!("{}/", state_root.display());
+        let ours = |p: &crate::procmem::ProcInfo| {
+            let shim = p.name().starts_with("containerd-shim") && p.cmdline.contains(&socket);
+            let vmm = p.cmdline.iter().any(|a| a.starts_with(&root));
+            shim || vmm
+        };
+        let find = || -> Vec<(u32, String)> {
+            ProcTable::scan(Path::new("/proc"))
+                .map(|t| {
+                    t.procs
+                        .values()
+                        .filter(|p| ours(p))
+                        .map(|p| (p.pid, p.cmdline.join(" ")))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + grace;
+        let mut left = find();
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            left = find();
+        }
+        let mut done = Vec::new();
+        for (pid, cmd) in left {
+            let r = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // A killed shim leaves its socket (`-socket unix:///run/containerd/s/<hash>`).
+            let words: Vec<&str> = cmd.split(' ').collect();
+            if let Some(sock) = words
+                .windows(2)
+                .find(|w| w[0] == "-socket")
+                .and_then(|w| w[1].strip_prefix("unix://"))
+            {
+                let _ = std::fs::remove_file(sock);
+            }
+            done.push(format!(
+                "leftover process {pid} killed ({}): {}",
+                r.map_or_else(|e| e.to_string(), |_| "ok".into()),
+                crate::report::one_line(&cmd, 200)
+            ));
+        }
+        let sandboxes: Vec<String> = std::fs::read_dir(state_root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !sandboxes.is_empty() {
+            let what = format!("vessel cleanup {}", sandboxes.join(" "));
+            match vessel_cli {
+                Some(cli) => {
+                    let mut cmd = std::process::Command::new(cli);
+                    cmd.arg("--config")
+                        .arg(&self.vessel_config)
+                        .arg("cleanup")
+                        .args(&sandboxes);
+                    let r = run_timed(cmd, &what, Duration::from_secs(120))
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| t.check(&what).map_err(|e| e.to_string()));
+                    done.push(match r {
+                        Ok(_) => format!("{what}: done"),
+                        Err(e) => e,
+                    });
+                }
+                None => done.push(format!(
+                    "sandboxes left in {} and no `vessel` CLI to clean them: {}",
+                    state_root.display(),
+                    sandboxes.join(" ")
+                )),
+            }
+        }
+        done
     }
 }
 
@@ -243,6 +362,7 @@ mod tests {
             vcpus: 2,
             state_root: "/tmp/vb/state".into(),
             agent_timeout_secs: 123,
+            snapshot_dir: "/tmp/vb/snapshots".into(),
         }
     }
 
@@ -267,11 +387,30 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_mode_is_refused_clearly_in_this_build() {
-        let e = vessel_config(&settings(), VesselMode::Snapshot).unwrap_err();
-        assert!(e.to_string().contains("vessel mode snapshot"), "{e}");
+    fn snapshot_section_follows_the_mode() {
+        let has_section = DEFAULT_CONFIG_TOML
+            .parse::<toml::Table>()
+            .unwrap()
+            .contains_key("snapshot");
+        let cold: toml::Table = vessel_config(&settings(), VesselMode::Cold)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let snap = vessel_config(&settings(), VesselMode::Snapshot);
+        if has_section {
+            // Cold must switch snapshots off (the runtime's default is on).
+            assert_eq!(cold["snapshot"]["enabled"].as_bool(), Some(false));
+            let snap: toml::Table = snap.unwrap().parse().unwrap();
+            assert_eq!(snap["snapshot"]["enabled"].as_bool(), Some(true));
+            assert_eq!(snap["snapshot"]["dir"].as_str(), Some("/tmp/vb/snapshots"));
+            assert!(mode_available(VesselMode::Snapshot, Some(Path::new("/x/vessel"))).is_ok());
+        } else {
+            assert!(!cold.contains_key("snapshot"));
+            let e = snap.unwrap_err();
+            assert!(e.to_string().contains("vessel mode snapshot"), "{e}");
+        }
         let e = mode_available(VesselMode::Snapshot, None).unwrap_err();
-        assert!(e.to_string().contains("`vessel` CLI was not found"), "{e}");
+        assert!(e.to_string().contains("vessel mode snapshot"), "{e}");
         assert!(mode_available(VesselMode::Cold, None).is_ok());
     }
 

@@ -160,13 +160,53 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// Splits `text` into lines of at most `width` characters at spaces (longer words are cut).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        while word.len() > width {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            lines.push(word.drain(..width).collect());
+        }
+        let word: String = word.into_iter().collect();
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Characters of 10-px text per caption line.
+const CAPTION_CHARS: usize = 125;
+
+fn caption_lines(caption: &[String]) -> Vec<String> {
+    caption
+        .iter()
+        .flat_map(|c| wrap(c, CAPTION_CHARS))
+        .collect()
+}
+
 struct Doc {
     out: String,
-    height: f64,
 }
 
 impl Doc {
-    fn new(title: &str, caption: &[String], height: f64) -> Doc {
+    fn new(title: &str, caption: &[String]) -> Doc {
+        let caption = caption_lines(caption);
+        let height = TOP + PLOT_H + 70.0 + 14.0 * caption.len() as f64;
         let mut out = String::new();
         let _ = write!(
             out,
@@ -180,7 +220,7 @@ impl Doc {
             x = WIDTH / 2.0
         );
         let mut y = TOP + PLOT_H + 60.0;
-        for line in caption {
+        for line in &caption {
             let _ = writeln!(
                 out,
                 r##"<text x="10" y="{y}" font-size="10" fill="#444">{}</text>"##,
@@ -188,7 +228,7 @@ impl Doc {
             );
             y += 14.0;
         }
-        Doc { out, height }
+        Doc { out }
     }
 
     fn axis(&mut self, scale: &Scale, unit: &str) {
@@ -229,15 +269,30 @@ impl Doc {
         );
     }
 
+    /// Several lines centred at `x`, starting at `y`.
+    fn lines(&mut self, x: f64, y: f64, size: u32, lines: &[String]) {
+        for (i, l) in lines.iter().enumerate() {
+            self.text(x, y + f64::from(size + 3) * i as f64, "middle", size, l);
+        }
+    }
+
     fn finish(mut self) -> String {
-        let _ = self.height;
         self.out.push_str("</svg>\n");
         self.out
     }
 }
 
-fn height_for(caption: &[String]) -> f64 {
-    TOP + PLOT_H + 70.0 + 14.0 * caption.len() as f64
+/// A failure note wrapped to fit `px` pixels at font `size`, at most `max_lines` lines.
+fn note_lines(note: &str, px: f64, size: u32, max_lines: usize) -> Vec<String> {
+    let chars = (px / (f64::from(size) * 0.6)).max(8.0) as usize;
+    let mut lines = wrap(note, chars);
+    if lines.len() > max_lines {
+        lines.truncate(max_lines);
+        if let Some(last) = lines.last_mut() {
+            last.push('…');
+        }
+    }
+    lines
 }
 
 /// One box of a box plot.
@@ -257,7 +312,7 @@ pub fn box_chart(title: &str, caption: &[String], unit: &str, series: &[BoxSerie
         .flat_map(|s| [s.min, s.max])
         .collect();
     let scale = Scale::covering(&values, false);
-    let mut doc = Doc::new(title, caption, height_for(caption));
+    let mut doc = Doc::new(title, caption);
     doc.axis(&scale, unit);
     let slot = (WIDTH - LEFT - RIGHT) / series.len().max(1) as f64;
     for (i, s) in series.iter().enumerate() {
@@ -310,13 +365,8 @@ pub fn box_chart(title: &str, caption: &[String], unit: &str, series: &[BoxSerie
             }
             None => {
                 let note = s.note.clone().unwrap_or_else(|| "no data".into());
-                doc.text(
-                    cx,
-                    TOP + PLOT_H / 2.0,
-                    "middle",
-                    11,
-                    &crate::exec::tail_chars(&note, 60),
-                );
+                let lines = note_lines(&note, slot * 0.9, 10, 12);
+                doc.lines(cx, TOP + 30.0, 10, &lines);
             }
         }
     }
@@ -344,7 +394,7 @@ pub fn bar_chart(title: &str, caption: &[String], unit: &str, groups: &[BarGroup
         .flat_map(|g| g.bars.iter().filter_map(|b| b.value))
         .collect();
     let scale = Scale::covering(&values, true);
-    let mut doc = Doc::new(title, caption, height_for(caption));
+    let mut doc = Doc::new(title, caption);
     doc.axis(&scale, unit);
     let slot = (WIDTH - LEFT - RIGHT) / groups.len().max(1) as f64;
     let bottom = TOP + PLOT_H;
@@ -370,13 +420,9 @@ pub fn bar_chart(title: &str, caption: &[String], unit: &str, groups: &[BarGroup
                 }
                 None => {
                     let note = b.note.clone().unwrap_or_else(|| "no data".into());
-                    doc.text(
-                        x + bw * 0.45,
-                        bottom - 6.0,
-                        "middle",
-                        9,
-                        &crate::exec::tail_chars(&note, 24),
-                    );
+                    let lines = note_lines(&note, bw * 0.95, 9, 4);
+                    let top = bottom - 6.0 - 12.0 * (lines.len().saturating_sub(1)) as f64;
+                    doc.lines(x + bw * 0.45, top, 9, &lines);
                 }
             }
             doc.text(x + bw * 0.45, bottom + 32.0, "middle", 10, &b.series);
@@ -525,6 +571,17 @@ mod tests {
         assert_eq!(fmt_num(12.345), "12.3");
         assert_eq!(fmt_num(0.1234), "0.123");
         assert_eq!(fmt_num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn wrapping() {
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefgh", 3), ["abc", "def", "gh"]);
+        assert_eq!(wrap("x abcdefgh", 4), ["x", "abcd", "efgh"]);
+        assert!(wrap("", 5).is_empty());
+        let lines = note_lines(&"word ".repeat(200), 100.0, 10, 3);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].ends_with('…'));
     }
 
     #[test]
