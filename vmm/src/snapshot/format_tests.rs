@@ -296,3 +296,25 @@ fn expectations_name_what_differs() {
     std::fs::write(&k, b"\x7fELF a different, longer kernel").expect("rewrite");
     fails(ok, "kernel");
 }
+
+/// Damage anywhere in the file is an error or a still-consistent manifest, never a panic.
+#[test]
+fn damaged_bytes_never_panic() {
+    let (_d, k) = kernel();
+    let text = serde_json::to_string(&sample(&k)).expect("ser");
+    let bytes = text.as_bytes();
+    let step = (bytes.len() / 700).max(1);
+    let mut errors = 0;
+    for (i, replacement) in (0..bytes.len())
+        .step_by(step)
+        .zip([b'9', b'"', b'}', b'x', b'-'].iter().cycle())
+    {
+        let mut damaged = bytes.to_vec();
+        damaged[i] = *replacement;
+        let damaged = String::from_utf8_lossy(&damaged);
+        if Manifest::parse(&damaged, Path::new("vm.json")).is_err() {
+            errors += 1;
+        }
+    }
+    assert!(errors > 0);
+}
