@@ -17,6 +17,7 @@ pub mod procmem;
 pub mod report;
 pub mod run;
 pub mod setup;
+pub mod shimlog;
 pub mod start;
 pub mod stats;
 pub mod svg;

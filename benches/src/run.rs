@@ -340,7 +340,15 @@ fn containerd_measures(
         log::warn!("leftover containers: {e}");
     }
     if plan.measures.contains(&Measure::Start) {
-        let s = crate::start::measure(&bed.ctr, &runtimes, plan.runs, plan.warmup, &mut select);
+        let shim_log = bed.containerd.dir().join("containerd.log");
+        let s = crate::start::measure(
+            &bed.ctr,
+            &runtimes,
+            plan.runs,
+            plan.warmup,
+            &shim_log,
+            &mut select,
+        );
         collect_series_failures(&mut report.failures, "start", &s.series);
         report.start = Some(s);
     }

@@ -1,26 +1,37 @@
 //! Start latency: `ctr run --rm <image> <id> /bin/true`, and create+start to the first byte of
 //! output (`ctr run --rm <image> <id> echo x`), per runtime, interleaved A/B/A/B.
 
+use std::path::Path;
+
 use crate::ctr::{step_error, Ctr, Runtime};
 use crate::report::{Ratio, Series, StartResult};
 use crate::setup::IMAGE;
+use crate::shimlog::sandbox_ready_ms;
 
 /// The two things measured per iteration and runtime.
 const METRIC_RUN: &str = "run /bin/true";
 const METRIC_FIRST_BYTE: &str = "first output byte";
+const METRIC_SANDBOX_READY: &str = "sandbox ready (shim log; every attempt)";
 
 /// Called before each runtime's turn (switches the vessel config for its mode).
 pub type Prepare<'a> = dyn FnMut(usize) -> Result<(), String> + 'a;
 
 /// Runs `warmup + runs` iterations; in each, every runtime (in order) runs both commands.
-/// A runtime that fails stops being measured (its error is kept); the others go on.
+/// A runtime that fails stops being measured (its error is kept); the others go on. For
+/// vessel runtimes, the sandbox stage of every `/bin/true` attempt (warm-ups and failed ones
+/// included) is read from the shim's lines in `shim_log` (containerd's log).
 pub fn measure(
     ctr: &Ctr,
     runtimes: &[Runtime],
     runs: usize,
     warmup: usize,
+    shim_log: &Path,
     prepare: &mut Prepare<'_>,
 ) -> StartResult {
+    let mut ready_series: Vec<Series> = runtimes
+        .iter()
+        .map(|r| Series::new(&r.name, METRIC_SANDBOX_READY, "ms"))
+        .collect();
     let mut run_series: Vec<Series> = runtimes
         .iter()
         .map(|r| Series::new(&r.name, METRIC_RUN, "ms"))
@@ -59,10 +70,21 @@ pub fn measure(
                 &what,
                 rt.timeout,
             );
+            if rt.is_vessel() {
+                let log = std::fs::read_to_string(shim_log).unwrap_or_default();
+                match sandbox_ready_ms(&log, &id) {
+                    Ok(ms) => ready_series[ri].samples.push(ms),
+                    Err(e) => ready_series[ri].fail(e),
+                }
+            }
             if let Some(e) = step_error(&what, &r) {
                 log::warn!("{e}");
                 let _ = ctr.remove(&id, rt.timeout);
-                let msg = format!("{label} {nth}: {e}");
+                let after = r
+                    .as_ref()
+                    .map(|t| format!(" (after {:.1} s)", t.elapsed.as_secs_f64()))
+                    .unwrap_or_default();
+                let msg = format!("{label} {nth}{after}: {e}");
                 run_series[ri].fail(msg.clone());
                 byte_series[ri].fail(msg);
                 continue;
@@ -111,8 +133,7 @@ pub fn measure(
     let byte_series: Vec<Series> = byte_series.into_iter().map(Series::finish).collect();
     let mut ratios = Vec::new();
     if let Some(base) = runtimes.iter().position(|r| !r.is_vessel()) {
-        for (ri, rt) in runtimes.iter().enumerate().filter(|(_, r)| r.is_vessel()) {
-            let _ = rt;
+        for ri in (0..runtimes.len()).filter(|i| runtimes[*i].is_vessel()) {
             ratios.push(Ratio::of(METRIC_RUN, &run_series[ri], &run_series[base]));
             ratios.push(Ratio::of(
                 METRIC_FIRST_BYTE,
@@ -121,8 +142,19 @@ pub fn measure(
             ));
         }
     }
+    let ready_series: Vec<Series> = ready_series
+        .into_iter()
+        .zip(runtimes)
+        .filter(|(_, r)| r.is_vessel())
+        .map(|(s, _)| s.finish())
+        .collect();
+    // Snapshot vs cold (the vessel runtimes come first: cold, then snapshot).
+    if let [cold, snapshot] = ready_series.as_slice() {
+        ratios.push(Ratio::of(METRIC_SANDBOX_READY, snapshot, cold));
+    }
     let mut series = run_series;
     series.extend(byte_series);
+    series.extend(ready_series);
     StartResult {
         commands: vec![
             format!("ctr run --rm --runtime <runtime> {IMAGE} <id> /bin/true   (time to exit)"),
