@@ -93,6 +93,9 @@ pub struct Cli {
     /// apt-get install the Debian packages of missing tools (containerd, runc, qemu, busybox).
     #[arg(long)]
     pub install_missing: bool,
+    /// Measure nothing: re-render the table and charts of an earlier results.json into --out.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub render: Option<PathBuf>,
     /// Log level of the harness's progress messages (stderr).
     #[arg(long, default_value = "info", value_parser = parse_level)]
     pub log_level: log::LevelFilter,

@@ -77,6 +77,7 @@ pub fn measure_point(ctr: &Ctr, rt: &Runtime, pods: usize) -> DensityPoint {
         all_running_ms,
         per_pod: per_pod.finish(),
         error,
+        skipped: None,
     }
 }
 

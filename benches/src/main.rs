@@ -28,6 +28,25 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// `--render`: the table and charts of an earlier run, again.
+fn render(results: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    let written = vessel_bench::report::read_report(results)
+        .and_then(|r| vessel_bench::report::write_all(&r, out).map(|w| (r, w)));
+    match written {
+        Ok((report, paths)) => {
+            print!("{}", render_table(&report));
+            for p in paths {
+                eprintln!("wrote {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vessel-bench: --render {}: {e}", results.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logger = Box::leak(Box::new(StderrLogger {
@@ -35,6 +54,9 @@ fn main() -> ExitCode {
     }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(cli.log_level);
+    }
+    if let Some(results) = &cli.render {
+        return render(results, &cli.out);
     }
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match vessel_bench::run::run(&cli, command_line) {

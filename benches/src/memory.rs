@@ -22,6 +22,7 @@ pub fn measure_point(ctr: &Ctr, rt: &Runtime, pods: usize, settle: Duration) -> 
         rss_per_pod_kib: None,
         pods_measured: Vec::new(),
         error: None,
+        skipped: None,
     };
     let mut started = Vec::new();
     for id in &ids {

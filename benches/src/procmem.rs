@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcMemError {
@@ -26,7 +26,7 @@ pub enum ProcMemError {
 }
 
 /// The fields of a smaps_rollup file the benchmark uses, in KiB.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollup {
     pub rss_kib: u64,
     pub pss_kib: u64,

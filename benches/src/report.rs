@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
 use crate::procmem::Rollup;
@@ -11,7 +11,7 @@ use crate::stats::{ratio, Summary};
 use crate::svg::{bar_chart, box_chart, fmt_num, Bar, BarGroup, BoxSeries};
 
 /// The parameters of a run (named in every figure).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
     pub command_line: String,
     pub quick: bool,
@@ -32,7 +32,7 @@ pub struct Params {
 }
 
 /// Samples of one thing measured for one runtime (milliseconds unless `unit` says otherwise).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Series {
     pub runtime: String,
     pub metric: String,
@@ -69,7 +69,7 @@ impl Series {
 }
 
 /// `a ÷ b` at p50/p90/p99 (a is vessel, b the baseline).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub metric: String,
     pub numerator: String,
@@ -96,21 +96,23 @@ impl Ratio {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartResult {
     pub commands: Vec<String>,
     pub series: Vec<Series>,
     pub ratios: Vec<Ratio>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootResult {
     pub marker: String,
     pub vessel_command: String,
     pub qemu_command: String,
     /// How restores were run (`--vessel-mode snapshot|both`).
+    #[serde(default)]
     pub restore_command: Option<String>,
     /// How long `vessel-vmm snapshot-create` took (one cold boot + saving).
+    #[serde(default)]
     pub snapshot_create_ms: Option<f64>,
     pub cpuid_removed_by_vessel: Vec<String>,
     pub qemu_cpu_features_not_mappable: Vec<String>,
@@ -124,7 +126,7 @@ pub struct BootResult {
 }
 
 /// Memory of one pod: its shim's process tree.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodMemory {
     pub id: String,
     pub shim_pid: u32,
@@ -132,7 +134,7 @@ pub struct PodMemory {
     pub rollup: Rollup,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryPoint {
     pub runtime: String,
     pub pods: usize,
@@ -141,9 +143,12 @@ pub struct MemoryPoint {
     pub rss_per_pod_kib: Option<f64>,
     pub pods_measured: Vec<PodMemory>,
     pub error: Option<String>,
+    /// Why this point was not measured (not a failure: e.g. `--max-vessel-pods`).
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryResult {
     pub what: String,
     pub points: Vec<MemoryPoint>,
@@ -151,7 +156,7 @@ pub struct MemoryResult {
     pub ratios: Vec<(usize, Option<f64>)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DensityPoint {
     pub runtime: String,
     pub pods: usize,
@@ -160,15 +165,18 @@ pub struct DensityPoint {
     /// Each `ctr run -d`'s own duration.
     pub per_pod: Series,
     pub error: Option<String>,
+    /// Why this point was not measured (not a failure: e.g. `--max-vessel-pods`).
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DensityResult {
     pub points: Vec<DensityPoint>,
 }
 
 /// Everything a run produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub params: Params,
@@ -179,8 +187,10 @@ pub struct Report {
     /// Every measure that failed, in one place.
     pub failures: Vec<String>,
     /// Facts about the run worth knowing next to the figures.
+    #[serde(default)]
     pub notes: Vec<String>,
     /// The machine is shared: its load when the run ended.
+    #[serde(default)]
     pub load_avg_at_end: String,
 }
 
@@ -195,6 +205,23 @@ pub fn fmt_ratio(r: Option<f64>) -> String {
 
 fn mib(kib: f64) -> String {
     format!("{:.1}", kib / 1024.0)
+}
+
+/// A table cell for a point without a value: skipped (why) or FAILED (why).
+fn not_measured(error: &Option<String>, skipped: &Option<String>) -> String {
+    match (skipped, error) {
+        (Some(why), _) => format!("skipped: {}", one_line(why, 200)),
+        (None, Some(e)) => format!("FAILED: {}", one_line(e, 200)),
+        (None, None) => "FAILED: no data".into(),
+    }
+}
+
+/// A failure for a chart: its end, where the cause is.
+fn chart_note(error: &str) -> String {
+    format!(
+        "FAILED: …{}",
+        crate::exec::tail_chars(&one_line(error, 100_000), 110).trim_start_matches('…')
+    )
 }
 
 /// One line, bounded: errors in tables are first lines.
@@ -343,13 +370,12 @@ pub fn render_table(r: &Report) -> String {
                     );
                 }
                 (None, e) => {
-                    let why = e.as_deref().unwrap_or("no data");
                     let _ = writeln!(
                         out,
-                        "| {} | {} | FAILED: {} | | |",
+                        "| {} | {} | {} | | |",
                         pt.runtime,
                         pt.pods,
-                        one_line(why, 200)
+                        not_measured(e, &pt.skipped)
                     );
                 }
             }
@@ -382,13 +408,12 @@ pub fn render_table(r: &Report) -> String {
                     );
                 }
                 (None, e) => {
-                    let why = e.as_deref().unwrap_or("no data");
                     let _ = writeln!(
                         out,
-                        "| {} | {} | FAILED: {} | | |",
+                        "| {} | {} | {} | | |",
                         pt.runtime,
                         pt.pods,
-                        one_line(why, 200)
+                        not_measured(e, &pt.skipped)
                     );
                 }
             }
@@ -426,10 +451,7 @@ fn boxes(series: &[Series]) -> Vec<BoxSeries> {
         .map(|s| BoxSeries {
             label: format!("{} {}", s.runtime, s.metric),
             summary: s.summary.clone(),
-            note: s
-                .error
-                .as_ref()
-                .map(|e| format!("FAILED: {}", one_line(e, 80))),
+            note: s.error.as_ref().map(|e| chart_note(e)),
         })
         .collect()
 }
@@ -442,15 +464,32 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
             "N={} after W={} warm-ups (interleaved), busybox image",
             r.params.runs, r.params.warmup
         );
+        let (sandbox, ctr): (Vec<Series>, Vec<Series>) = s
+            .series
+            .iter()
+            .cloned()
+            .partition(|x| x.metric.starts_with("sandbox"));
         out.push((
             "start.svg".to_string(),
             box_chart(
                 "start latency: ctr run --rm",
                 &caption(r, &what),
                 "ms",
-                &boxes(&s.series),
+                &boxes(&ctr),
             ),
         ));
+        if !sandbox.is_empty() {
+            let what = "vessel pods: the shim's Create to 'sandbox ready' (VM booted or restored, agent answered), every attempt";
+            out.push((
+                "start-sandbox.svg".to_string(),
+                box_chart(
+                    "vessel pod sandbox stage",
+                    &caption(r, what),
+                    "ms",
+                    &boxes(&sandbox),
+                ),
+            ));
+        }
     }
     if let Some(b) = &r.boot {
         let what = format!("N={} per VMM · marker: {}", r.params.boot_runs, b.marker);
@@ -488,7 +527,14 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
                     .map(|p| Bar {
                         series: p.runtime.clone(),
                         value: p.pss_per_pod_kib.map(|k| k / 1024.0),
-                        note: p.error.as_ref().map(|_| "FAILED".to_string()),
+                        note: Some(
+                            if p.skipped.is_some() {
+                                "skipped"
+                            } else {
+                                "FAILED"
+                            }
+                            .into(),
+                        ),
                     })
                     .collect(),
             })
@@ -518,7 +564,14 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
                     .map(|p| Bar {
                         series: p.runtime.clone(),
                         value: p.all_running_ms,
-                        note: p.error.as_ref().map(|_| "FAILED".to_string()),
+                        note: Some(
+                            if p.skipped.is_some() {
+                                "skipped"
+                            } else {
+                                "FAILED"
+                            }
+                            .into(),
+                        ),
                     })
                     .collect(),
             })
@@ -534,6 +587,17 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// Reads a results.json written by [`write_all`].
+pub fn read_report(path: &Path) -> std::io::Result<Report> {
+    let text = std::fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// Writes results.json, results.md and the charts into `dir`; returns the paths written.

@@ -86,6 +86,7 @@ fn report() -> Report {
                     rollup: Rollup::default(),
                 }],
                 error: None,
+                skipped: None,
             }],
             ratios: vec![(1, None)],
         }),
@@ -196,4 +197,36 @@ fn write_all_writes_every_file() {
 fn one_line_flattens_and_bounds() {
     assert_eq!(one_line("a\n  b\tc", 100), "a b c");
     assert_eq!(one_line("abcdef", 3), "abc…");
+}
+
+#[test]
+fn results_json_reads_back_and_renders_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    write_all(&report(), d.path()).unwrap();
+    let back = read_report(&d.path().join("results.json")).unwrap();
+    assert_eq!(render_table(&back), render_table(&report()));
+    std::fs::write(d.path().join("bad.json"), "{").unwrap();
+    let e = read_report(&d.path().join("bad.json")).unwrap_err();
+    assert!(e.to_string().contains("bad.json"), "{e}");
+}
+
+#[test]
+fn skipped_points_are_not_failures() {
+    let mut r = report();
+    if let Some(m) = r.memory.as_mut() {
+        m.points.push(MemoryPoint {
+            runtime: "vessel (cold)".into(),
+            pods: 10,
+            pss_per_pod_kib: None,
+            rss_per_pod_kib: None,
+            pods_measured: vec![],
+            error: None,
+            skipped: Some("10 pods > --max-vessel-pods 1".into()),
+        });
+    }
+    let t = render_table(&r);
+    assert!(
+        t.contains("| vessel (cold) | 10 | skipped: 10 pods > --max-vessel-pods 1 | | |"),
+        "{t}"
+    );
 }

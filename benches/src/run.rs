@@ -118,14 +118,14 @@ fn mem_available_mib() -> Option<u64> {
 fn vessel_skip(cli: &Cli, pods: usize) -> Option<String> {
     if let Some(max) = cli.max_vessel_pods {
         if pods > max {
-            return Some(format!("skipped: {pods} pods > --max-vessel-pods {max}"));
+            return Some(format!("{pods} pods > --max-vessel-pods {max}"));
         }
     }
     // Guest memory plus ~40 MiB of VMM and shim per pod must fit in 80% of what is free.
     let need = pods as u64 * (u64::from(cli.mem_mib) + 40);
     match mem_available_mib() {
         Some(avail) if need > avail * 8 / 10 => Some(format!(
-            "skipped: {pods} pods need ~{need} MiB, {avail} MiB available"
+            "{pods} pods need ~{need} MiB, {avail} MiB available"
         )),
         _ => None,
     }
@@ -356,18 +356,19 @@ fn containerd_measures(
         let mut points = Vec::new();
         for &n in &plan.pods {
             for (ri, rt) in runtimes.iter().enumerate() {
-                let point = match (
-                    rt.is_vessel().then(|| vessel_skip(cli, n)).flatten(),
-                    select(ri),
-                ) {
-                    (Some(skip), _) | (None, Err(skip)) => MemoryPoint {
-                        runtime: rt.name.clone(),
-                        pods: n,
-                        pss_per_pod_kib: None,
-                        rss_per_pod_kib: None,
-                        pods_measured: Vec::new(),
-                        error: Some(skip),
-                    },
+                let empty = |error, skipped| MemoryPoint {
+                    runtime: rt.name.clone(),
+                    pods: n,
+                    pss_per_pod_kib: None,
+                    rss_per_pod_kib: None,
+                    pods_measured: Vec::new(),
+                    error,
+                    skipped,
+                };
+                let skip = rt.is_vessel().then(|| vessel_skip(cli, n)).flatten();
+                let point = match (skip, select(ri)) {
+                    (Some(skip), _) => empty(None, Some(skip)),
+                    (None, Err(e)) => empty(Some(e), None),
                     (None, Ok(())) => crate::memory::measure_point(
                         &bed.ctr,
                         rt,
@@ -406,16 +407,19 @@ fn containerd_measures(
         let mut points = Vec::new();
         for &k in &plan.density {
             for (ri, rt) in runtimes.iter().enumerate() {
+                let empty = |error, skipped| DensityPoint {
+                    runtime: rt.name.clone(),
+                    pods: k,
+                    all_running_ms: None,
+                    per_pod: Series::new(&rt.name, "ctr run -d", "ms"),
+                    error,
+                    skipped,
+                };
                 let skip = rt.is_vessel().then(|| vessel_skip(cli, k)).flatten();
-                let point = match skip.map(Err).unwrap_or_else(|| select(ri)) {
-                    Ok(()) => crate::density::measure_point(&bed.ctr, rt, k),
-                    Err(e) => DensityPoint {
-                        runtime: rt.name.clone(),
-                        pods: k,
-                        all_running_ms: None,
-                        per_pod: Series::new(&rt.name, "ctr run -d", "ms"),
-                        error: Some(e),
-                    },
+                let point = match (skip, select(ri)) {
+                    (Some(skip), _) => empty(None, Some(skip)),
+                    (None, Err(e)) => empty(Some(e), None),
+                    (None, Ok(())) => crate::density::measure_point(&bed.ctr, rt, k),
                 };
                 if let Some(e) = &point.error {
                     report

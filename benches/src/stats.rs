@@ -1,6 +1,6 @@
 //! Percentiles and summaries of timing samples.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The `p`-th percentile (0..=100) of `samples`, linearly interpolated between the closest
 /// ranks (numpy's default, "type 7"). `None` for no samples or a `p` outside 0..=100; NaNs
@@ -22,7 +22,7 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 }
 
 /// What a set of samples looks like (all in the samples' unit).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub min: f64,

@@ -13,7 +13,7 @@ pub const LOG_SCALE_RATIO: f64 = 30.0;
 
 const WIDTH: f64 = 760.0;
 const LEFT: f64 = 90.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 60.0;
 const TOP: f64 = 60.0;
 const PLOT_H: f64 = 300.0;
 const PALETTE: &[&str] = &[
@@ -189,6 +189,8 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// Where the caption starts (below the axis labels, up to 3 lines, and the stats line).
+const CAPTION_Y: f64 = TOP + PLOT_H + 90.0;
 /// Characters of 10-px text per caption line.
 const CAPTION_CHARS: usize = 125;
 
@@ -206,7 +208,7 @@ struct Doc {
 impl Doc {
     fn new(title: &str, caption: &[String]) -> Doc {
         let caption = caption_lines(caption);
-        let height = TOP + PLOT_H + 70.0 + 14.0 * caption.len() as f64;
+        let height = CAPTION_Y + 10.0 + 14.0 * caption.len() as f64;
         let mut out = String::new();
         let _ = write!(
             out,
@@ -219,7 +221,7 @@ impl Doc {
             t = escape(title),
             x = WIDTH / 2.0
         );
-        let mut y = TOP + PLOT_H + 60.0;
+        let mut y = CAPTION_Y;
         for line in &caption {
             let _ = writeln!(
                 out,
@@ -319,7 +321,8 @@ pub fn box_chart(title: &str, caption: &[String], unit: &str, series: &[BoxSerie
         let cx = LEFT + slot * (i as f64 + 0.5);
         let half = (slot * 0.25).min(50.0);
         let c = color(&s.label);
-        doc.text(cx, TOP + PLOT_H + 18.0, "middle", 12, &s.label);
+        let label = note_lines(&s.label, slot * 0.95, 11, 3);
+        doc.lines(cx, TOP + PLOT_H + 16.0, 11, &label);
         match &s.summary {
             Some(sum) => {
                 let (ymin, ymax) = (scale.y(sum.min), scale.y(sum.max));
@@ -350,17 +353,18 @@ pub fn box_chart(title: &str, caption: &[String], unit: &str, series: &[BoxSerie
                     10,
                     &format!("p50 {}", fmt_num(sum.p50)),
                 );
-                doc.text(
+                let stats = format!(
+                    "n={} p90 {} p99 {}",
+                    sum.n,
+                    fmt_num(sum.p90),
+                    fmt_num(sum.p99)
+                );
+                let stats = note_lines(&stats, slot * 0.95, 10, 2);
+                doc.lines(
                     cx,
-                    TOP + PLOT_H + 32.0,
-                    "middle",
+                    TOP + PLOT_H + 16.0 + 14.0 * label.len() as f64,
                     10,
-                    &format!(
-                        "n={} p90 {} p99 {}",
-                        sum.n,
-                        fmt_num(sum.p90),
-                        fmt_num(sum.p99)
-                    ),
+                    &stats,
                 );
             }
             None => {
