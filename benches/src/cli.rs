@@ -33,6 +33,13 @@ pub struct Cli {
     /// Warm-up runs per runtime, discarded [default: 3, quick 1].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Measured start-latency runs for vessel pods [default: --runs] (a cold vessel pod
+    /// takes minutes on KVM-PVM).
+    #[arg(long)]
+    pub vessel_runs: Option<usize>,
+    /// Warm-up runs for vessel pods [default: --warmup].
+    #[arg(long)]
+    pub vessel_warmup: Option<usize>,
     /// Boots per VMM for the boot comparison [default: 3, quick 1].
     #[arg(long)]
     pub boot_runs: Option<usize>,
@@ -111,6 +118,8 @@ pub struct Plan {
     pub measures: Vec<Measure>,
     pub runs: usize,
     pub warmup: usize,
+    pub vessel_runs: usize,
+    pub vessel_warmup: usize,
     pub boot_runs: usize,
     pub pods: Vec<usize>,
     pub density: Vec<usize>,
@@ -143,17 +152,21 @@ impl Cli {
                 v.clone()
             }
         };
+        let runs = self.runs.unwrap_or(if q { 5 } else { 20 });
+        let warmup = self.warmup.unwrap_or(if q { 1 } else { 3 });
         let plan = Plan {
             measures,
-            runs: self.runs.unwrap_or(if q { 5 } else { 20 }),
-            warmup: self.warmup.unwrap_or(if q { 1 } else { 3 }),
+            runs,
+            warmup,
+            vessel_runs: self.vessel_runs.unwrap_or(runs),
+            vessel_warmup: self.vessel_warmup.unwrap_or(warmup),
             boot_runs: self.boot_runs.unwrap_or(if q { 1 } else { 3 }),
             pods: pick(&self.pods, &[1, 10, 50], &[1, 3]),
             density: pick(&self.density, &[10], &[3]),
             modes: parse_modes(&self.vessel_mode)?,
         };
-        if plan.runs == 0 || plan.boot_runs == 0 {
-            return Err("--runs and --boot-runs must be at least 1".into());
+        if plan.runs == 0 || plan.boot_runs == 0 || plan.vessel_runs == 0 {
+            return Err("--runs, --vessel-runs and --boot-runs must be at least 1".into());
         }
         if plan.pods.contains(&0) || plan.density.contains(&0) {
             return Err("--pods and --density counts must be at least 1".into());
@@ -192,6 +205,11 @@ mod tests {
         assert_eq!(p.measures, [Measure::Start, Measure::Memory]);
         let p = parse(&[]).plan().unwrap();
         assert_eq!((p.runs, p.warmup), (20, 3));
+        assert_eq!((p.vessel_runs, p.vessel_warmup), (20, 3));
+        let p = parse(&["--vessel-runs", "2", "--vessel-warmup", "0"])
+            .plan()
+            .unwrap();
+        assert_eq!((p.runs, p.vessel_runs, p.vessel_warmup), (20, 2, 0));
         assert_eq!(p.pods, [1, 10, 50]);
         assert_eq!(p.modes, [VesselMode::Cold]);
         let p = parse(&["--vessel-mode", "both"]).plan().unwrap();

@@ -20,6 +20,9 @@ pub struct Runtime {
     pub timeout: Duration,
     /// Short tag for container ids.
     pub tag: String,
+    /// Start-latency runs measured, after `warmup` discarded ones.
+    pub runs: usize,
+    pub warmup: usize,
 }
 
 impl Runtime {

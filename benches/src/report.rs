@@ -18,6 +18,10 @@ pub struct Params {
     pub only: Vec<String>,
     pub runs: usize,
     pub warmup: usize,
+    #[serde(default)]
+    pub vessel_runs: usize,
+    #[serde(default)]
+    pub vessel_warmup: usize,
     pub boot_runs: usize,
     pub pods: Vec<usize>,
     pub density: Vec<usize>,
@@ -314,8 +318,10 @@ pub fn render_table(r: &Report) -> String {
     if let Some(s) = &r.start {
         let _ = writeln!(
             out,
-            "\n## start latency (ms), N={} after W={} warm-ups, interleaved vessel/runc\n",
-            p.runs, p.warmup
+            "\n## start latency (ms), N={} after W={} warm-ups{}, interleaved vessel/runc\n",
+            p.runs,
+            p.warmup,
+            vessel_schedule(p)
         );
         for c in &s.commands {
             let _ = writeln!(out, "    {c}");
@@ -434,6 +440,15 @@ pub fn render_table(r: &Report) -> String {
     out
 }
 
+/// ", vessel N=3 after W=0" when vessel pods ran a different schedule.
+fn vessel_schedule(p: &Params) -> String {
+    if p.vessel_runs == 0 || (p.vessel_runs, p.vessel_warmup) == (p.runs, p.warmup) {
+        String::new()
+    } else {
+        format!(" (vessel: N={} after W={})", p.vessel_runs, p.vessel_warmup)
+    }
+}
+
 fn caption(r: &Report, what: &str) -> Vec<String> {
     vec![
         what.to_string(),
@@ -461,8 +476,10 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(s) = &r.start {
         let what = format!(
-            "N={} after W={} warm-ups (interleaved), busybox image",
-            r.params.runs, r.params.warmup
+            "N={} after W={} warm-ups{} (interleaved), busybox image",
+            r.params.runs,
+            r.params.warmup,
+            vessel_schedule(&r.params)
         );
         let (sandbox, ctr): (Vec<Series>, Vec<Series>) = s
             .series

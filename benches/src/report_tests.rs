@@ -34,6 +34,8 @@ fn params() -> Params {
         only: vec!["start".into()],
         runs: 4,
         warmup: 1,
+        vessel_runs: 4,
+        vessel_warmup: 1,
         boot_runs: 1,
         pods: vec![1, 3],
         density: vec![3],

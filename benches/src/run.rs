@@ -164,6 +164,8 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
             .collect(),
         runs: plan.runs,
         warmup: plan.warmup,
+        vessel_runs: plan.vessel_runs,
+        vessel_warmup: plan.vessel_warmup,
         boot_runs: plan.boot_runs,
         pods: plan.pods.clone(),
         density: plan.density.clone(),
@@ -318,8 +320,16 @@ fn containerd_measures(
     }
     let all = setup::runtimes(
         &modes,
-        Duration::from_secs(cli.timeout),
-        Duration::from_secs(cli.vessel_timeout),
+        setup::Schedule {
+            timeout: Duration::from_secs(cli.timeout),
+            runs: plan.runs,
+            warmup: plan.warmup,
+        },
+        setup::Schedule {
+            timeout: Duration::from_secs(cli.vessel_timeout),
+            runs: plan.vessel_runs,
+            warmup: plan.vessel_warmup,
+        },
     );
     let runtimes: Vec<Runtime> = all.iter().map(|(r, _)| r.clone()).collect();
     let mut current = modes.first().copied();
@@ -341,14 +351,7 @@ fn containerd_measures(
     }
     if plan.measures.contains(&Measure::Start) {
         let shim_log = bed.containerd.dir().join("containerd.log");
-        let s = crate::start::measure(
-            &bed.ctr,
-            &runtimes,
-            plan.runs,
-            plan.warmup,
-            &shim_log,
-            &mut select,
-        );
+        let s = crate::start::measure(&bed.ctr, &runtimes, &shim_log, &mut select);
         collect_series_failures(&mut report.failures, "start", &s.series);
         report.start = Some(s);
     }

@@ -317,11 +317,19 @@ fn write(path: &Path, text: &str) -> Result<(), SetupError> {
     })
 }
 
+/// How each kind of runtime is run: a bound per operation, and start-latency runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub timeout: Duration,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
 /// The runtimes compared, vessel modes first (A/B order: vessel, then runc).
 pub fn runtimes(
     modes: &[VesselMode],
-    runc_timeout: Duration,
-    vessel_timeout: Duration,
+    runc: Schedule,
+    vessel: Schedule,
 ) -> Vec<(Runtime, Option<VesselMode>)> {
     let mut out: Vec<(Runtime, Option<VesselMode>)> = modes
         .iter()
@@ -330,8 +338,10 @@ pub fn runtimes(
                 Runtime {
                     name: format!("vessel ({m})"),
                     runtime_type: VESSEL_RUNTIME.into(),
-                    timeout: vessel_timeout,
+                    timeout: vessel.timeout,
                     tag: format!("v{}", &m.to_string()[..1]),
+                    runs: vessel.runs,
+                    warmup: vessel.warmup,
                 },
                 Some(*m),
             )
@@ -341,8 +351,10 @@ pub fn runtimes(
         Runtime {
             name: "runc".into(),
             runtime_type: RUNC_RUNTIME.into(),
-            timeout: runc_timeout,
+            timeout: runc.timeout,
             tag: "r".into(),
+            runs: runc.runs,
+            warmup: runc.warmup,
         },
         None,
     ));
@@ -421,11 +433,13 @@ mod tests {
             vec![VesselMode::Cold, VesselMode::Snapshot]
         );
         assert!(parse_modes("warm").is_err());
-        let rts = runtimes(
-            &[VesselMode::Cold],
-            Duration::from_secs(1),
-            Duration::from_secs(2),
-        );
+        let sched = |s, runs| Schedule {
+            timeout: Duration::from_secs(s),
+            runs,
+            warmup: 1,
+        };
+        let rts = runtimes(&[VesselMode::Cold], sched(1, 20), sched(2, 3));
+        assert_eq!((rts[0].0.runs, rts[1].0.runs), (3, 20));
         let names: Vec<&str> = rts.iter().map(|(r, _)| r.name.as_str()).collect();
         assert_eq!(names, ["vessel (cold)", "runc"]);
         assert!(rts[0].0.is_vessel() && !rts[1].0.is_vessel());

@@ -16,15 +16,14 @@ const METRIC_SANDBOX_READY: &str = "sandbox ready (shim log; every attempt)";
 /// Called before each runtime's turn (switches the vessel config for its mode).
 pub type Prepare<'a> = dyn FnMut(usize) -> Result<(), String> + 'a;
 
-/// Runs `warmup + runs` iterations; in each, every runtime (in order) runs both commands.
-/// A runtime that fails stops being measured (its error is kept); the others go on. For
+/// Runs each runtime's `warmup + runs` iterations, interleaved: in iteration i every runtime
+/// (in order) that still has iterations runs both commands. A runtime that fails stops being
+/// measured (its error is kept); the others go on. For
 /// vessel runtimes, the sandbox stage of every `/bin/true` attempt (warm-ups and failed ones
 /// included) is read from the shim's lines in `shim_log` (containerd's log).
 pub fn measure(
     ctr: &Ctr,
     runtimes: &[Runtime],
-    runs: usize,
-    warmup: usize,
     shim_log: &Path,
     prepare: &mut Prepare<'_>,
 ) -> StartResult {
@@ -40,12 +39,17 @@ pub fn measure(
         .iter()
         .map(|r| Series::new(&r.name, METRIC_FIRST_BYTE, "ms"))
         .collect();
-    for i in 0..warmup + runs {
-        let measured = i >= warmup;
+    let iterations = runtimes
+        .iter()
+        .map(|r| r.warmup + r.runs)
+        .max()
+        .unwrap_or(0);
+    for i in 0..iterations {
         for (ri, rt) in runtimes.iter().enumerate() {
-            if run_series[ri].error.is_some() {
+            if run_series[ri].error.is_some() || i >= rt.warmup + rt.runs {
                 continue;
             }
+            let (measured, warmup) = (i >= rt.warmup, rt.warmup);
             if let Err(e) = prepare(ri) {
                 run_series[ri].fail(e.clone());
                 byte_series[ri].fail(e);
