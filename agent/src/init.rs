@@ -54,6 +54,10 @@ const NOSUID_NODEV_NOEXEC: u64 = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOE
 /// Mounts the base filesystems and prepares cgroups. Returns the number of failed steps.
 pub fn setup_pid1() -> usize {
     let mut failures = 0;
+    if let Err(e) = leave_initramfs() {
+        log::error!("moving off the initramfs (containers cannot pivot_root): {e}");
+        failures += 1;
+    }
     for (src, target, fstype, flags, data) in BASE_MOUNTS {
         if let Err(e) = fs::create_dir_all(target) {
             log::error!("mkdir {target}: {e}");
@@ -91,6 +95,37 @@ pub fn setup_pid1() -> usize {
         failures += 1;
     }
     failures
+}
+
+/// The initramfs is the kernel's "rootfs" mount, which pivot_root refuses to move (EINVAL),
+/// so no container could pivot into its root from there. As every initramfs does before
+/// `switch_root`, move onto a fresh tmpfs: mount it on /newroot, move it over / and chroot.
+/// The agent's own binary stays behind in the old root; re-executing it as a container's
+/// child goes through /proc/self/exe, which does not need a path to it. A root that is not
+/// ramfs/tmpfs (the agent as PID 1 of a pid namespace on a host) is left alone.
+fn leave_initramfs() -> nix::Result<()> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // linux/magic.h; nix has no constant for ramfs.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let kind = statfs("/")?.filesystem_type();
+    if kind != RAMFS_MAGIC && kind != TMPFS_MAGIC {
+        return Ok(());
+    }
+    match nix::unistd::mkdir("/newroot", nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    mount(
+        Some("tmpfs"),
+        "/newroot",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
+    nix::unistd::chdir("/newroot")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")
 }
 
 /// Enables every available controller for child cgroups.

@@ -4,7 +4,8 @@
 //! Kernel and initramfs come from `VESSEL_KERNEL` and `VESSEL_INITRD` (set by
 //! `scripts/test.sh` from `scripts/artifacts.sh`); a missing one fails the test with the path
 //! it looked for. `VESSEL_TEST_AGENT_TIMEOUT` (seconds, default 600) bounds a boot: on KVM-PVM
-//! hosts a cold boot to the agent takes about a minute.
+//! hosts a cold boot to the agent takes about a minute. `VESSEL_TEST_GUEST_CMDLINE` is
+//! appended to the guest kernel's command line (e.g. `loglevel=7 print-fatal-signals=1`).
 
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,13 @@ impl GuestVm {
             .arg("--console")
             .arg(dir.path().join("console.log"))
             .args(extra)
+            // Debugging aid: e.g. VESSEL_TEST_GUEST_CMDLINE="loglevel=7 print-fatal-signals=1".
+            .args(
+                std::env::var("VESSEL_TEST_GUEST_CMDLINE")
+                    .ok()
+                    .map(|c| vec!["--cmdline".to_string(), c])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -168,11 +176,32 @@ impl GuestVm {
         read_lossy(&self.dir.path().join("vmm.log"))
     }
 
-    /// Console and VMM log tails, for failure messages.
+    /// Console and VMM log tails, for failure messages, plus every console line that tells
+    /// why a guest process or the guest died (a panic's call trace pushes it out of the tail).
     pub fn diagnostics(&self) -> String {
+        let console = self.console();
+        let verdicts: Vec<&str> = console
+            .lines()
+            .filter(|l| {
+                [
+                    "Kernel panic",
+                    "Attempted to kill init",
+                    "segfault",
+                    "traps:",
+                    "Oops",
+                    "BUG:",
+                    "vessel-agent",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .take(20)
+            .collect();
         format!(
-            "--- guest console (tail) ---\n{}\n--- vessel-vmm log (tail) ---\n{}",
-            tail(&self.console(), 30),
+            "--- guest console: deaths and agent lines ---\n{}\n--- guest console (tail) ---\n{}\n\
+             --- vessel-vmm log (tail) ---\n{}",
+            verdicts.join("\n"),
+            tail(&console, 30),
             tail(&self.vmm_log(), 30)
         )
     }

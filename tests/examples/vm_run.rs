@@ -1,0 +1,76 @@
+//! `cargo run -p vessel-tests --example vm_run -- [VMM args...] -- CMD...`: boots a vessel VM
+//! (VESSEL_KERNEL/VESSEL_INITRD), shares a fresh busybox rootfs over virtio-fs, runs CMD in a
+//! container through the agent and prints its output and how long each step took. A
+//! debugging and profiling aid (e.g. pass `--profile-rips /tmp/rips` as a VMM argument).
+use std::path::Path;
+use std::time::Instant;
+
+use vessel_protocol::agent::{CreateSandboxRequest, DestroySandboxRequest, Storage};
+use vessel_tests::agent_scenarios as sc;
+use vessel_tests::bundle::{ContainerSpec, Rootfs};
+use vessel_tests::vm::{agent_timeout, GuestArtifacts, GuestVm};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let vmm_args: Vec<&str> = args[..split].iter().map(String::as_str).collect();
+    let cmd: Vec<&str> = args
+        .get(split + 1..)
+        .unwrap_or(&[])
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let cmd = if cmd.is_empty() {
+        vec!["/bin/echo", "hello from a vessel VM"]
+    } else {
+        cmd
+    };
+
+    let artifacts = GuestArtifacts::from_env()?;
+    let shared = tempfile::Builder::new().prefix("vessel-share-").tempdir()?;
+    let rootfs = Rootfs::busybox_in(shared.path())?;
+    let guest_rootfs =
+        Path::new("/run/vessel/shared").join(rootfs.path().file_name().expect("rootfs dir name"));
+    let share = format!("vessel={}", shared.path().display());
+    let mut all: Vec<&str> = vec!["--shared-dir", &share];
+    all.extend(vmm_args);
+    let t = Instant::now();
+    let mut vm = GuestVm::boot(&artifacts, 256, &all)?;
+    let client = vm.connect_agent(agent_timeout())?;
+    eprintln!("vm_run: agent connected after {:.2?}", t.elapsed());
+
+    let t = Instant::now();
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "vm-run".into();
+    let mut storage = Storage::new();
+    storage.driver = "virtiofs".into();
+    storage.source = "vessel".into();
+    storage.fstype = "virtiofs".into();
+    storage.mount_point = "/run/vessel/shared".into();
+    req.storages.push(storage);
+    client.create_sandbox(sc::ctx(), &req)?;
+    eprintln!("vm_run: CreateSandbox took {:.2?}", t.elapsed());
+
+    for round in 0..2 {
+        let t = Instant::now();
+        let c = sc::run(
+            &client,
+            "vmrun",
+            &ContainerSpec::new(&guest_rootfs).args(&cmd),
+            false,
+        )?;
+        let started = t.elapsed();
+        let (out, err, status) = c.output("")?;
+        eprintln!(
+            "vm_run: container {round}: create+start {started:.2?}, until exit and output {:.2?}",
+            t.elapsed()
+        );
+        print!("{out}");
+        eprint!("{err}");
+        eprintln!("vm_run: exit status {status}");
+    }
+    let _ = client.destroy_sandbox(sc::ctx(), &DestroySandboxRequest::new());
+    let status = vm.wait_exit(std::time::Duration::from_secs(120))?;
+    eprintln!("vm_run: VMM exit {status}");
+    Ok(())
+}
