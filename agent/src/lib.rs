@@ -6,11 +6,13 @@
 //!   seccomp, cgroups v1/v2), created by re-executing the agent as a setup child.
 //! * [`reaper`]: the one place children are reaped; [`stdio`]: lossless output streams;
 //!   [`oom`]: OOM-kill events; [`network`]: rtnetlink.
+//! * [`fpu_workaround`]: KVM-PVM's leaking AVX state, kept away from glibc.
 //! * [`sys`]: the only module with `unsafe`.
 
 pub mod agent;
 pub mod container;
 pub mod error;
+pub mod fpu_workaround;
 pub mod freshness;
 pub mod init;
 pub mod logger;

@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let artifacts = GuestArtifacts::from_env()?;
+    sc::scale_timeouts(10);
     let shared = tempfile::Builder::new().prefix("vessel-share-").tempdir()?;
     let rootfs = Rootfs::busybox_in(shared.path())?;
     let guest_rootfs =
@@ -72,5 +73,13 @@ fn main() -> anyhow::Result<()> {
     let _ = client.destroy_sandbox(sc::ctx(), &DestroySandboxRequest::new());
     let status = vm.wait_exit(std::time::Duration::from_secs(120))?;
     eprintln!("vm_run: VMM exit {status}");
+    // With `--cmdline vessel.log=debug` these carry the agent's step times.
+    for line in vm
+        .console()
+        .lines()
+        .filter(|l| l.contains("vessel-agent") || l.contains("vessel_agent"))
+    {
+        eprintln!("vm_run: console: {line}");
+    }
     Ok(())
 }

@@ -24,6 +24,7 @@ type Scenario = fn(&AgentClient, &Path) -> anyhow::Result<()>;
 #[test]
 fn agent_scenarios_inside_a_vm() {
     let artifacts = GuestArtifacts::from_env().unwrap_or_else(|e| panic!("{e:#}"));
+    sc::scale_timeouts(10);
     let shared = tempfile::Builder::new()
         .prefix("vessel-share-")
         .tempdir()

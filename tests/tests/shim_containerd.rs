@@ -495,7 +495,19 @@ fn scenario_one_mib_of_output_arrives_intact(env: VesselEnv) {
     let expect: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(expect.len() > 1 << 20);
     assert_eq!(out.stdout.len(), expect.len(), "length differs");
-    assert!(out.stdout == expect, "content differs");
+    if out.stdout != expect {
+        let line = expect
+            .lines()
+            .zip(out.stdout.lines())
+            .position(|(e, g)| e != g)
+            .unwrap_or(0);
+        let got: Vec<&str> = out.stdout.lines().skip(line).take(3).collect();
+        let want: Vec<&str> = expect.lines().skip(line).take(3).collect();
+        panic!(
+            "content differs from line {}: got {got:?}, expected {want:?}",
+            line + 1
+        );
+    }
     assert_nothing_left(&env, &ctrd);
 }
 

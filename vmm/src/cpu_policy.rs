@@ -158,6 +158,13 @@ pub const PVM_ZEROED_LEAVES: &[u32] = &[0xd];
 ///   kvmclock is restored with the snapshot (KVM_SET_CLOCK), so time continues as if the VM
 ///   had been paused. The vDSO serves kvm-clock too (1000 `clock_gettime` in ~30 us either
 ///   way, measured in the guest here).
+/// * `GLIBC_TUNABLES=...`: not a kernel option; the kernel passes it to the guest's PID 1 as
+///   an environment variable. `noxsave` leaves the guest kernel switching only FXSAVE state
+///   between its processes while user code sees the host's AVX (CPUID and XCR0 are not
+///   virtualized in user mode here), so YMM upper halves leak between guest processes and
+///   corrupted data copied by glibc's AVX string functions. The agent hands the variable on
+///   to every container process (`agent/src/fpu_workaround.rs`). Names of glibc >= 2.33
+///   and the older `_Usable` ones; glibc ignores names it does not know.
 pub const PVM_CMDLINE: &[&str] = &[
     "noxsave",
     "nopti",
@@ -165,7 +172,12 @@ pub const PVM_CMDLINE: &[&str] = &[
     "rodata=off",
     "noreplace-smp",
     "clocksource=kvm-clock",
+    PVM_GLIBC_TUNABLES,
 ];
+
+/// See [`PVM_CMDLINE`].
+pub const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,\
+-AVX_Fast_Unaligned_Load,-AVX_Usable,-AVX2_Usable,-FMA_Usable";
 
 /// Which kind of KVM we run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,6 +495,17 @@ mod tests {
         let p = HostProfile::for_kind(HostKind::Pvm);
         assert_eq!(&p.cmdline[..3], &["noxsave", "nopti", "mitigations=off"]);
         assert!(p.cmdline.iter().any(|o| o == "clocksource=kvm-clock"));
+        // One command-line word the kernel passes to PID 1 as an environment variable.
+        let tunables = p
+            .cmdline
+            .iter()
+            .find(|o| o.starts_with("GLIBC_TUNABLES="))
+            .expect("GLIBC_TUNABLES on PVM");
+        assert!(tunables.starts_with("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,"));
+        assert!(
+            !tunables.contains(' ') && !tunables.contains('"'),
+            "{tunables}"
+        );
         let clear = p.cmdline.last().expect("clearcpuid");
         assert!(
             clear.starts_with("clearcpuid=cx16,xsave,avx,"),

@@ -245,7 +245,14 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
     }
     let cwd = cfg.process.cwd().clone();
     let chdir_done = nix::unistd::chdir(&cwd).is_ok();
-    let env: Vec<String> = cfg.process.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = cfg.process.env().clone().unwrap_or_default();
+    // The setup child is not PID 1: it has the variable only if the agent handed it on.
+    if let Some(ours) = std::env::var(crate::fpu_workaround::VAR)
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        crate::fpu_workaround::merge_into(&mut env, &ours);
+    }
     let args: Vec<String> = cfg.process.args().clone().unwrap_or_default();
     let exe = resolve_executable(args.first().map(String::as_str).unwrap_or(""), &env)?;
 

@@ -149,8 +149,12 @@ impl Container {
             (None, false) => PidNs::Inherit,
         };
         let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
+        // Step times go to the debug log: on an emulating host (KVM-PVM) a create takes
+        // seconds and these say where.
+        let t0 = std::time::Instant::now();
         let spawned = process::spawn(&plan.config, &stdio.child, &[], pid_ns, &plan.cgroup)?;
         drop(stdio.child);
+        let spawned_after = t0.elapsed();
         if terminal {
             match attach_console(&spawned, plan.console_size) {
                 Ok(streams) => stdio.streams = streams,
@@ -180,7 +184,12 @@ impl Container {
             exit: spawned.exit.clone(),
             streams: stdio.streams,
         });
-        log::debug!("container {id}: created, init pid {}", init.pid);
+        log::debug!(
+            "container {id}: created, init pid {} (fork {:?}, child set up {:?})",
+            init.pid,
+            spawned_after,
+            t0.elapsed() - spawned_after
+        );
         Ok(Container {
             id: id.to_string(),
             cgroup: plan.cgroup,
@@ -203,10 +212,16 @@ impl Container {
         let spawned = lock(&self.pending).take().ok_or_else(|| {
             RequestError::precondition(format!("container {} is already started", self.id))
         })?;
+        let t0 = std::time::Instant::now();
         if let Err(e) = spawned.start() {
             spawned.abort();
             return Err(e);
         }
+        log::debug!(
+            "container {}: started (exec done) in {:?}",
+            self.id,
+            t0.elapsed()
+        );
         Ok(self.init.pid)
     }
 
@@ -279,6 +294,7 @@ impl Container {
             join,
             wait_for_start: false,
         };
+        let t0 = std::time::Instant::now();
         let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
         drop(ns);
         drop(stdio.child);
@@ -310,6 +326,11 @@ impl Container {
             )));
         }
         execs.insert(exec_id.to_string(), handle);
+        log::debug!(
+            "container {}: exec {exec_id} in {:?}",
+            self.id,
+            t0.elapsed()
+        );
         Ok(spawned.pid)
     }
 

@@ -50,8 +50,10 @@ pub fn spawn(
     let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
     fds.push(child_end.as_fd());
     fds.extend_from_slice(extra_fds);
-    let plan = crate::sys::ExecPlan::new("/proc/self/exe", &["vessel-agent", CHILD_ARG], &[], &fds)
-        .map_err(|e| internal("exec plan", &e))?;
+    let env = crate::fpu_workaround::child_env();
+    let plan =
+        crate::sys::ExecPlan::new("/proc/self/exe", &["vessel-agent", CHILD_ARG], &env, &fds)
+            .map_err(|e| internal("exec plan", &e))?;
 
     // The pid namespace for children is a per-thread attribute: switch it on a short-lived
     // thread so no request thread is ever left in a container's namespace.

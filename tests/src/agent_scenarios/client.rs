@@ -1,7 +1,7 @@
 //! Client-side helpers for the scenarios: request contexts, unique ids, status codes, and
 //! [`Running`], a started container that is removed when dropped.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -11,13 +11,28 @@ use vessel_protocol::agent_ttrpc::AgentClient;
 
 use crate::bundle::ContainerSpec;
 
-/// Client-side bound on any single request (the agent answers long polls before it).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on how long a scenario waits for something that must happen.
-pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Client-side bound on any single request (the agent answers long polls before it), in ms.
+static REQUEST_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+/// Bound on how long a scenario waits for something that must happen, in ms.
+static SCENARIO_TIMEOUT_MS: AtomicU64 = AtomicU64::new(120_000);
+
+/// Raises both bounds by `factor`: inside a VM on an emulating host (KVM-PVM) one container
+/// create takes tens of seconds, more when the machine is loaded. A bound, not a speed check.
+pub fn scale_timeouts(factor: u64) {
+    REQUEST_TIMEOUT_MS.store(30_000 * factor, Ordering::Relaxed);
+    SCENARIO_TIMEOUT_MS.store(120_000 * factor, Ordering::Relaxed);
+}
+
+pub fn request_timeout() -> Duration {
+    Duration::from_millis(REQUEST_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+pub fn scenario_timeout() -> Duration {
+    Duration::from_millis(SCENARIO_TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 pub fn ctx() -> TtrpcContext {
-    context::with_duration(REQUEST_TIMEOUT)
+    context::with_duration(request_timeout())
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -140,7 +155,7 @@ impl Running<'_> {
         let start = Instant::now();
         loop {
             ensure!(
-                start.elapsed() < SCENARIO_TIMEOUT,
+                start.elapsed() < scenario_timeout(),
                 "stream of {}/{exec_id} did not end",
                 self.id
             );
@@ -167,7 +182,7 @@ impl Running<'_> {
                 Ok(r) => return Ok(r.status),
                 Err(e)
                     if code_of(&e) == Some(ttrpc::Code::DEADLINE_EXCEEDED)
-                        && start.elapsed() < SCENARIO_TIMEOUT =>
+                        && start.elapsed() < scenario_timeout() =>
                 {
                     continue
                 }

@@ -366,7 +366,7 @@ pub fn oom_event(client: &AgentClient, rootfs: &Path) -> Result<()> {
     let start = Instant::now();
     loop {
         ensure!(
-            start.elapsed() < SCENARIO_TIMEOUT,
+            start.elapsed() < scenario_timeout(),
             "no OOM event for {}",
             c.id
         );
@@ -415,7 +415,7 @@ pub fn lifecycle_ops(client: &AgentClient, rootfs: &Path) -> Result<()> {
             break;
         }
         ensure!(
-            start.elapsed() < SCENARIO_TIMEOUT,
+            start.elapsed() < scenario_timeout(),
             "ListProcesses {pids:?}, want 3 with {}",
             c.pid
         );
@@ -553,7 +553,7 @@ pub fn bad_input(client: &AgentClient, rootfs: &Path) -> Result<()> {
         "missing binary in exec",
     )?;
     ensure!(
-        t.elapsed() < REQUEST_TIMEOUT,
+        t.elapsed() < request_timeout(),
         "exec of a missing binary took {:?}",
         t.elapsed()
     );
