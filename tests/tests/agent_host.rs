@@ -386,7 +386,17 @@ fn network_interface_and_routes() {
 /// namespace kills its init, as the VMM's power-off would in a guest).
 #[test]
 fn pid1_lifecycle_in_a_pid_namespace() {
-    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // PID 1 mounts fresh filesystems on /tmp, /run, ... in its mount namespace: its socket
+    // must live elsewhere (a clone under /tmp has its target dir there).
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let hidden = ["/tmp", "/run", "/dev", "/proc", "/sys"]
+        .iter()
+        .any(|m| target_tmp.starts_with(m));
+    let parent = if hidden {
+        Path::new("/var/tmp")
+    } else {
+        target_tmp
+    };
     let prefix = [
         "unshare",
         "--pid",
