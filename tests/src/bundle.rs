@@ -122,6 +122,15 @@ impl ContainerSpec {
         ContainerSpec { spec }
     }
 
+    /// The root read-write (as containerd gives runc a snapshot), for writes that must land
+    /// in the rootfs directory.
+    pub fn writable_root(mut self) -> Self {
+        let mut root = self.spec.root().clone().unwrap_or_default();
+        root.set_readonly(Some(false));
+        self.spec.set_root(Some(root));
+        self
+    }
+
     /// Wraps a spec built elsewhere.
     pub fn from_spec(spec: Spec) -> ContainerSpec {
         ContainerSpec { spec }

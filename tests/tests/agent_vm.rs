@@ -24,7 +24,7 @@ type Scenario = fn(&AgentClient, &Path) -> anyhow::Result<()>;
 #[test]
 fn agent_scenarios_inside_a_vm() {
     let artifacts = GuestArtifacts::from_env().unwrap_or_else(|e| panic!("{e:#}"));
-    sc::scale_timeouts(10);
+    sc::scale_timeouts(20);
     let shared = tempfile::Builder::new()
         .prefix("vessel-share-")
         .tempdir()
@@ -53,24 +53,42 @@ fn agent_scenarios_inside_a_vm() {
         .create_sandbox(sc::ctx(), &req)
         .unwrap_or_else(|e| panic!("CreateSandbox with virtio-fs: {e}\n{}", vm.diagnostics()));
 
-    // Each scenario starts at least one container: fork + exec in the guest cost seconds
-    // on KVM-PVM, so this is the set that covers the issue's list, not every host scenario.
-    let scenarios: &[(&str, Scenario)] = &[
-        ("exit_code_and_streams", sc::exit_code_and_streams),
+    // Each scenario starts at least one container, and a container start costs 30 s and more
+    // in a guest on KVM-PVM. The scenarios that `shim_containerd.rs`'s vm_* tests already
+    // drive through the same vsock path into a VM (exit codes and streams, signals, 1 MiB of
+    // output, exec, pty) run here only with VESSEL_TEST_AGENT_VM_ALL=1, to keep CI in its
+    // time; the rest exist only here and always run.
+    let vm_only: &[(&str, Scenario)] = &[
         ("pid_namespace", sc::pid_namespace),
         ("user_and_capabilities", sc::user_and_capabilities),
         ("seccomp_errno", sc::seccomp_errno),
         ("seccomp_kill", sc::seccomp_kill),
-        ("signal_kill", sc::signal_kill),
-        ("big_stdout", sc::big_stdout),
         ("tail_not_lost", sc::tail_not_lost),
-        ("exec_in_container", sc::exec_in_container),
-        ("pty_exec", sc::pty_exec),
-        ("oom_event", sc::oom_event),
+        ("oom_event (16 MiB)", |c, r| {
+            sc::oom_event_with_limit(c, r, 16 << 20)
+        }),
         ("bad_input", sc::bad_input),
     ];
+    let also_through_the_shim: &[(&str, Scenario)] = &[
+        ("exit_code_and_streams", sc::exit_code_and_streams),
+        ("signal_kill", sc::signal_kill),
+        ("big_stdout", sc::big_stdout),
+        ("exec_in_container", sc::exec_in_container),
+        ("pty_exec", sc::pty_exec),
+    ];
+    let all = std::env::var("VESSEL_TEST_AGENT_VM_ALL").is_ok_and(|v| v == "1");
+    let mut scenarios: Vec<(&str, Scenario)> = vm_only.to_vec();
+    if all {
+        scenarios.extend_from_slice(also_through_the_shim);
+    } else {
+        eprintln!(
+            "agent_vm: {} scenarios also covered by shim_containerd vm_* not run here \
+             (VESSEL_TEST_AGENT_VM_ALL=1 runs them)",
+            also_through_the_shim.len()
+        );
+    }
     let mut failures = Vec::new();
-    for (name, scenario) in scenarios {
+    for (name, scenario) in &scenarios {
         let t = Instant::now();
         let result = scenario(&client, &guest_rootfs);
         eprintln!(
@@ -82,18 +100,20 @@ fn agent_scenarios_inside_a_vm() {
             failures.push(format!("{name}: {e:#}"));
         }
     }
-    // A file a container wrote through virtio-fs lands in the host directory.
+    // A file a container wrote through virtio-fs lands in the host directory (in the root:
+    // /tmp is a tmpfs in these specs).
     let probe = sc::run(
         &client,
         "writes",
         &vessel_tests::bundle::ContainerSpec::new(&guest_rootfs)
-            .shell("echo written-in-guest > /tmp/from-guest"),
+            .writable_root()
+            .shell("echo written-in-guest > /from-guest"),
         false,
     )
     .and_then(|c| c.output("").map(|(_, _, status)| status));
     match probe {
         Ok(0) => {
-            let host = rootfs.path().join("tmp/from-guest");
+            let host = rootfs.path().join("from-guest");
             match std::fs::read_to_string(&host) {
                 Ok(s) if s == "written-in-guest\n" => {}
                 other => failures.push(format!("guest write not on the host: {other:?}")),

@@ -357,9 +357,15 @@ pub fn stdin_pipe(client: &AgentClient, rootfs: &Path) -> Result<()> {
 
 /// A memory limit makes the kernel OOM-kill the container; GetOOMEvent names it.
 pub fn oom_event(client: &AgentClient, rootfs: &Path) -> Result<()> {
+    oom_event_with_limit(client, rootfs, 32 << 20)
+}
+
+/// [`oom_event`] with another memory limit: in a guest on KVM-PVM every page fault and the
+/// kernel's reclaim before the OOM kill are emulated, minutes for 32 MiB.
+pub fn oom_event_with_limit(client: &AgentClient, rootfs: &Path, limit: i64) -> Result<()> {
     let s = spec(rootfs)
         .shell("x=0123456789abcdef; while true; do x=$x$x; done")
-        .memory_limit(32 << 20);
+        .memory_limit(limit);
     let c = run(client, "oom", &s, false)?;
     let status = c.wait("")?;
     ensure!(status == 137, "status {status}, want 137 (OOM kill)");
@@ -388,7 +394,7 @@ pub fn oom_event(client: &AgentClient, rootfs: &Path) -> Result<()> {
         st.memory.oom_kill_events
     );
     ensure!(
-        st.memory.limit_bytes == 32 << 20,
+        st.memory.limit_bytes == limit as u64,
         "stats memory limit {}",
         st.memory.limit_bytes
     );
