@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -53,6 +53,40 @@ impl IrqTrigger {
     pub fn trigger(&self, status_bit: u32) -> std::io::Result<()> {
         self.irq_status.fetch_or(status_bit, Ordering::SeqCst);
         self.irq_evt.write(1)
+    }
+}
+
+/// Copies `config[offset..offset + data.len()]` into `data` for a device's
+/// [`VirtioDevice::read_config`]; an out-of-range read (offset and length come from the
+/// guest) leaves `data` untouched.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = start
+        .checked_add(data.len())
+        .and_then(|end| config.get(start..end))
+    {
+        data.copy_from_slice(src);
+    }
+}
+
+/// The checks every [`VirtioDevice::activate`] starts with: the driver set up exactly
+/// `needed` queues and each is valid in `mem`.
+pub fn check_queues(
+    queues: &[Queue],
+    needed: usize,
+    mem: &GuestMemory,
+) -> Result<(), ActivateError> {
+    if queues.len() != needed {
+        return Err(ActivateError::QueueCount {
+            needed,
+            got: queues.len(),
+        });
+    }
+    match queues.iter().position(|q| !q.is_valid(mem)) {
+        Some(i) => Err(ActivateError::InvalidQueue(i)),
+        None => Ok(()),
     }
 }
 

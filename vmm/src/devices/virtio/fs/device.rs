@@ -19,7 +19,8 @@ use super::{
     NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_MAX_SIZE, REQUESTS_PER_ROUND, TAG_LEN, VIRTIO_ID_FS,
 };
 use crate::devices::virtio::device::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_VRING,
+    check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
+    VIRTIO_MMIO_INT_VRING,
 };
 use crate::log_limit::LogLimiter;
 
@@ -248,15 +249,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config_space.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -270,15 +263,7 @@ impl VirtioDevice for Fs {
         if self.mem.is_some() {
             return Err(ActivateError::Backend("virtio-fs already activated".into()));
         }
-        if self.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                needed: NUM_QUEUES,
-                got: self.queues.len(),
-            });
-        }
-        if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
+        check_queues(&self.queues, NUM_QUEUES, &mem)?;
         self.mem = Some(mem);
         // The event thread registers the queue eventfds and starts the FUSE session.
         self.activate_evt

@@ -12,7 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::device::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_VRING,
+    check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
+    VIRTIO_MMIO_INT_VRING,
 };
 #[cfg(test)]
 use super::connection::Timeouts;
@@ -323,16 +324,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -344,17 +336,7 @@ impl VirtioDevice for Vsock {
         if self.mem.is_some() {
             return Err(ActivateError::Backend("vsock already activated".into()));
         }
-        if self.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                needed: NUM_QUEUES,
-                got: self.queues.len(),
-            });
-        }
-        for (i, q) in self.queues.iter().enumerate() {
-            if !q.is_valid(&mem) {
-                return Err(ActivateError::InvalidQueue(i));
-            }
-        }
+        check_queues(&self.queues, NUM_QUEUES, &mem)?;
         self.mem = Some(mem);
         // The event loop thread registers the queue, listener and connection fds when it sees
         // this (we have no access to the event manager here).
