@@ -76,6 +76,29 @@ impl Ctr {
         run_timed(self.command(args), what, timeout)
     }
 
+    /// `ctr run -d` of an idle pod (`sleep`) with runtime `rt`: the step's description (for
+    /// errors) and its result.
+    pub fn run_idle_pod(
+        &self,
+        rt: &Runtime,
+        id: &str,
+        timeout: Duration,
+    ) -> (String, Result<Timed, ExecError>) {
+        let what = format!("ctr run -d ({}) {id} sleep", rt.name);
+        let args = [
+            "run",
+            "-d",
+            "--runtime",
+            &rt.runtime_type,
+            crate::setup::IMAGE,
+            id,
+            "sleep",
+            "1000000",
+        ];
+        let r = self.run(&args, &what, timeout);
+        (what, r)
+    }
+
     /// `ctr tasks ls`.
     pub fn tasks(&self) -> Result<Vec<TaskRow>, ExecError> {
         let t = self

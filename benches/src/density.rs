@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::ctr::{step_error, Ctr, Runtime};
 use crate::report::{DensityPoint, Series};
-use crate::setup::IMAGE;
 
 /// Launches `pods` pods of `rt` together; every pod is removed afterwards. The deadline for
 /// the whole point is the runtime's timeout times `pods` (they share the CPUs).
@@ -23,21 +22,7 @@ pub fn measure_point(ctr: &Ctr, rt: &Runtime, pods: usize) -> DensityPoint {
             .iter()
             .map(|id| {
                 s.spawn(move || {
-                    let what = format!("ctr run -d ({}) {id} sleep", rt.name);
-                    let r = ctr.run(
-                        &[
-                            "run",
-                            "-d",
-                            "--runtime",
-                            &rt.runtime_type,
-                            IMAGE,
-                            id,
-                            "sleep",
-                            "1000000",
-                        ],
-                        &what,
-                        timeout,
-                    );
+                    let (what, r) = ctr.run_idle_pod(rt, id, timeout);
                     (step_error(&what, &r), r.ok().map(|t| t.elapsed))
                 })
             })

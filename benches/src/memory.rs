@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::ctr::{step_error, Ctr, Runtime};
 use crate::procmem::{tree_memory, ProcTable};
 use crate::report::{MemoryPoint, PodMemory};
-use crate::setup::IMAGE;
 
 /// Measures `runtime` with `pods` idle pods; every pod is removed afterwards.
 pub fn measure_point(ctr: &Ctr, rt: &Runtime, pods: usize, settle: Duration) -> MemoryPoint {
@@ -31,21 +30,7 @@ pub fn measure_point(ctr: &Ctr, rt: &Runtime, pods: usize, settle: Duration) -> 
             rt.name,
             started.len() + 1
         );
-        let what = format!("ctr run -d ({}) {id} sleep", rt.name);
-        let r = ctr.run(
-            &[
-                "run",
-                "-d",
-                "--runtime",
-                &rt.runtime_type,
-                IMAGE,
-                id,
-                "sleep",
-                "1000000",
-            ],
-            &what,
-            rt.timeout,
-        );
+        let (what, r) = ctr.run_idle_pod(rt, id, rt.timeout);
         started.push(id.clone());
         if let Some(e) = step_error(&what, &r) {
             point.error = Some(e);
