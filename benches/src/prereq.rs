@@ -60,6 +60,8 @@ pub struct SearchEnv {
     pub exe_dir: Option<PathBuf>,
     pub kvm_device: PathBuf,
     pub busybox: PathBuf,
+    /// The runtime config's defaults (VMM, kernel, initramfs paths), looked at first.
+    pub config_defaults: HypervisorConfig,
 }
 
 impl SearchEnv {
@@ -72,6 +74,7 @@ impl SearchEnv {
                 .and_then(|e| e.parent().map(Path::to_path_buf)),
             kvm_device: PathBuf::from("/dev/kvm"),
             busybox: PathBuf::from("/bin/busybox"),
+            config_defaults: HypervisorConfig::default(),
         }
     }
 }
@@ -182,7 +185,7 @@ impl Finder<'_> {
 
 /// Finds what `needs` asks for; every missing thing is reported at once.
 pub fn find_tools(needs: Needs, o: &Overrides, env: &SearchEnv) -> Result<Tools, PrereqError> {
-    let defaults = HypervisorConfig::default();
+    let defaults = &env.config_defaults;
     let mut f = Finder {
         env,
         missing: Vec::new(),
@@ -292,6 +295,13 @@ mod tests {
             exe_dir: Some(dir.join("target")),
             kvm_device: dir.join("kvm"),
             busybox: dir.join("busybox"),
+            // Not the real /usr/local: what `make demo` installed there must not count.
+            config_defaults: HypervisorConfig {
+                path: dir.join("installed/vessel-vmm"),
+                kernel: dir.join("installed/vmlinux"),
+                initrd: dir.join("installed/initrd.cpio"),
+                ..HypervisorConfig::default()
+            },
         }
     }
 
