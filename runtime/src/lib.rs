@@ -17,6 +17,7 @@ pub mod cleanup;
 pub mod config;
 pub mod grouping;
 pub mod mounts;
+pub mod safe_mount;
 pub mod sandbox;
 pub mod share;
 pub mod snapshot;
