@@ -8,6 +8,10 @@ packages=(
     linux-source-6.1 build-essential bc flex bison libelf-dev xz-utils cpio
     # real components the tests and the demo drive
     containerd runc busybox-static qemu-system-x86
+    # CNI plugins (bridge, host-local, loopback) for the CRI tests and the bench's CRI measure
+    containernetworking-plugins
+    # protoc: the k8s-cri crate (CRI client of tests/src/cri.rs) compiles the CRI protos
+    protobuf-compiler
     # tools the tests use: file(1) to check static linking, ip(8) for network tests,
     # script(1) from bsdutils for `ctr -t`, ps/pgrep from procps
     file iproute2 bsdutils procps util-linux

@@ -13,6 +13,8 @@ pub enum Measure {
     Memory,
     Density,
     Boot,
+    /// Pod start through containerd's CRI plugin (RunPodSandbox, first container, ExecSync).
+    Cri,
 }
 
 /// Benchmarks vessel against runc (start latency, memory per pod, density) under a containerd
@@ -40,6 +42,10 @@ pub struct Cli {
     /// Warm-up runs for vessel pods [default: --warmup].
     #[arg(long)]
     pub vessel_warmup: Option<usize>,
+    /// Measured CRI pods for vessel [default: --vessel-runs, else 2, quick 1] (a VM pod
+    /// through CRI costs about a minute on KVM-PVM).
+    #[arg(long)]
+    pub cri_vessel_runs: Option<usize>,
     /// Boots per VMM for the boot comparison [default: 3, quick 1].
     #[arg(long)]
     pub boot_runs: Option<usize>,
@@ -120,6 +126,9 @@ pub struct Plan {
     pub warmup: usize,
     pub vessel_runs: usize,
     pub vessel_warmup: usize,
+    /// CRI measure: vessel pods measured and warm-ups (runc uses `runs`/`warmup`).
+    pub cri_vessel_runs: usize,
+    pub cri_vessel_warmup: usize,
     pub boot_runs: usize,
     pub pods: Vec<usize>,
     pub density: Vec<usize>,
@@ -135,6 +144,7 @@ impl Cli {
                 Measure::Memory,
                 Measure::Density,
                 Measure::Boot,
+                Measure::Cri,
             ]
         } else {
             self.only.clone()
@@ -160,13 +170,26 @@ impl Cli {
             warmup,
             vessel_runs: self.vessel_runs.unwrap_or(runs),
             vessel_warmup: self.vessel_warmup.unwrap_or(warmup),
+            cri_vessel_runs: self.cri_vessel_runs.or(self.vessel_runs).unwrap_or(if q {
+                1
+            } else {
+                2
+            }),
+            cri_vessel_warmup: self.vessel_warmup.unwrap_or(0),
             boot_runs: self.boot_runs.unwrap_or(if q { 1 } else { 3 }),
             pods: pick(&self.pods, &[1, 10, 50], &[1, 3]),
             density: pick(&self.density, &[10], &[3]),
             modes: parse_modes(&self.vessel_mode)?,
         };
-        if plan.runs == 0 || plan.boot_runs == 0 || plan.vessel_runs == 0 {
-            return Err("--runs, --vessel-runs and --boot-runs must be at least 1".into());
+        if plan.runs == 0
+            || plan.boot_runs == 0
+            || plan.vessel_runs == 0
+            || plan.cri_vessel_runs == 0
+        {
+            return Err(
+                "--runs, --vessel-runs, --cri-vessel-runs and --boot-runs must be at least 1"
+                    .into(),
+            );
         }
         if plan.pods.contains(&0) || plan.density.contains(&0) {
             return Err("--pods and --density counts must be at least 1".into());
@@ -188,7 +211,8 @@ mod tests {
         let p = parse(&["--quick"]).plan().unwrap();
         assert_eq!((p.runs, p.warmup, p.boot_runs), (5, 1, 1));
         assert_eq!(p.pods, [1, 3]);
-        assert_eq!(p.measures.len(), 4);
+        assert_eq!(p.measures.len(), 5);
+        assert_eq!((p.cri_vessel_runs, p.cri_vessel_warmup), (1, 0));
         let p = parse(&[
             "--quick",
             "--runs",
@@ -205,6 +229,7 @@ mod tests {
         assert_eq!(p.measures, [Measure::Start, Measure::Memory]);
         let p = parse(&[]).plan().unwrap();
         assert_eq!((p.runs, p.warmup), (20, 3));
+        assert_eq!((p.cri_vessel_runs, p.cri_vessel_warmup), (2, 0));
         assert_eq!((p.vessel_runs, p.vessel_warmup), (20, 3));
         let p = parse(&["--vessel-runs", "2", "--vessel-warmup", "0"])
             .plan()
@@ -212,6 +237,12 @@ mod tests {
         assert_eq!((p.runs, p.vessel_runs, p.vessel_warmup), (20, 2, 0));
         assert_eq!(p.pods, [1, 10, 50]);
         assert_eq!(p.modes, [VesselMode::Cold]);
+        assert_eq!((p.cri_vessel_runs, p.cri_vessel_warmup), (2, 0));
+        let p = parse(&["--only", "cri", "--cri-vessel-runs", "1"])
+            .plan()
+            .unwrap();
+        assert_eq!(p.measures, [Measure::Cri]);
+        assert_eq!(p.cri_vessel_runs, 1);
         let p = parse(&["--vessel-mode", "both"]).plan().unwrap();
         assert_eq!(p.modes, [VesselMode::Cold, VesselMode::Snapshot]);
     }
@@ -219,6 +250,7 @@ mod tests {
     #[test]
     fn bad_values_are_errors() {
         assert!(parse(&["--runs", "0"]).plan().is_err());
+        assert!(parse(&["--cri-vessel-runs", "0"]).plan().is_err());
         assert!(parse(&["--pods", "0"]).plan().is_err());
         assert!(Cli::try_parse_from(["vessel-bench", "--only", "speed"]).is_err());
         assert!(Cli::try_parse_from(["vessel-bench", "--vessel-mode", "warm"]).is_err());

@@ -1,5 +1,6 @@
-//! vessel benchmark harness: start latency, memory per pod and density of vessel vs runc under
-//! a containerd the harness starts itself, and vessel-vmm vs qemu microvm boot.
+//! vessel benchmark harness: start latency, memory per pod, density and CRI pod latency of
+//! vessel vs runc under a containerd the harness starts itself, and vessel-vmm vs qemu
+//! microvm boot.
 //!
 //! `vessel-bench --help` for the options; `benches/README.md` for how to run it and a result.
 //! Speed is measured here, never asserted: the unit tests check the harness itself (maths,
@@ -7,6 +8,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod cri;
 pub mod ctr;
 pub mod density;
 pub mod exec;

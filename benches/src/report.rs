@@ -188,6 +188,9 @@ pub struct Report {
     pub boot: Option<BootResult>,
     pub memory: Option<MemoryResult>,
     pub density: Option<DensityResult>,
+    /// Pod start through containerd's CRI plugin.
+    #[serde(default)]
+    pub cri: Option<crate::cri::CriResult>,
     /// Every measure that failed, in one place.
     pub failures: Vec<String>,
     /// Facts about the run worth knowing next to the figures.
@@ -238,7 +241,7 @@ pub fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-fn series_rows(out: &mut String, series: &[Series]) {
+pub(crate) fn series_rows(out: &mut String, series: &[Series]) {
     let _ = writeln!(
         out,
         "| runtime | metric | n | p50 | p90 | p99 | min | max | unit |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
@@ -278,7 +281,7 @@ fn series_rows(out: &mut String, series: &[Series]) {
     }
 }
 
-fn ratio_rows(out: &mut String, ratios: &[Ratio]) {
+pub(crate) fn ratio_rows(out: &mut String, ratios: &[Ratio]) {
     for r in ratios {
         let _ = writeln!(
             out,
@@ -424,6 +427,9 @@ pub fn render_table(r: &Report) -> String {
                 }
             }
         }
+    }
+    if let Some(c) = &r.cri {
+        crate::cri::render(&mut out, c);
     }
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
@@ -600,6 +606,17 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
                 &caption(r, "ctr run -d ... sleep, all launched together"),
                 "ms",
                 &groups,
+            ),
+        ));
+    }
+    if let Some(c) = &r.cri {
+        out.push((
+            "cri.svg".to_string(),
+            box_chart(
+                "pod start through containerd's CRI plugin",
+                &caption(r, &crate::cri::chart_what(c)),
+                "ms",
+                &boxes(&c.series),
             ),
         ));
     }

@@ -93,6 +93,7 @@ fn report() -> Report {
             ratios: vec![(1, None)],
         }),
         density: None,
+        cri: None,
         failures: vec!["start: vessel (cold) run /bin/true: boom".into()],
         notes: vec!["a note".into()],
         load_avg_at_end: "1.0 1.0 1.0".into(),
@@ -231,4 +232,29 @@ fn skipped_points_are_not_failures() {
         t.contains("| vessel (cold) | 10 | skipped: 10 pods > --max-vessel-pods 1 | | |"),
         "{t}"
     );
+}
+
+#[test]
+fn cri_section_renders_and_old_results_still_read() {
+    let mut r = report();
+    let mut s = Series::new("runc", crate::cri::METRIC_RUN_POD, "ms");
+    s.samples = vec![150.0, 250.0];
+    r.cri = Some(crate::cri::CriResult {
+        commands: vec!["RunPodSandbox".into()],
+        schedule: vec!["runc: N=2 after W=0".into()],
+        series: vec![s.finish()],
+        ratios: Vec::new(),
+        notes: Vec::new(),
+    });
+    let t = render_table(&r);
+    assert!(t.contains("## CRI latency"), "{t}");
+    assert!(t.contains("| runc | RunPodSandbox | 2 |"), "{t}");
+    let charts = render_charts(&r);
+    let (_, svg) = charts.iter().find(|(n, _)| n == "cri.svg").unwrap();
+    roxmltree::Document::parse(svg).unwrap();
+    // A results.json from before the CRI measure has no "cri" key.
+    let mut v = serde_json::to_value(report()).unwrap();
+    v.as_object_mut().unwrap().remove("cri");
+    let back: Report = serde_json::from_value(v).unwrap();
+    assert!(back.cri.is_none());
 }

@@ -185,12 +185,17 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
         boot: None,
         memory: None,
         density: None,
+        cri: None,
         failures,
         notes: Vec::new(),
         load_avg_at_end: String::new(),
     };
-    if needs.containerd {
+    let ctr_measures = [Measure::Start, Measure::Memory, Measure::Density];
+    if plan.measures.iter().any(|m| ctr_measures.contains(m)) {
         containerd_measures(cli, &plan, &tools, &modes, work.path(), &mut report)?;
+    }
+    if plan.measures.contains(&Measure::Cri) {
+        cri_measure(cli, &plan, &tools, &modes, work.path(), &mut report)?;
     }
     if plan.measures.contains(&Measure::Boot) {
         let spec = BootSpec {
@@ -253,15 +258,8 @@ fn collect_series_failures(failures: &mut Vec<String>, measure: &str, series: &[
     }
 }
 
-fn containerd_measures(
-    cli: &Cli,
-    plan: &Plan,
-    tools: &Tools,
-    modes: &[VesselMode],
-    work: &Path,
-    report: &mut Report,
-) -> Result<(), RunError> {
-    let settings = VesselSettings {
+fn vessel_settings(cli: &Cli, tools: &Tools, work: &Path) -> VesselSettings {
+    VesselSettings {
         vmm: tools.vmm.clone().unwrap_or_default(),
         kernel: tools.kernel.clone().unwrap_or_default(),
         initrd: tools.initrd.clone().unwrap_or_default(),
@@ -271,19 +269,85 @@ fn containerd_measures(
         // The runtime gives up a little before the harness would kill ctr.
         agent_timeout_secs: cli.vessel_timeout.saturating_sub(30).max(30),
         snapshot_dir: work.join("snapshots"),
-    };
-    let mut modes = modes.to_vec();
+    }
+}
+
+/// The vessel config text per mode; a mode the runtime cannot do is a reported failure
+/// (once) and leaves `modes`.
+fn vessel_configs(
+    settings: &VesselSettings,
+    modes: &mut Vec<VesselMode>,
+    failures: &mut Vec<String>,
+) -> Result<Vec<(VesselMode, String)>, RunError> {
     let mut configs = Vec::new();
     for m in modes.clone() {
-        match vessel_config(&settings, m) {
+        match vessel_config(settings, m) {
             Ok(text) => configs.push((m, text)),
             Err(e @ setup::SetupError::ModeUnavailable { .. }) => {
-                report.failures.push(e.to_string());
+                if !failures.contains(&e.to_string()) {
+                    failures.push(e.to_string());
+                }
                 modes.retain(|x| *x != m);
             }
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(configs)
+}
+
+/// The CRI measure, on a containerd of its own (CRI plugin enabled, CNI bridge).
+fn cri_measure(
+    cli: &Cli,
+    plan: &Plan,
+    tools: &Tools,
+    modes: &[VesselMode],
+    work: &Path,
+    report: &mut Report,
+) -> Result<(), RunError> {
+    let settings = vessel_settings(cli, tools, work);
+    let mut modes = modes.to_vec();
+    let configs = vessel_configs(&settings, &mut modes, &mut report.failures)?;
+    let runtimes = setup::runtimes(
+        &modes,
+        setup::Schedule {
+            timeout: Duration::from_secs(cli.timeout),
+            runs: plan.runs,
+            warmup: plan.warmup,
+        },
+        setup::Schedule {
+            timeout: Duration::from_secs(cli.vessel_timeout),
+            runs: plan.cri_vessel_runs,
+            warmup: plan.cri_vessel_warmup,
+        },
+    );
+    let c = crate::cri::measure(&crate::cri::CriSpec {
+        runtimes: &runtimes,
+        configs: &configs,
+        shim_dir: tools.shim_dir(),
+        work,
+    });
+    collect_series_failures(&mut report.failures, "cri", &c.series);
+    let root = settings.state_root.display().to_string();
+    for p in vessel_tests::cri::processes_mentioning(&root) {
+        report
+            .failures
+            .push(format!("cri cleanup: process left: {p}"));
+    }
+    report.cri = Some(c);
+    Ok(())
+}
+
+fn containerd_measures(
+    cli: &Cli,
+    plan: &Plan,
+    tools: &Tools,
+    modes: &[VesselMode],
+    work: &Path,
+    report: &mut Report,
+) -> Result<(), RunError> {
+    let settings = vessel_settings(cli, tools, work);
+    let mut modes = modes.to_vec();
+    let configs = vessel_configs(&settings, &mut modes, &mut report.failures)?;
     let first = match configs.first() {
         Some((_, t)) => t.clone(),
         None => vessel_config(&settings, VesselMode::Cold)?,

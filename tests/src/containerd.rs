@@ -25,10 +25,11 @@ use anyhow::{anyhow, bail, Context, Result};
 pub const BUSYBOX_REF: &str = "docker.io/library/vessel-busybox:latest";
 /// containerd's namespace used by the tests.
 pub const NAMESPACE: &str = "vessel-test";
-/// Applets linked into the image's /bin.
-const APPLETS: &[&str] = &[
+/// Applets linked into the image's /bin (the CRI tests use httpd, wget, readlink, timeout, ...).
+pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "ls", "head", "seq", "tr", "wc", "printf",
-    "tty", "id", "hostname", "test", "dd", "mkdir", "rm", "touch", "sync", "env", "kill",
+    "tty", "id", "hostname", "test", "dd", "mkdir", "rm", "touch", "sync", "env", "kill", "httpd",
+    "wget", "readlink", "timeout", "nc", "sed", "grep", "cut", "tail", "uname", "ps",
 ];
 
 /// The workspace's build output dir holding the test binaries (target/debug or target/release).
@@ -90,25 +91,50 @@ impl Containerd {
     /// Starts containerd; `env` is added to its (and so the shims') environment, e.g.
     /// `VESSEL_CONFIG`.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::start_configured(env, false, &|_| Ok(String::new()))
+    }
+
+    /// Starts containerd with its CRI plugin enabled (the plain variants disable it).
+    /// `plugins` returns the config text appended after the base config (e.g. the
+    /// `[plugins."io.containerd.grpc.v1.cri"]` tables); it gets containerd's temp dir, so it
+    /// can write files there (a CNI config) and name paths under it. See [`crate::cri`].
+    pub fn start_with_cri(
+        env: &[(&str, &str)],
+        plugins: &dyn Fn(&Path) -> Result<String>,
+    ) -> Result<Containerd> {
+        Containerd::start_configured(env, true, plugins)
+    }
+
+    fn start_configured(
+        env: &[(&str, &str)],
+        cri: bool,
+        plugins: &dyn Fn(&Path) -> Result<String>,
+    ) -> Result<Containerd> {
         let dir = tempfile::Builder::new()
             .prefix("vctrd")
             .tempdir_in("/tmp")?;
         let config = dir.path().join("config.toml");
         let d = dir.path().display();
+        let disabled_cri = if cri {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\", "
+        };
+        let extra = plugins(dir.path())?;
         std::fs::write(
             &config,
             format!(
                 r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
 [debug]
   level = "info"
-"#
+{extra}"#
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
@@ -176,10 +202,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 
     fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.socket())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
@@ -199,6 +229,33 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             stdout: String::new(),
             stderr: format!("spawning ctr: {e}"),
         })
+    }
+
+    /// Runs `ctr` in containerd namespace `namespace` (e.g. CRI's `k8s.io`) and waits for it.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> CtrOutput {
+        self.ctr_command_in(namespace, args)
+            .stdin(Stdio::null())
+            .output()
+            .map(CtrOutput::from)
+            .unwrap_or_else(|e| CtrOutput {
+                status: None,
+                stdout: String::new(),
+                stderr: format!("spawning ctr: {e}"),
+            })
+    }
+
+    /// Imports an image tar (e.g. from [`build_oci_tar`]) into `namespace`.
+    pub fn import_image(&self, namespace: &str, tar: &Path) -> Result<()> {
+        let out = self.ctr_in(namespace, &["images", "import", &tar.display().to_string()]);
+        if !out.success() {
+            bail!(
+                "ctr -n {namespace} images import {} failed: {}{}",
+                tar.display(),
+                out.stdout,
+                out.stderr
+            );
+        }
+        Ok(())
     }
 
     /// Runs `ctr` with `input` on its stdin.
@@ -266,27 +323,33 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// Kills and deletes every task and container, so shims exit and mounts go.
     pub fn remove_all(&self) {
-        let tasks = self.ctr(&["tasks", "ls", "-q"]);
+        self.remove_all_in(NAMESPACE);
+    }
+
+    /// [`Containerd::remove_all`] in containerd namespace `namespace`.
+    pub fn remove_all_in(&self, namespace: &str) {
+        let ctr = |args: &[&str]| self.ctr_in(namespace, args);
+        let tasks = ctr(&["tasks", "ls", "-q"]);
         for id in tasks
             .stdout
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
         {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !self.ctr(&["tasks", "delete", id]).success() && Instant::now() < deadline {
+            while !ctr(&["tasks", "delete", id]).success() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let containers = self.ctr(&["containers", "ls", "-q"]);
+        let containers = ctr(&["containers", "ls", "-q"]);
         for id in containers
             .stdout
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
         {
-            let _ = self.ctr(&["containers", "delete", id]);
+            let _ = ctr(&["containers", "delete", id]);
         }
     }
 
@@ -373,7 +436,47 @@ fn add_blob(layout: &Path, file: &Path) -> Result<(String, u64)> {
 }
 
 /// Writes an OCI image layout for busybox-static in `work` and tars it; returns the tar path.
+/// The image is [`BUSYBOX_REF`] with every applet of [`APPLETS`] and `/bin/sh` as its command.
 pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
+    build_oci_tar(
+        work,
+        &BusyboxImage {
+            name: BUSYBOX_REF,
+            applets: APPLETS,
+            entrypoint: &[],
+            cmd: &["/bin/sh"],
+        },
+    )
+}
+
+/// A busybox-static image built by [`build_oci_tar`].
+#[derive(Debug, Clone, Copy)]
+pub struct BusyboxImage<'a> {
+    /// Full reference, recorded as `io.containerd.image.name` (e.g. `localhost/x:latest`).
+    pub name: &'a str,
+    /// Applets linked to `/bin/busybox` in `/bin`.
+    pub applets: &'a [&'a str],
+    /// The image config's `Entrypoint` (none when empty).
+    pub entrypoint: &'a [&'a str],
+    /// The image config's `Cmd` (none when empty).
+    pub cmd: &'a [&'a str],
+}
+
+/// A pause image for CRI pods: busybox-static's `sleep inf` as the entrypoint (it has no
+/// signal handlers, so as PID 1 it ignores SIGTERM and dies at once on SIGKILL, which is how
+/// containerd stops a sandbox).
+pub fn pause_image(name: &str) -> BusyboxImage<'_> {
+    BusyboxImage {
+        name,
+        applets: &["sleep"],
+        entrypoint: &["/bin/sleep", "inf"],
+        cmd: &[],
+    }
+}
+
+/// Writes an OCI image layout (one uncompressed layer, config, manifest, index) for `image`
+/// in `work` and tars it; returns the tar path.
+pub fn build_oci_tar(work: &Path, image: &BusyboxImage<'_>) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.is_file() {
         bail!("/bin/busybox missing: apt-get install busybox-static");
@@ -392,7 +495,7 @@ pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(&d)?;
     }
     std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    for applet in APPLETS {
+    for applet in image.applets {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
@@ -418,10 +521,17 @@ pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
     }
     let (layer_digest, layer_size) = add_blob(&layout, &layer)?;
 
+    let mut image_config = serde_json::json!({"Env": ["PATH=/bin"], "WorkingDir": "/"});
+    if !image.entrypoint.is_empty() {
+        image_config["Entrypoint"] = serde_json::json!(image.entrypoint);
+    }
+    if !image.cmd.is_empty() {
+        image_config["Cmd"] = serde_json::json!(image.cmd);
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let config_file = work.join("config.json");
@@ -446,7 +556,7 @@ pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
             "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
             "annotations": {
-                "io.containerd.image.name": BUSYBOX_REF,
+                "io.containerd.image.name": image.name,
                 "org.opencontainers.image.ref.name": "latest",
             },
         }],
@@ -457,7 +567,11 @@ pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
 
-    let tar = work.join("busybox-oci.tar");
+    let tar = if image.name == BUSYBOX_REF {
+        work.join("busybox-oci.tar")
+    } else {
+        work.join(format!("{}-oci.tar", file_stem(image.name)))
+    };
     let st = Command::new("tar")
         .arg("-C")
         .arg(&layout)
@@ -469,4 +583,17 @@ pub fn build_busybox_oci_tar(work: &Path) -> Result<PathBuf> {
         bail!("tar of the layout failed");
     }
     Ok(tar)
+}
+
+/// A file-name-safe form of an image reference (`localhost/a:b` → `localhost_a_b`).
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

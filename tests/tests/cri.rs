@@ -1,0 +1,650 @@
+//! The CRI layer: containerd 1.6's CRI plugin driven as kubelet would (RunPodSandbox,
+//! CreateContainer, ExecSync, ...), for the `vessel` runtime handler and, as the control,
+//! `runc`. One pod per runtime serves every scenario (a VM pod's operations cost tens of
+//! seconds each on KVM-PVM): three containers share net/uts/ipc and talk over localhost, CRI
+//! log files, exit codes, ExecSync, ContainerStats, StopContainer escalating to SIGKILL, and
+//! nothing left after StopPodSandbox + RemovePodSandbox (processes, mounts, vessel state,
+//! cgroups). vessel only: the sandbox task (the VMM) runs in the pod's cgroup.
+//!
+//! Needs root, `containerd`, `runc`, `busybox-static`, `containernetworking-plugins`; for
+//! vessel also /dev/kvm, `cargo build --workspace --bins` and the guest kernel + initrd
+//! (`VESSEL_KERNEL`, `VESSEL_INITRD`). A missing prerequisite fails the test with the reason.
+//! Every check of a scenario is run and the failures are reported together; step timings go
+//! to stderr (`--nocapture`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vessel_tests::containerd::mounts_under;
+use vessel_tests::cri::{
+    cgroup_path_of, cmdline_of, eventually, log_messages, parse_log, parse_sandbox_info,
+    processes_mentioning, ContainerState, CriContainerd, Pod, PodSandboxState, VesselConfigSpec,
+    VesselTestConfig, RUNC_HANDLER, VESSEL_HANDLER,
+};
+
+/// Content served by the web container and fetched over localhost by the client.
+const TOKEN: &str = "vessel-cri-localhost-token-7f3a";
+const PORT: u16 = 8080;
+
+/// Per-runtime bounds: a VM pod is slow here (guest kernel code is emulated).
+struct Bounds {
+    call: Duration,
+    exec_timeout_s: i64,
+    exit_wait: Duration,
+    stop_slack: Duration,
+    settle: Duration,
+    /// The client's fetch attempts and each one's `timeout` (s): in a VM starting `wget`
+    /// alone takes seconds, and each attempt costs a few forks.
+    fetch_tries: u32,
+    fetch_timeout_s: u32,
+}
+
+fn bounds(handler: &str) -> Bounds {
+    if handler == VESSEL_HANDLER {
+        Bounds {
+            call: Duration::from_secs(600),
+            exec_timeout_s: 300,
+            exit_wait: Duration::from_secs(600),
+            stop_slack: Duration::from_secs(120),
+            settle: Duration::from_secs(60),
+            fetch_tries: 3,
+            fetch_timeout_s: 60,
+        }
+    } else {
+        Bounds {
+            call: Duration::from_secs(60),
+            exec_timeout_s: 30,
+            exit_wait: Duration::from_secs(60),
+            stop_slack: Duration::from_secs(15),
+            settle: Duration::from_secs(15),
+            fetch_tries: 10,
+            fetch_timeout_s: 5,
+        }
+    }
+}
+
+/// Soft checks: every one runs, all failures are reported at the end.
+struct Checks {
+    tag: String,
+    failures: Vec<String>,
+    timings: Vec<(String, Duration)>,
+}
+
+impl Checks {
+    fn new(handler: &str) -> Checks {
+        Checks {
+            tag: format!("[cri {handler}]"),
+            failures: Vec::new(),
+            timings: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, ok: bool, what: impl AsRef<str>) -> bool {
+        let what = what.as_ref();
+        if ok {
+            eprintln!("{} ok: {what}", self.tag);
+        } else {
+            eprintln!("{} FAILED: {what}", self.tag);
+            self.failures.push(what.to_string());
+        }
+        ok
+    }
+
+    /// Times `f` as `step`; prints it.
+    fn time<T>(&mut self, step: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        let took = t.elapsed();
+        eprintln!("{} step {step}: {:.2} s", self.tag, took.as_secs_f64());
+        self.timings.push((step.to_string(), took));
+        r
+    }
+
+    fn finish(self, cri: &CriContainerd) {
+        let kept = if self.failures.is_empty() {
+            String::new()
+        } else {
+            let handler = self.tag.trim_start_matches("[cri ").trim_end_matches(']');
+            keep(
+                &cri.dir().join("containerd.log"),
+                &format!("{handler}-containerd.log"),
+            )
+        };
+        let line = self
+            .timings
+            .iter()
+            .map(|(s, d)| format!("{s} {:.2} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!("{} timings: {line}", self.tag);
+        if !self.failures.is_empty() {
+            panic!(
+                "{} {} check(s) failed:\n- {}\n{kept}--- containerd log tail ---\n{}",
+                self.tag,
+                self.failures.len(),
+                self.failures.join("\n- "),
+                cri.log_tail()
+            );
+        }
+    }
+}
+
+/// Copies a log worth reading after a failure to `/tmp/vessel-cri-<pid>-<name>` (the temp
+/// dirs go with the harness); a line naming it.
+fn keep(src: &Path, name: &str) -> String {
+    if std::fs::metadata(src).map(|m| m.len() == 0).unwrap_or(true) {
+        return format!("{} is empty or missing\n", src.display());
+    }
+    let dst = format!("/tmp/vessel-cri-{}-{name}", std::process::id());
+    match std::fs::copy(src, &dst) {
+        Ok(_) => {
+            eprintln!("kept {} as {dst}", src.display());
+            format!("kept {} as {dst}\n", src.display())
+        }
+        Err(e) => format!("could not keep {}: {e}\n", src.display()),
+    }
+}
+
+/// Prerequisites, as a failure with the reason (never a silent skip).
+fn preflight(handler: &str) -> Option<VesselTestConfig> {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the CRI tests need root (containerd, runc, CNI)"
+    );
+    for (tool, pkg) in [
+        ("/usr/bin/containerd", "containerd"),
+        ("/usr/sbin/runc", "runc"),
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+        ("/usr/lib/cni/loopback", "containernetworking-plugins"),
+    ] {
+        let found = Path::new(tool).exists()
+            || (tool.ends_with("runc") && Path::new("/usr/bin/runc").exists());
+        assert!(
+            found,
+            "{tool} missing: apt-get install {pkg} (scripts/deps.sh)"
+        );
+    }
+    if handler != VESSEL_HANDLER {
+        return None;
+    }
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm missing: vessel pods need KVM"
+    );
+    let spec = VesselConfigSpec::from_env().unwrap_or_else(|e| panic!("{e:#}"));
+    Some(VesselTestConfig::write(&spec).unwrap())
+}
+
+/// The program a process runs: the file name of its argv[0].
+fn program_of(pid: u32) -> String {
+    let cmd = cmdline_of(pid);
+    let argv0 = cmd.split(' ').next().unwrap_or_default();
+    argv0.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// `NS <kind> <link>` and `HOST <name>` lines a container printed: (net, uts, ipc, host).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Identity {
+    net: Option<String>,
+    uts: Option<String>,
+    ipc: Option<String>,
+    host: Option<String>,
+}
+
+fn identity(lines: &[String]) -> Identity {
+    let mut id = Identity::default();
+    for l in lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["NS", "net", v] => id.net = Some(v.to_string()),
+            ["NS", "uts", v] => id.uts = Some(v.to_string()),
+            ["NS", "ipc", v] => id.ipc = Some(v.to_string()),
+            ["HOST", v] => id.host = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    id
+}
+
+const PRINT_IDENTITY: &str = "echo -n 'NS net '; readlink /proc/self/ns/net; \
+     echo -n 'NS uts '; readlink /proc/self/ns/uts; \
+     echo -n 'NS ipc '; readlink /proc/self/ns/ipc; \
+     echo -n 'HOST '; hostname";
+
+/// The stdout and stderr lines of a container's CRI log (every line must parse).
+fn read_log(checks: &mut Checks, pod: &Pod, name: &str) -> (Vec<String>, Vec<String>) {
+    let path = pod.log_path(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    match parse_log(&text) {
+        Ok(entries) => (
+            log_messages(&entries, "stdout"),
+            log_messages(&entries, "stderr"),
+        ),
+        Err(e) => {
+            checks.check(
+                false,
+                format!("{name}'s log {} is CRI's format: {e}", path.display()),
+            );
+            (Vec::new(), Vec::new())
+        }
+    }
+}
+
+fn scenarios(handler: &str) {
+    let vessel = preflight(handler);
+    let b = bounds(handler);
+    let mut c = Checks::new(handler);
+    let cri = CriContainerd::start(vessel.as_ref().map(VesselTestConfig::path))
+        .unwrap_or_else(|e| panic!("starting containerd with CRI: {e:#}"));
+    cri.client().set_timeout(b.call);
+    let v = cri.client().version().unwrap();
+    eprintln!(
+        "{} {} {} (CRI {}), bridge {} on {}, cgroup parent {}",
+        c.tag,
+        v.runtime_name,
+        v.runtime_version,
+        v.runtime_api_version,
+        cri.bridge(),
+        cri.subnet(),
+        cri.cgroup_parent()
+    );
+    let hard = |r: anyhow::Result<String>, what: &str| -> String {
+        r.unwrap_or_else(|e| {
+            panic!(
+                "{what}: {e:#}\n--- containerd log tail ---\n{}",
+                cri.log_tail()
+            )
+        })
+    };
+
+    // RunPodSandbox, and what CRI says about the sandbox.
+    let pod_name = format!("cri-pod-{handler}");
+    let pod = c
+        .time("RunPodSandbox", || cri.run_pod(&pod_name, handler))
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e:#}"));
+    let status = cri.client().pod_sandbox_status(&pod.id, true).unwrap();
+    let st = status.status.clone().unwrap();
+    c.check(
+        st.state() == PodSandboxState::SandboxReady,
+        format!("sandbox READY ({:?})", st.state()),
+    );
+    let ip = st
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default();
+    // Traffic must never leave this machine: the pod's address routes via our bridge.
+    cri.check_route(&ip)
+        .unwrap_or_else(|e| panic!("pod network: {e:#}"));
+    let info = parse_sandbox_info(&status.info).unwrap_or_else(|e| panic!("sandbox info: {e}"));
+    let expected_cgroup = format!("{}/{}", cri.cgroup_parent(), pod.id);
+    c.check(
+        info.cgroups_path.as_deref() == Some(expected_cgroup.as_str()),
+        format!(
+            "sandbox cgroupsPath {:?} is {expected_cgroup}",
+            info.cgroups_path
+        ),
+    );
+    let proc_cgroup =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", info.pid)).unwrap_or_default();
+    let mem_cgroup = cgroup_path_of(&proc_cgroup, "memory");
+    c.check(
+        mem_cgroup.as_deref() == Some(expected_cgroup.as_str()),
+        format!(
+            "sandbox task pid {} ({}) is in the pod's memory cgroup {expected_cgroup} (it is in {mem_cgroup:?})",
+            info.pid,
+            program_of(info.pid)
+        ),
+    );
+    if handler == VESSEL_HANDLER {
+        c.check(
+            program_of(info.pid) == "vessel-vmm",
+            format!(
+                "sandbox task pid {} is the VMM: {:?}",
+                info.pid,
+                program_of(info.pid)
+            ),
+        );
+    }
+
+    // Three containers: web (httpd on localhost, ignores SIGTERM), idle (exec target),
+    // client (fetches over localhost, prints 1..1000, exits 3).
+    let web_script = format!(
+        "{PRINT_IDENTITY}; mkdir -p /tmp/www && echo {TOKEN} > /tmp/www/index.html; \
+         httpd -f -p 127.0.0.1:{PORT} -h /tmp/www & echo WEB-READY; trap '' TERM; exec sleep inf"
+    );
+    let client_script = format!(
+        "{PRINT_IDENTITY}; i=0; while [ $i -lt {} ]; do \
+         timeout {} wget -qO- http://127.0.0.1:{PORT}/index.html && break; i=$((i+1)); sleep 1; done; \
+         echo FETCH-TRIES $i; seq 1 1000; echo LAST-STDERR >&2; exit 3",
+        b.fetch_tries, b.fetch_timeout_s
+    );
+    let create_start = |c: &mut Checks, name: &str, argv: &[&str]| -> String {
+        let cfg = vessel_tests::cri::container_config(name, argv);
+        let id = hard(
+            c.time(&format!("CreateContainer({name})"), || {
+                cri.client().create_container(&pod.id, &cfg, &pod.config)
+            }),
+            &format!("CreateContainer {name}"),
+        );
+        hard(
+            c.time(&format!("StartContainer({name})"), || {
+                cri.client().start_container(&id).map(|_| String::new())
+            }),
+            &format!("StartContainer {name}"),
+        );
+        id
+    };
+    let web = create_start(&mut c, "web", &["sh", "-c", &web_script]);
+    let idle = create_start(&mut c, "idle", &["sleep", "inf"]);
+    let client = create_start(&mut c, "client", &["sh", "-c", &client_script]);
+
+    // 5. ExecSync: stdout, exit 0; then a non-zero exit with stderr.
+    let exec_cmd = ["sh", "-c", PRINT_IDENTITY];
+    let ex = c
+        .time("ExecSync(identity)", || {
+            cri.client().exec_sync(&idle, &exec_cmd, b.exec_timeout_s)
+        })
+        .unwrap_or_else(|e| panic!("ExecSync: {e:#}\n{}", cri.log_tail()));
+    let exec_out = String::from_utf8_lossy(&ex.stdout).into_owned();
+    c.check(
+        ex.exit_code == 0,
+        format!("ExecSync exit code 0 ({})", ex.exit_code),
+    );
+    let exec_id = identity(&exec_out.lines().map(str::to_string).collect::<Vec<_>>());
+    c.check(
+        exec_id.net.is_some() && exec_id.host.is_some(),
+        format!("ExecSync stdout has the namespaces and hostname: {exec_out:?}"),
+    );
+    let ex = c
+        .time("ExecSync(exit 7)", || {
+            cri.client().exec_sync(
+                &idle,
+                &["sh", "-c", "echo oops >&2; exit 7"],
+                b.exec_timeout_s,
+            )
+        })
+        .unwrap_or_else(|e| panic!("ExecSync: {e:#}"));
+    c.check(
+        ex.exit_code == 7,
+        format!("ExecSync non-zero exit code 7 ({})", ex.exit_code),
+    );
+    c.check(
+        String::from_utf8_lossy(&ex.stderr) == "oops\n",
+        format!("ExecSync stderr {:?}", String::from_utf8_lossy(&ex.stderr)),
+    );
+
+    // 6. ContainerStats of a running container.
+    match cri.client().container_stats(&web) {
+        Ok(s) => {
+            let ws = s
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map(|v| v.value);
+            let cpu = s
+                .cpu
+                .as_ref()
+                .and_then(|x| x.usage_core_nano_seconds.as_ref())
+                .map(|v| v.value);
+            eprintln!(
+                "{} ContainerStats(web): working set {ws:?} B, cpu {cpu:?} ns",
+                c.tag
+            );
+            c.check(
+                ws.unwrap_or(0) > 0 || cpu.unwrap_or(0) > 0,
+                format!("ContainerStats non-zero: working set {ws:?}, cpu {cpu:?}"),
+            );
+        }
+        Err(e) => {
+            c.check(false, format!("ContainerStats: {e:#}"));
+        }
+    }
+
+    // 4. The client exits 3.
+    match cri.client().wait_exited(&client, b.exit_wait) {
+        Ok(s) => {
+            c.check(
+                s.state() == ContainerState::ContainerExited && s.exit_code == 3,
+                format!("client EXITED with 3 ({:?}, {})", s.state(), s.exit_code),
+            );
+        }
+        Err(e) => {
+            c.check(false, format!("client exits: {e:#}"));
+        }
+    }
+
+    // 3. CRI logs: every line parses; the tail is there.
+    let (client_out, client_err) = read_log(&mut c, &pod, "client");
+    let numbers: Vec<&String> = client_out
+        .iter()
+        .skip_while(|l| l.as_str() != "1")
+        .collect();
+    let expected: Vec<String> = (1..=1000).map(|n| n.to_string()).collect();
+    c.check(
+        numbers.len() == 1000 && numbers.iter().zip(&expected).all(|(a, b)| *a == b),
+        format!(
+            "client's log has 1..1000 in order, 1000 last ({} lines from \"1\", last {:?})",
+            numbers.len(),
+            client_out.last()
+        ),
+    );
+    c.check(
+        client_err.last().map(String::as_str) == Some("LAST-STDERR"),
+        format!("client's stderr tail in the log: {:?}", client_err.last()),
+    );
+    let web_ready = eventually(b.settle, || {
+        read_log(&mut Checks::new(handler), &pod, "web")
+            .0
+            .iter()
+            .any(|l| l == "WEB-READY")
+    });
+    let (web_out, _) = read_log(&mut c, &pod, "web");
+    c.check(web_ready, format!("web's log has WEB-READY: {web_out:?}"));
+
+    // 2. localhost between containers of the pod.
+    let tries = client_out.iter().find(|l| l.starts_with("FETCH-TRIES"));
+    c.check(
+        client_out.iter().any(|l| l == TOKEN),
+        format!(
+            "client fetched web's page over 127.0.0.1:{PORT} ({tries:?}; client stdout before 1..1000: {:?})",
+            client_out.iter().take_while(|l| l.as_str() != "1").collect::<Vec<_>>()
+        ),
+    );
+
+    // 1. Shared net/uts/ipc and the pod's hostname.
+    let web_id = identity(&web_out);
+    let client_id = identity(&client_out);
+    eprintln!(
+        "{} identities: web {web_id:?}, client {client_id:?}, exec in idle {exec_id:?}",
+        c.tag
+    );
+    for (kind, get) in [
+        (
+            "net",
+            (|i: &Identity| i.net.clone()) as fn(&Identity) -> Option<String>,
+        ),
+        ("uts", |i: &Identity| i.uts.clone()),
+        ("ipc", |i: &Identity| i.ipc.clone()),
+    ] {
+        let (a, b2, x) = (get(&web_id), get(&client_id), get(&exec_id));
+        c.check(
+            a.is_some() && a == b2 && a == x,
+            format!("{kind} namespace shared by web, client and idle: {a:?} {b2:?} {x:?}"),
+        );
+    }
+    for (who, id) in [
+        ("web", &web_id),
+        ("client", &client_id),
+        ("idle (exec)", &exec_id),
+    ] {
+        c.check(
+            id.host.as_deref() == Some(pod_name.as_str()),
+            format!("{who}'s hostname is the pod's {pod_name:?}: {:?}", id.host),
+        );
+    }
+    if handler == RUNC_HANDLER {
+        let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+        c.check(
+            web_id.net.as_deref() != Some(host_net.to_string_lossy().as_ref()),
+            format!("the pod's netns is not the host's ({host_net:?})"),
+        );
+    }
+
+    // 7. StopContainer with a 2 s grace on a container that ignores SIGTERM.
+    match cri.client().container_status(&web) {
+        Ok(s) => c.check(
+            s.state() == ContainerState::ContainerRunning,
+            format!(
+                "web still RUNNING before StopContainer: {:?} (exit code {}, reason {:?})",
+                s.state(),
+                s.exit_code,
+                s.reason
+            ),
+        ),
+        Err(e) => c.check(false, format!("ContainerStatus(web): {e:#}")),
+    };
+    let t = Instant::now();
+    let stopped = c.time("StopContainer(web, timeout 2)", || {
+        cri.client().stop_container(&web, 2)
+    });
+    let took = t.elapsed();
+    c.check(
+        stopped.is_ok(),
+        format!("StopContainer(web, 2): {stopped:?}"),
+    );
+    c.check(
+        took >= Duration::from_millis(1900) && took <= Duration::from_secs(2) + b.stop_slack,
+        format!(
+            "StopContainer waited the 2 s grace then SIGKILLed: {:.2} s (bound {:?})",
+            took.as_secs_f64(),
+            Duration::from_secs(2) + b.stop_slack
+        ),
+    );
+    match cri.client().container_status(&web) {
+        Ok(s) => c.check(
+            s.state() == ContainerState::ContainerExited && s.exit_code == 137,
+            format!(
+                "web EXITED by SIGKILL (137): {:?} {}",
+                s.state(),
+                s.exit_code
+            ),
+        ),
+        Err(e) => c.check(false, format!("ContainerStatus(web): {e:#}")),
+    };
+
+    if !c.failures.is_empty() {
+        if let Some(v) = &vessel {
+            keep(
+                &v.state_root().join(&pod.id).join("console.log"),
+                &format!("{handler}-console.log"),
+            );
+        }
+    }
+
+    // 8. Stop and remove everything; nothing may be left.
+    let _ = cri.client().stop_container(&idle, 0);
+    for (name, id) in [("web", &web), ("idle", &idle), ("client", &client)] {
+        let r = c.time(&format!("RemoveContainer({name})"), || {
+            cri.client().remove_container(id)
+        });
+        c.check(r.is_ok(), format!("RemoveContainer({name}): {r:?}"));
+    }
+    let left = cri
+        .client()
+        .list_containers(Some(&pod.id))
+        .unwrap_or_default();
+    c.check(
+        left.is_empty(),
+        format!("ListContainers of the pod empty: {left:?}"),
+    );
+    let r = c.time("StopPodSandbox", || cri.client().stop_pod_sandbox(&pod.id));
+    c.check(r.is_ok(), format!("StopPodSandbox: {r:?}"));
+    let r = c.time("RemovePodSandbox", || {
+        cri.client().remove_pod_sandbox(&pod.id)
+    });
+    c.check(r.is_ok(), format!("RemovePodSandbox: {r:?}"));
+    let pods = cri.client().list_pod_sandbox().unwrap_or_default();
+    c.check(
+        !pods.iter().any(|p| p.id == pod.id),
+        format!(
+            "ListPodSandbox no longer has the pod: {:?}",
+            pods.iter().map(|p| &p.id).collect::<Vec<_>>()
+        ),
+    );
+    let state_root = vessel.as_ref().map(VesselTestConfig::state_root);
+    let leftovers = || -> Vec<String> {
+        let mut found = Vec::new();
+        for id in [&pod.id, &web, &idle, &client] {
+            found.extend(
+                processes_mentioning(id)
+                    .into_iter()
+                    .map(|p| format!("process {p}")),
+            );
+        }
+        if let Some(root) = &state_root {
+            let r = root.display().to_string();
+            found.extend(
+                processes_mentioning(&r)
+                    .into_iter()
+                    .map(|p| format!("process {p}")),
+            );
+            found.extend(mounts_under(root).into_iter().map(|m| format!("mount {m}")));
+            found.extend(
+                vessel
+                    .as_ref()
+                    .map(VesselTestConfig::leftovers)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| format!("state root entry {e}")),
+            );
+        }
+        found.extend(
+            mounts_under(cri.dir())
+                .into_iter()
+                .map(|m| format!("mount {m}")),
+        );
+        found.extend(
+            cri.cgroups_left()
+                .into_iter()
+                .map(|d| format!("cgroup {}", d.display())),
+        );
+        if Path::new(&format!("/proc/{}", info.pid)).exists()
+            && cmdline_of(info.pid).contains(if handler == VESSEL_HANDLER {
+                "vessel-vmm"
+            } else {
+                "sleep"
+            })
+        {
+            found.push(format!(
+                "sandbox task {} still runs: {}",
+                info.pid,
+                cmdline_of(info.pid)
+            ));
+        }
+        found
+    };
+    eventually(b.settle, || leftovers().is_empty());
+    let left = leftovers();
+    c.check(
+        left.is_empty(),
+        format!("nothing left of the pod: {left:#?}"),
+    );
+    c.finish(&cri);
+}
+
+/// The control: every scenario passes with runc.
+#[test]
+fn cri_runc_pod() {
+    scenarios(RUNC_HANDLER);
+}
+
+/// The same scenarios through the vessel handler: one VM pod.
+#[test]
+fn cri_vessel_pod() {
+    scenarios(VESSEL_HANDLER);
+}
