@@ -5,7 +5,7 @@
 //! * [`container`]: containers from OCI specs (namespaces, rootfs, devices, capabilities,
 //!   seccomp, cgroups v1/v2), created by re-executing the agent as a setup child.
 //! * [`reaper`]: the one place children are reaped; [`stdio`]: lossless output streams;
-//!   [`oom`]: OOM-kill events; [`network`]: rtnetlink.
+//!   [`oom`]: OOM-kill events; [`network`]: rtnetlink; [`pod`]: the pod's shared namespaces.
 //! * [`fpu_workaround`]: KVM-PVM's leaking AVX state, kept away from glibc.
 //! * [`sys`]: the only module with `unsafe`.
 
@@ -18,6 +18,7 @@ pub mod init;
 pub mod logger;
 pub mod network;
 pub mod oom;
+pub mod pod;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

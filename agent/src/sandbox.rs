@@ -10,10 +10,12 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::container::cgroups::CgroupLayout;
 use crate::container::mounts::{ensure_mountpoint, parse_options};
+use crate::container::namespaces::NsKind;
 use crate::container::spec::check_id;
 use crate::container::{Container, CreateContext};
 use crate::error::{RequestError, RequestResult};
 use crate::oom::OomMonitor;
+use crate::pod::PodNamespaces;
 use crate::reaper::lock;
 
 /// Most storages one request may ask for.
@@ -157,6 +159,15 @@ struct SandboxInfo {
     storages: Vec<MountedStorage>,
 }
 
+/// A container's place in its pod (CreateContainer's `pod_sandbox` / `pod_namespaces`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPlacement {
+    /// This is the pod's sandbox container: its namespaces become the pod's.
+    pub sandbox: bool,
+    /// Namespaces to join from the pod.
+    pub join: Vec<NsKind>,
+}
+
 /// Host entropy and time for a guest that may have been restored from a snapshot
 /// (see [`crate::freshness`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,6 +186,8 @@ pub struct Sandbox {
     pub oom: Arc<OomMonitor>,
     state_dir: PathBuf,
     info: Mutex<SandboxInfo>,
+    /// The pod's namespaces, once its sandbox container exists.
+    pod: Mutex<Option<PodNamespaces>>,
     pub pid1: bool,
     pub started: Instant,
 }
@@ -193,6 +206,7 @@ impl Sandbox {
             oom: OomMonitor::start()?,
             state_dir,
             info: Mutex::new(SandboxInfo::default()),
+            pod: Mutex::new(None),
             pid1,
             started: Instant::now(),
         })
@@ -200,6 +214,10 @@ impl Sandbox {
 
     fn resolv_conf_path(&self) -> PathBuf {
         self.state_dir.join("resolv.conf")
+    }
+
+    fn pod_ns_dir(&self) -> PathBuf {
+        self.state_dir.join("pod/ns")
     }
 
     pub fn create_sandbox(
@@ -251,6 +269,9 @@ impl Sandbox {
                 first_err.get_or_insert(e);
             }
         }
+        if let Some(mut pod) = lock(&self.pod).take() {
+            pod.release();
+        }
         let mut info = lock(&self.info);
         info.storages.drain(..).rev().for_each(|m| m.unmount());
         info.id = None;
@@ -277,6 +298,7 @@ impl Sandbox {
         spec: &[u8],
         storages: &[StorageSpec],
         stdin: bool,
+        pod: &PodPlacement,
     ) -> RequestResult<()> {
         check_id(id)?;
         {
@@ -288,7 +310,7 @@ impl Sandbox {
                 )));
             }
         }
-        let result = self.create_unlocked(id, spec, storages, stdin);
+        let result = self.create_unlocked(id, spec, storages, stdin, pod);
         lock(&self.busy).remove(id);
         result
     }
@@ -299,15 +321,29 @@ impl Sandbox {
         spec: &[u8],
         storages: &[StorageSpec],
         stdin: bool,
+        pod: &PodPlacement,
     ) -> RequestResult<()> {
         let layout = self.layout()?;
+        let pod_join = self.pod_join(pod)?;
         let mounted = mount_storages(storages)?;
         let resolv = self.resolv_conf_path();
         let ctx = CreateContext {
             layout,
             resolv_conf: resolv.exists().then_some(resolv.as_path()),
+            pod_join: &pod_join,
         };
-        match Container::create(id, spec, stdin, &ctx) {
+        let created = Container::create(id, spec, stdin, &ctx).and_then(|c| {
+            if pod.sandbox {
+                if let Err(e) = self.pin_pod(id, &c) {
+                    if let Err(d) = c.destroy(Duration::from_secs(10)) {
+                        log::error!("container {id}: removing after failed pod setup: {d}");
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(c)
+        });
+        match created {
             Ok(c) => {
                 self.oom.watch(id, c.cgroup());
                 lock(&self.containers).insert(
@@ -324,6 +360,41 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+
+    /// The pinned pod namespaces a new container joins; checks the placement is possible.
+    fn pod_join(&self, pod: &PodPlacement) -> RequestResult<Vec<(NsKind, PathBuf)>> {
+        let pinned = lock(&self.pod);
+        if pod.sandbox {
+            if let Some(p) = pinned.as_ref() {
+                return Err(RequestError::exists(format!(
+                    "the pod already has a sandbox container ({})",
+                    p.owner
+                )));
+            }
+        }
+        if pod.join.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(p) = pinned.as_ref() else {
+            return Err(RequestError::precondition(
+                "pod namespaces asked for, but the pod has no sandbox container",
+            ));
+        };
+        Ok(p.paths_for(&pod.join))
+    }
+
+    /// Makes the new sandbox container's namespaces the pod's. On failure the caller
+    /// destroys the container.
+    fn pin_pod(&self, id: &str, c: &Container) -> RequestResult<()> {
+        let mut pinned = lock(&self.pod);
+        if pinned.is_some() {
+            return Err(RequestError::exists(
+                "the pod already has a sandbox container",
+            ));
+        }
+        *pinned = Some(PodNamespaces::pin(id, c.init.pid, &self.pod_ns_dir())?);
+        Ok(())
     }
 
     pub fn remove_container(&self, id: &str, timeout: Duration) -> RequestResult<()> {
@@ -350,6 +421,14 @@ impl Sandbox {
         let container = self.get(id)?;
         container.destroy(timeout)?;
         self.oom.unwatch(id);
+        {
+            let mut pinned = lock(&self.pod);
+            if pinned.as_ref().is_some_and(|p| p.owner == id) {
+                if let Some(mut p) = pinned.take() {
+                    p.release();
+                }
+            }
+        }
         if let Some(entry) = lock(&self.containers).remove(id) {
             entry
                 .storages

@@ -11,7 +11,7 @@ use vessel_protocol::agent_ttrpc::Agent;
 
 use crate::error::{RequestError, RequestResult};
 use crate::network::{self, Netlink, RouteSpec};
-use crate::sandbox::{Sandbox, StorageSpec};
+use crate::sandbox::{PodPlacement, Sandbox, StorageSpec};
 use crate::stdio::{ReadOutcome, StdioError};
 
 /// Largest WriteStdin payload.
@@ -62,6 +62,23 @@ fn storages(list: &[Storage]) -> Vec<StorageSpec> {
             mount_point: s.mount_point.clone(),
         })
         .collect()
+}
+
+fn pod_placement(req: &CreateContainerRequest) -> RequestResult<PodPlacement> {
+    let mut join = Vec::new();
+    for ns in &req.pod_namespaces {
+        let kind = ns
+            .enum_value()
+            .map_err(|v| RequestError::invalid(format!("unknown pod namespace kind {v}")))
+            .and_then(crate::pod::kind_of)?;
+        if !join.contains(&kind) {
+            join.push(kind);
+        }
+    }
+    Ok(PodPlacement {
+        sandbox: req.pod_sandbox,
+        join,
+    })
 }
 
 fn uptime_ms() -> u64 {
@@ -239,12 +256,15 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        let r = self.sandbox.create_container(
-            &req.container_id,
-            &req.oci_spec,
-            &storages(&req.storages),
-            req.stdin,
-        );
+        let r = pod_placement(&req).and_then(|pod| {
+            self.sandbox.create_container(
+                &req.container_id,
+                &req.oci_spec,
+                &storages(&req.storages),
+                req.stdin,
+                &pod,
+            )
+        });
         reply("CreateContainer", r.map(|_| Empty::new()))
     }
 

@@ -171,14 +171,15 @@ impl Agent {
         &self,
         cid: &str,
         spec: &oci_spec::runtime::Spec,
-        storages: Vec<pb::Storage>,
         stdin: bool,
+        pod: &crate::pod::namespaces::Translated,
     ) -> Result<(), AgentError> {
         let req = pb::CreateContainerRequest {
             container_id: cid.to_string(),
             oci_spec: self.json("CreateContainer", spec)?,
-            storages,
             stdin,
+            pod_sandbox: pod.pod_sandbox,
+            pod_namespaces: pod.pod_namespaces.iter().map(|n| (*n).into()).collect(),
             ..Default::default()
         };
         self.ctl("CreateContainer", &|c, ctx| c.create_container(ctx, &req))

@@ -24,6 +24,12 @@ pub enum CleanupError {
     Mount { dir: PathBuf, source: MountError },
     #[error("sandbox dir {dir}: still mounted after unmount: {left:?}; not removing it")]
     StillMounted { dir: PathBuf, left: Vec<PathBuf> },
+    #[error("sandbox dir {dir}: removing the pod's cgroup")]
+    Cgroup {
+        dir: PathBuf,
+        #[source]
+        source: crate::host_cgroup::HostCgroupError,
+    },
     #[error("removing sandbox dir {dir}: {source}")]
     Remove {
         dir: PathBuf,
@@ -59,7 +65,10 @@ pub fn cleanup_sandbox_dir(
         Ok(s) => s,
         // Still clean up what the mount table shows; just no VMM pid to kill.
         Err(
-            e @ (StateError::Corrupt { .. } | StateError::Io { .. } | StateError::InvalidId { .. }),
+            e @ (StateError::Corrupt { .. }
+            | StateError::Io { .. }
+            | StateError::InvalidId { .. }
+            | StateError::PathTooLong { .. }),
         ) => {
             report.state_error = Some(e.to_string());
             None
@@ -108,6 +117,14 @@ pub fn cleanup_sandbox_dir(
     if !left.is_empty() {
         return Err(CleanupError::StillMounted { dir, left });
     }
+    if let Some(s) = &state {
+        crate::host_cgroup::remove_dirs(&s.cgroup, wait).map_err(|source| {
+            CleanupError::Cgroup {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
+    }
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -125,7 +142,7 @@ mod tests {
     #[test]
     fn missing_dir_is_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "gone").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "gone").unwrap();
         let r = cleanup_sandbox_dir(&paths, &HostMounter, Duration::from_secs(1)).unwrap();
         assert!(!r.existed);
     }
@@ -139,7 +156,7 @@ mod tests {
             "this test needs root to bind-mount"
         );
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(&dir.path().join("state"), "sb").unwrap();
+        let paths = SandboxPaths::new(&dir.path().join("state"), "default", "sb").unwrap();
         paths.create().unwrap();
         // Not our child after this: spawned through a shell that exits, like an orphaned VMM.
         let out = std::process::Command::new("sh")
@@ -177,7 +194,7 @@ mod tests {
     #[test]
     fn recorded_pid_of_another_process_is_not_killed() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb").unwrap();
         paths.create().unwrap();
         let me = ProcessIdentity::of(std::process::id() as i32).unwrap();
         let mut state = SandboxStateFile::new("sb");
@@ -195,7 +212,7 @@ mod tests {
     #[test]
     fn corrupt_state_still_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb").unwrap();
         paths.create().unwrap();
         std::fs::write(paths.state_file(), b"garbage").unwrap();
         let r = cleanup_sandbox_dir(&paths, &HostMounter, Duration::from_secs(1)).unwrap();

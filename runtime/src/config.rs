@@ -17,6 +17,8 @@ const MIN_MEMORY_MIB: u32 = 32;
 const MAX_MEMORY_MIB: u32 = 1 << 20;
 const MAX_VCPUS: u32 = 254;
 const MAX_KERNEL_PARAMS_LEN: usize = 2048;
+/// The pod annotations `hypervisor.enable_annotations` may name (`crate::sizing`).
+const SIZE_ANNOTATION_KEYS: [&str; 2] = ["memory_mib", "vcpus"];
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// Why a configuration could not be loaded or is not usable.
@@ -51,8 +53,17 @@ pub struct HypervisorConfig {
     pub path: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The VM's base size: what a pod gets with no resources stated, and what the pod's
+    /// resources are added to (see `crate::sizing`).
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// Bounds on a pod's VM size.
+    pub min_memory_mib: u32,
+    pub max_memory_mib: u32,
+    pub max_vcpus: u32,
+    /// Which `io.vessel.config.hypervisor.<key>` pod annotations may override the size
+    /// (`memory_mib`, `vcpus`); none by default.
+    pub enable_annotations: Vec<String>,
     pub kernel_params: String,
     pub seccomp: bool,
     /// The agent binary for the "host-agent" backend.
@@ -68,6 +79,10 @@ impl Default for HypervisorConfig {
             initrd: PathBuf::from("/usr/local/share/vessel/initrd.cpio"),
             memory_mib: 128,
             vcpus: 1,
+            min_memory_mib: 64,
+            max_memory_mib: 2048,
+            max_vcpus: 4,
+            enable_annotations: Vec::new(),
             kernel_params: String::new(),
             seccomp: true,
             agent_path: PathBuf::from("/usr/local/bin/vessel-agent"),
@@ -219,6 +234,38 @@ impl Config {
                 "must be between 1 and 254",
             );
         }
+        if !(MIN_MEMORY_MIB..=h.memory_mib).contains(&h.min_memory_mib) {
+            return invalid(
+                "hypervisor.min_memory_mib",
+                h.min_memory_mib.to_string(),
+                "must be between 32 and hypervisor.memory_mib",
+            );
+        }
+        if !(h.memory_mib..=MAX_MEMORY_MIB).contains(&h.max_memory_mib) {
+            return invalid(
+                "hypervisor.max_memory_mib",
+                h.max_memory_mib.to_string(),
+                "must be between hypervisor.memory_mib and 1048576",
+            );
+        }
+        if !(h.vcpus..=MAX_VCPUS).contains(&h.max_vcpus) {
+            return invalid(
+                "hypervisor.max_vcpus",
+                h.max_vcpus.to_string(),
+                "must be between hypervisor.vcpus and 254",
+            );
+        }
+        if let Some(bad) = h
+            .enable_annotations
+            .iter()
+            .find(|a| !SIZE_ANNOTATION_KEYS.contains(&a.as_str()))
+        {
+            return invalid(
+                "hypervisor.enable_annotations",
+                bad.clone(),
+                "only \"memory_mib\" and \"vcpus\" can be enabled",
+            );
+        }
         if h.kernel_params.len() > MAX_KERNEL_PARAMS_LEN
             || h.kernel_params.chars().any(|c| c == '\0' || c == '\n')
         {
@@ -318,6 +365,22 @@ mod tests {
             ("[runtime]\nstate_root = \"run\"\n", "runtime.state_root"),
             ("[snapshot]\ndir = \"snaps\"\n", "snapshot.dir"),
             ("[hypervisor]\nbackend = \"qemu\"\n", "hypervisor.backend"),
+            (
+                "[hypervisor]\nmax_memory_mib = 64\n",
+                "hypervisor.max_memory_mib",
+            ),
+            (
+                "[hypervisor]\nmin_memory_mib = 512\n",
+                "hypervisor.min_memory_mib",
+            ),
+            (
+                "[hypervisor]\nvcpus = 2\nmax_vcpus = 1\n",
+                "hypervisor.max_vcpus",
+            ),
+            (
+                "[hypervisor]\nenable_annotations = [\"kernel\"]\n",
+                "hypervisor.enable_annotations",
+            ),
         ] {
             match Config::from_toml(text, "t") {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),

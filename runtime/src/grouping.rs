@@ -27,6 +27,25 @@ pub enum GroupingError {
     MissingSandboxId { id: String },
     #[error("container {id}: unknown {CONTAINER_TYPE} {value:?}")]
     UnknownType { id: String, value: String },
+    #[error("{path}: {reason}")]
+    Spec { path: String, reason: String },
+}
+
+/// The role of container `id` from `<bundle>/config.json` (no file: standalone, as for a
+/// `delete` after the bundle was partly removed).
+pub fn role_from_bundle(
+    bundle: &std::path::Path,
+    id: &str,
+) -> Result<ContainerRole, GroupingError> {
+    let path = bundle.join("config.json");
+    if !path.exists() {
+        return Ok(ContainerRole::SandboxOwner { standalone: true });
+    }
+    let spec = oci_spec::runtime::Spec::load(&path).map_err(|e| GroupingError::Spec {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    ContainerRole::from_annotations(id, spec.annotations().as_ref())
 }
 
 impl ContainerRole {

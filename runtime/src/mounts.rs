@@ -24,6 +24,13 @@ pub enum MountError {
     },
     #[error("reading /proc/self/mountinfo: {0}")]
     MountInfo(std::io::Error),
+    #[error("mounting {fstype} ({source_name}) on {target}: {reason}")]
+    Mount {
+        fstype: String,
+        source_name: String,
+        target: PathBuf,
+        reason: String,
+    },
 }
 
 /// The mount operations a sandbox needs on the host.
@@ -31,6 +38,9 @@ pub trait Mounter: Send + Sync {
     /// Bind-mounts `source` (a directory or a file) on `target`, which must exist and be of
     /// the same kind. Recursive, so submounts of a volume stay visible.
     fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError>;
+    /// Mounts one of containerd's rootfs mounts on `target` (a path the guest cannot write:
+    /// `<bundle>/rootfs`). A read-only bind is made read-only by a remount.
+    fn mount(&self, m: &crate::rootfs::RootfsMount, target: &Path) -> Result<(), MountError>;
     /// Unmounts `target` (all mounts stacked on it). Not mounted is not an error.
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     /// Mount points at or below `dir`, deepest first (the order to unmount them in).
@@ -89,6 +99,35 @@ impl Mounter for HostMounter {
             if let Err(errno) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
                 let _ = self.unmount(target);
                 return Err(err(errno));
+            }
+        }
+        Ok(())
+    }
+
+    fn mount(&self, m: &crate::rootfs::RootfsMount, target: &Path) -> Result<(), MountError> {
+        use nix::mount::{mount, MsFlags};
+        let fail = |reason: String| MountError::Mount {
+            fstype: m.typ.clone(),
+            source_name: m.source.clone(),
+            target: target.to_path_buf(),
+            reason,
+        };
+        let (flags, data) = crate::rootfs::parse_options(&m.options);
+        if data.len() > crate::rootfs::MAX_MOUNT_DATA {
+            return Err(fail(format!(
+                "mount options are {} bytes, more than a page",
+                data.len()
+            )));
+        }
+        let fstype = (!m.typ.is_empty()).then_some(m.typ.as_str());
+        let source = (!m.source.is_empty()).then_some(m.source.as_str());
+        let data = (!data.is_empty()).then_some(data.as_str());
+        mount(source, target, fstype, flags, data).map_err(|e| fail(e.to_string()))?;
+        if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            if let Err(e) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+                let _ = self.unmount(target);
+                return Err(fail(e.to_string()));
             }
         }
         Ok(())

@@ -13,7 +13,9 @@ use vessel_protocol::agent as pb;
 use crate::agent::{code, Agent, AgentError};
 use crate::cleanup::{cleanup_sandbox_dir, CleanupError};
 use crate::config::Config;
+use crate::host_cgroup::{HostCgroup, HostCgroupError};
 use crate::mounts::Mounter;
+use crate::pod::namespaces::Translated;
 use crate::share::{apply_share, plan_container_share, release_share, ShareError};
 use crate::state::{SandboxPaths, SandboxStateFile, StateError};
 use crate::vm::{ExitInfo, LaunchRequest, VmBackend, VmError, VmInstance};
@@ -34,6 +36,14 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Cleanup(#[from] CleanupError),
+    #[error("sandbox {sandbox}: placing the VMM in the pod's cgroup")]
+    Cgroup {
+        sandbox: String,
+        #[source]
+        source: HostCgroupError,
+    },
+    #[error("sandbox {sandbox} already exists (its VMM, pid {pid}, is running)")]
+    AlreadyExists { sandbox: String, pid: i32 },
     #[error("sandbox {sandbox}: agent failed during {step}: {source}\n{diagnostics}")]
     AgentStartup {
         sandbox: String,
@@ -58,21 +68,35 @@ impl SandboxError {
 /// What is needed to start a sandbox.
 pub struct SandboxOptions {
     pub id: String,
+    /// containerd namespace: with the id, it names the state dir.
+    pub namespace: String,
     pub hostname: String,
+    /// The configuration, with the VM's size for this pod in `hypervisor`.
     pub config: Arc<Config>,
     pub backend: Arc<dyn VmBackend>,
     pub mounter: Arc<dyn Mounter>,
+    /// The host cgroup the VMM runs in (the sandbox spec's `cgroupsPath`).
+    pub cgroup: Option<HostCgroup>,
+    /// A CRI pod: the agent mounts the pod's shm tmpfs (see [`Sandbox::guest_pod_shm`]).
+    pub pod_shm: bool,
 }
+
+/// Size of a pod's /dev/shm, as containerd's CRI gives a runc pod.
+const POD_SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"];
 
 /// A container's placement in the sandbox.
 pub struct ContainerConfig<'a> {
     pub id: &'a str,
-    /// OCI spec as containerd wrote it (host paths).
+    /// OCI spec as containerd wrote it (host paths), namespaces already translated.
     pub spec: &'a Spec,
     /// The container's rootfs on the host, mounted (normally `<bundle>/rootfs`).
     pub host_rootfs: &'a Path,
     /// Keep a stdin pipe for the init process.
     pub stdin: bool,
+    /// What the container shares with its pod.
+    pub pod: &'a Translated,
+    /// The pod's `/dev/shm` in the guest, for the CRI shm bind (None: not a CRI pod).
+    pub guest_pod_shm: Option<&'a Path>,
 }
 
 /// A running sandbox.
@@ -100,8 +124,17 @@ impl Sandbox {
     /// Creates the state dir, starts the VM, waits for its agent and creates the sandbox in it.
     /// On failure nothing is left behind: no process, mount, socket or directory.
     pub fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
-        let paths = SandboxPaths::new(&opts.config.runtime.state_root, &opts.id)?;
+        let paths = SandboxPaths::new(&opts.config.runtime.state_root, &opts.namespace, &opts.id)?;
         if paths.dir().exists() {
+            // A live pod keeps its id: never kill it for a second create with that id.
+            if let Ok(Some(st)) = SandboxStateFile::read(&paths.state_file()) {
+                if let Some(vmm) = st.vmm.filter(|v| v.is_alive()) {
+                    return Err(SandboxError::AlreadyExists {
+                        sandbox: opts.id.clone(),
+                        pid: vmm.pid,
+                    });
+                }
+            }
             log::warn!("sandbox {}: removing leftovers of an earlier run", opts.id);
             cleanup_sandbox_dir(
                 &paths,
@@ -110,14 +143,31 @@ impl Sandbox {
             )?;
         }
         paths.create()?;
-        let state = SandboxStateFile::new(&opts.id);
-        if let Err(e) = state.write(&paths.state_file()) {
+        let mut state = SandboxStateFile::new(&opts.id);
+        if let Some(cg) = &opts.cgroup {
+            state.cgroup = cg.dirs();
+        }
+        let early_cleanup = || {
             let _ = cleanup_sandbox_dir(
                 &paths,
                 opts.mounter.as_ref(),
                 opts.config.shutdown_timeout(),
             );
+            paths.remove_empty_namespace_dir();
+        };
+        // Recorded before it exists, so a crash from here on leaves it to cleanup.
+        if let Err(e) = state.write(&paths.state_file()) {
+            early_cleanup();
             return Err(e.into());
+        }
+        if let Some(cg) = &opts.cgroup {
+            if let Err(source) = cg.create() {
+                early_cleanup();
+                return Err(SandboxError::Cgroup {
+                    sandbox: opts.id.clone(),
+                    source,
+                });
+            }
         }
         let req = LaunchRequest {
             sandbox_id: &opts.id,
@@ -127,11 +177,7 @@ impl Sandbox {
         let vm = match opts.backend.launch(&req) {
             Ok(vm) => vm,
             Err(e) => {
-                let _ = cleanup_sandbox_dir(
-                    &paths,
-                    opts.mounter.as_ref(),
-                    opts.config.shutdown_timeout(),
-                );
+                early_cleanup();
                 return Err(e.into());
             }
         };
@@ -144,12 +190,21 @@ impl Sandbox {
             ) {
                 log::error!("sandbox {}: cleanup after failed start: {e}", opts.id);
             }
+            paths.remove_empty_namespace_dir();
         };
-        let mut state = state;
         state.vmm = vm.process().identity();
         if let Err(e) = state.write(&paths.state_file()) {
             cleanup_vm(vm.as_ref());
             return Err(e.into());
+        }
+        if let Some(cg) = &opts.cgroup {
+            if let Err(source) = cg.add_process(vm.process().pid()) {
+                cleanup_vm(vm.as_ref());
+                return Err(SandboxError::Cgroup {
+                    sandbox: opts.id.clone(),
+                    source,
+                });
+            }
         }
         let vm_gone = Arc::new(AtomicBool::new(false));
         {
@@ -171,10 +226,20 @@ impl Sandbox {
         };
         // A VM restored from a snapshot shares the snapshot's RNG state and wall clock with
         // every other one: give it fresh entropy and the time.
+        let mut storages = vm.sandbox_storages();
+        if opts.pod_shm {
+            storages.push(pb::Storage {
+                driver: "tmpfs".into(),
+                source: "shm".into(),
+                options: POD_SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
+                mount_point: guest_pod_shm(vm.as_ref()).display().to_string(),
+                ..Default::default()
+            });
+        }
         let create = pb::CreateSandboxRequest {
             sandbox_id: opts.id.clone(),
             hostname: opts.hostname.clone(),
-            storages: vm.sandbox_storages(),
+            storages,
             entropy: host_entropy(),
             realtime_ns: realtime_ns(),
             ..Default::default()
@@ -203,31 +268,17 @@ impl Sandbox {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-    pub fn paths(&self) -> &SandboxPaths {
-        &self.paths
-    }
-    pub fn agent(&self) -> &Agent {
+    pub(crate) fn agent(&self) -> &Agent {
         &self.agent
+    }
+    /// The pod's shm tmpfs in the guest (mounted at CreateSandbox when `pod_shm`).
+    pub fn guest_pod_shm(&self) -> PathBuf {
+        guest_pod_shm(self.vm.as_ref())
     }
     /// Pid of the VMM (or host agent) process.
     pub fn vmm_pid(&self) -> i32 {
         self.vm.process().pid()
     }
-    /// The VMM's exit, if it exited.
-    pub fn vm_exit(&self) -> Option<ExitInfo> {
-        self.vm.process().exit_status()
-    }
-    /// Runs `hook` when the VM process exits (at once if it has).
-    pub fn on_vm_exit(&self, hook: impl FnOnce(ExitInfo) + Send + 'static) {
-        self.vm.process().on_exit(hook)
-    }
-    pub fn diagnostics(&self) -> String {
-        self.vm.diagnostics()
-    }
-
     fn ensure_running(&self) -> Result<(), SandboxError> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(SandboxError::Stopped {
@@ -255,6 +306,7 @@ impl Sandbox {
             c.host_rootfs,
             &self.paths.shared(),
             &self.vm.guest_shared_dir(),
+            c.guest_pod_shm,
         )?;
         apply_share(&plan, c.id, self.mounter.as_ref(), &mut |target| {
             let t = target.to_path_buf();
@@ -262,7 +314,7 @@ impl Sandbox {
         })?;
         if let Err(e) = self
             .agent
-            .create_container(c.id, &plan.spec, Vec::new(), c.stdin)
+            .create_container(c.id, &plan.spec, c.stdin, c.pod)
         {
             if let Err(r) = self.release_container_share(c.id) {
                 log::error!("sandbox {}: container {}: rollback: {r}", self.id, c.id);
@@ -368,12 +420,6 @@ impl Sandbox {
         Ok(self.agent.tty_win_resize(cid, exec_id, rows, cols)?)
     }
 
-    /// Blocks until a container hits OOM; returns its id.
-    pub fn next_oom_event(&self) -> Result<String, SandboxError> {
-        self.ensure_running()?;
-        Ok(self.agent.get_oom_event()?)
-    }
-
     /// Destroys the sandbox in the agent (best effort, bounded), kills the VM, unmounts and
     /// removes the state dir. Idempotent.
     pub fn stop(&self) -> Result<(), SandboxError> {
@@ -395,6 +441,7 @@ impl Sandbox {
             );
         }
         cleanup_sandbox_dir(&self.paths, self.mounter.as_ref(), timeout)?;
+        self.paths.remove_empty_namespace_dir();
         log::info!("sandbox {}: stopped, state removed", self.id);
         Ok(())
     }
@@ -406,6 +453,10 @@ impl Drop for Sandbox {
             log::error!("sandbox {}: stop on drop: {e}", self.id);
         }
     }
+}
+
+fn guest_pod_shm(vm: &dyn VmInstance) -> PathBuf {
+    vm.guest_pod_dir().join("shm")
 }
 
 /// Bytes of host randomness sent to the guest at CreateSandbox.

@@ -5,6 +5,9 @@
 //!       `<state>/<sid>/shared/<cid>/volumes/<n>` ← bind of the n-th host bind mount's source.
 //! Guest: the same tree appears under the guest shared root (`/run/vessel/shared`).
 //! Mounts the guest kernel provides itself (proc, tmpfs, sysfs, ...) are kept as they are.
+//! In a CRI pod, the bind of the sandbox's shm directory on `/dev/shm` becomes a bind of the
+//! pod's shm tmpfs in the guest (one per pod, made at CreateSandbox): shared memory between a
+//! pod's containers stays in the guest instead of going through virtio-fs.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +17,10 @@ use crate::mounts::{prepare_mount_point, MountError, Mounter};
 
 /// Where the agent mounts the shared directory inside the guest.
 pub const GUEST_SHARED_ROOT: &str = "/run/vessel/shared";
+/// Pod-level things in the guest that the host does not share (the pod's /dev/shm tmpfs).
+pub const GUEST_POD_DIR: &str = "/run/vessel/pod";
+/// The destination CRI binds the sandbox's shm directory on.
+const DEV_SHM: &str = "/dev/shm";
 /// The virtio-fs tag of the shared directory.
 pub const SHARED_FS_TAG: &str = "vessel";
 
@@ -70,12 +77,14 @@ fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
 ///
 /// * `host_rootfs`: the container's rootfs on the host (normally `<bundle>/rootfs`, mounted).
 /// * `host_shared`: the sandbox's shared dir on the host; `guest_shared`: the same in the guest.
+/// * `guest_pod_shm`: in a CRI pod, the pod's shm directory in the guest.
 pub fn plan_container_share(
     spec: &Spec,
     cid: &str,
     host_rootfs: &Path,
     host_shared: &Path,
     guest_shared: &Path,
+    guest_pod_shm: Option<&Path>,
 ) -> Result<SharePlan, ShareError> {
     let mut spec = spec.clone();
     let host_dir = host_shared.join(cid);
@@ -101,6 +110,14 @@ pub fn plan_container_share(
             let typ = m.typ().clone();
             if is_bind(typ.as_deref(), &options) {
                 let source = m.source().clone().unwrap_or_default();
+                if let Some(shm) = guest_pod_shm {
+                    if m.destination() == Path::new(DEV_SHM)
+                        && source.file_name() == Some(std::ffi::OsStr::new("shm"))
+                    {
+                        m.set_source(Some(shm.to_path_buf()));
+                        continue;
+                    }
+                }
                 if !source.is_absolute() {
                     return Err(ShareError::UnsupportedMount {
                         container: cid.to_string(),
@@ -134,15 +151,8 @@ pub fn plan_container_share(
         }
     }
 
-    // Host-side things that mean nothing in the guest: namespace paths (/proc/<host-pid>/ns/..,
-    // /var/run/netns/..) and hooks (host binaries). The agent creates the namespaces itself.
-    if let Some(linux) = spec.linux_mut().as_mut() {
-        if let Some(namespaces) = linux.namespaces_mut().as_mut() {
-            for ns in namespaces.iter_mut() {
-                ns.set_path(None);
-            }
-        }
-    }
+    // Hooks are host binaries: they mean nothing in the guest. (Namespace paths were
+    // translated before: `crate::pod::namespaces`.)
     spec.set_hooks(None);
 
     Ok(SharePlan { binds, spec })
@@ -251,6 +261,7 @@ mod tests {
             Path::new("/b/c1/rootfs"),
             Path::new("/run/vessel/sb/shared"),
             Path::new(GUEST_SHARED_ROOT),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -290,8 +301,47 @@ mod tests {
         );
         assert_eq!(mounts[3].options().as_ref().unwrap(), &vec!["bind", "ro"]);
         assert!(s.hooks().is_none());
-        let ns = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
-        assert!(ns.iter().all(|n| n.path().is_none()));
+    }
+
+    #[test]
+    fn cri_shm_becomes_the_pods_guest_tmpfs() {
+        let spec = spec_json(
+            r#"{"destination":"/dev/shm","type":"bind","source":"/var/lib/c/sandboxes/s1/shm","options":["rbind","rw"]},
+               {"destination":"/etc/hosts","type":"bind","source":"/var/lib/c/sandboxes/s1/hosts","options":["rbind","ro"]}"#,
+        );
+        let shm = Path::new("/run/vessel/pod/shm");
+        let plan = plan_container_share(
+            &spec,
+            "c1",
+            Path::new("/b/c1/rootfs"),
+            Path::new("/h"),
+            Path::new("/g"),
+            Some(shm),
+        )
+        .unwrap();
+        // Only the rootfs and /etc/hosts come from the host.
+        assert_eq!(plan.binds.len(), 2, "{:?}", plan.binds);
+        assert_eq!(
+            plan.binds[1].source,
+            Path::new("/var/lib/c/sandboxes/s1/hosts")
+        );
+        let mounts = plan.spec.mounts().as_ref().unwrap();
+        assert_eq!(mounts[0].source().as_deref(), Some(shm));
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(Path::new("/g/c1/volumes/0"))
+        );
+        // Outside a CRI pod, the same mount is an ordinary volume.
+        let plan = plan_container_share(
+            &spec,
+            "c1",
+            Path::new("/r"),
+            Path::new("/h"),
+            Path::new("/g"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.binds.len(), 3);
     }
 
     #[test]
@@ -307,6 +357,7 @@ mod tests {
                 Path::new("/r"),
                 Path::new("/h"),
                 Path::new("/g"),
+                None,
             )
             .unwrap_err();
             assert!(matches!(err, ShareError::UnsupportedMount { .. }), "{err}");
@@ -331,6 +382,10 @@ mod tests {
                     errno: nix::errno::Errno::EPERM,
                 });
             }
+            self.mounted.lock().unwrap().push(t.to_path_buf());
+            Ok(())
+        }
+        fn mount(&self, _m: &crate::rootfs::RootfsMount, t: &Path) -> Result<(), MountError> {
             self.mounted.lock().unwrap().push(t.to_path_buf());
             Ok(())
         }
@@ -363,7 +418,8 @@ mod tests {
             vol.display()
         ));
         let shared = dir.path().join("shared");
-        let plan = plan_container_share(&spec, "c1", &rootfs, &shared, Path::new("/g")).unwrap();
+        let plan =
+            plan_container_share(&spec, "c1", &rootfs, &shared, Path::new("/g"), None).unwrap();
         let mounter = RecordingMounter {
             fail_on: fail_second.then(|| shared.join("c1/volumes/0")),
             ..Default::default()

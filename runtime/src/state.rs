@@ -13,65 +13,63 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Longest sandbox/container id accepted (containerd uses 64 hex chars; CRI names are longer).
-pub const MAX_ID_LEN: usize = 128;
 /// Largest state file we read back; anything bigger is not ours.
 const MAX_STATE_FILE_LEN: u64 = 1 << 20;
-const STATE_FILE_VERSION: u32 = 1;
+const STATE_FILE_VERSION: u32 = 2;
+/// Longest Unix socket path (`sun_path` less its NUL); the VMM also binds `<vsock>_<port>`.
+const MAX_SOCKET_PATH: usize = 107;
+const VSOCK_PORT_SUFFIX: usize = "_4294967295".len();
 
 /// Errors about the state directory and state file.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("invalid id {id:?}: {reason}")]
-    InvalidId { id: String, reason: &'static str },
-    #[error("{op} {path}: {source}")]
+    #[error(transparent)]
+    InvalidId(#[from] vessel_protocol::ids::IdError),
+    #[error("state dir {dir}: its sockets would be longer than a Unix socket path allows ({MAX_SOCKET_PATH} bytes); use a shorter runtime.state_root")]
+    PathTooLong { dir: PathBuf },
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("state file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// Checks that `id` can be used as a single path component and in log lines.
+/// Checks that `id` can be used as a single path component and in log lines (the rule of
+/// [`vessel_protocol::ids::check_id`]).
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    let bad = |reason| {
-        Err(StateError::InvalidId {
-            id: id.chars().take(MAX_ID_LEN + 8).collect(),
-            reason,
-        })
-    };
-    if id.is_empty() {
-        return bad("empty");
-    }
-    if id.len() > MAX_ID_LEN {
-        return bad("longer than 128 bytes");
-    }
-    if id == "." || id == ".." {
-        return bad("not a usable name");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return bad("only [A-Za-z0-9._-] are allowed");
-    }
-    Ok(())
+    Ok(vessel_protocol::ids::check_id(id)?)
 }
 
-/// Paths of one sandbox's state directory.
+/// Paths of one sandbox's state directory: `<state_root>/<namespace>/<sandbox-id>/`, so two
+/// containerd namespaces may use the same id without touching each other's pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxPaths {
     dir: PathBuf,
 }
 
 impl SandboxPaths {
-    pub fn new(state_root: &Path, sandbox_id: &str) -> Result<SandboxPaths, StateError> {
-        validate_id(sandbox_id)?;
-        Ok(SandboxPaths {
-            dir: state_root.join(sandbox_id),
-        })
+    pub fn new(
+        state_root: &Path,
+        namespace: &str,
+        sandbox_id: &str,
+    ) -> Result<SandboxPaths, StateError> {
+        vessel_protocol::ids::check_namespace(namespace)?;
+        vessel_protocol::ids::check_name("sandbox id", sandbox_id)?;
+        let paths = SandboxPaths {
+            dir: state_root.join(namespace).join(sandbox_id),
+        };
+        if paths.vsock().as_os_str().len() + VSOCK_PORT_SUFFIX > MAX_SOCKET_PATH {
+            return Err(StateError::PathTooLong { dir: paths.dir });
+        }
+        Ok(paths)
+    }
+    /// The sandbox dirs of one namespace live here.
+    pub fn namespace_dir(state_root: &Path, namespace: &str) -> PathBuf {
+        state_root.join(namespace)
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -113,6 +111,13 @@ impl SandboxPaths {
             })?;
         }
         Ok(())
+    }
+
+    /// Removes the namespace dir above this sandbox dir if it is now empty (best effort).
+    pub fn remove_empty_namespace_dir(&self) {
+        if let Some(ns_dir) = self.dir.parent() {
+            let _ = std::fs::remove_dir(ns_dir);
+        }
     }
 }
 
@@ -172,6 +177,10 @@ pub struct SandboxStateFile {
     /// Host mount points this sandbox made, in the order they were made. A mount point is
     /// recorded before it is mounted, so a crash in between leaves at most a stale entry.
     pub mounts: Vec<PathBuf>,
+    /// The host cgroup directories the VMM was placed in (the pod's `cgroupsPath`, one per
+    /// hierarchy), recorded before the VMM starts; removed at cleanup.
+    #[serde(default)]
+    pub cgroup: Vec<PathBuf>,
     pub created_unix_secs: u64,
 }
 
@@ -182,6 +191,7 @@ impl SandboxStateFile {
             sandbox_id: sandbox_id.to_string(),
             vmm: None,
             mounts: Vec::new(),
+            cgroup: Vec::new(),
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -255,33 +265,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_single_safe_components() {
-        for ok in ["abc", "a-b_c.d", &"f".repeat(64)] {
-            validate_id(ok).unwrap();
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "../x",
-            "a b",
-            "a\nb",
-            &"x".repeat(129),
-        ] {
-            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(SandboxPaths::new(Path::new("/run/vessel"), "../etc").is_err());
+    fn paths_are_checked_and_keyed_by_namespace() {
+        assert!(SandboxPaths::new(Path::new("/run/vessel"), "default", "../etc").is_err());
+        assert!(SandboxPaths::new(Path::new("/run/vessel"), "../x", "sb").is_err());
+        let a = SandboxPaths::new(Path::new("/run/vessel"), "default", "sb1").unwrap();
+        let b = SandboxPaths::new(Path::new("/run/vessel"), "k8s.io", "sb1").unwrap();
+        assert_ne!(
+            a.dir(),
+            b.dir(),
+            "same id in two namespaces must not share a dir"
+        );
+        // A socket path the kernel cannot bind is refused up front, with the reason.
+        let long_root = PathBuf::from(format!("/{}", "r".repeat(40)));
+        let err = SandboxPaths::new(&long_root, "default", &"f".repeat(64)).unwrap_err();
+        assert!(matches!(err, StateError::PathTooLong { .. }), "{err}");
+        assert!(err.to_string().contains("state_root"), "{err}");
     }
 
     #[test]
     fn layout() {
-        let p = SandboxPaths::new(Path::new("/run/vessel"), "sb1").unwrap();
-        assert_eq!(p.dir(), Path::new("/run/vessel/sb1"));
-        assert_eq!(p.vsock(), Path::new("/run/vessel/sb1/vsock.sock"));
+        let p = SandboxPaths::new(Path::new("/run/vessel"), "default", "sb1").unwrap();
+        assert_eq!(p.dir(), Path::new("/run/vessel/default/sb1"));
+        assert_eq!(p.vsock(), Path::new("/run/vessel/default/sb1/vsock.sock"));
         assert_eq!(
             p.container_shared("c1").unwrap(),
-            Path::new("/run/vessel/sb1/shared/c1")
+            Path::new("/run/vessel/default/sb1/shared/c1")
         );
         assert!(p.container_shared("../c1").is_err());
     }
@@ -289,13 +297,14 @@ mod tests {
     #[test]
     fn state_file_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb1").unwrap();
         paths.create().unwrap();
         assert!(paths.shared().is_dir());
         assert_eq!(SandboxStateFile::read(&paths.state_file()).unwrap(), None);
         let mut s = SandboxStateFile::new("sb1");
         s.vmm = ProcessIdentity::of(std::process::id() as i32);
         s.mounts.push(paths.shared().join("c1/rootfs"));
+        s.cgroup.push("/sys/fs/cgroup/memory/pod/sb1".into());
         s.write(&paths.state_file()).unwrap();
         let back = SandboxStateFile::read(&paths.state_file())
             .unwrap()

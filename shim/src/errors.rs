@@ -1,91 +1,48 @@
-//! Task API errors and their ttrpc status codes, matching what containerd 1.6's runc shim
-//! returns (containerd turns the codes back into `errdefs` errors):
-//! unknown task/exec → NOT_FOUND; kill of an exited process → NOT_FOUND ("process already
-//! finished"); kill of an exec not started → FAILED_PRECONDITION; existing id → ALREADY_EXISTS;
-//! delete of a running process → FAILED_PRECONDITION.
+//! Task API errors and their ttrpc status codes. The runtime decides the code
+//! ([`vessel_runtime::PodError::code`], matching what containerd 1.6's runc shim answers:
+//! unknown task/exec NOT_FOUND, kill of an exited process NOT_FOUND "process already
+//! finished", kill of an exec not started FAILED_PRECONDITION, existing id ALREADY_EXISTS,
+//! delete of a running process FAILED_PRECONDITION, a lost VM UNAVAILABLE); the message is
+//! the error with its causes.
 
-use vessel_runtime::agent::code;
-use vessel_runtime::SandboxError;
+use vessel_runtime::pod::error_chain;
+use vessel_runtime::PodError;
 
 /// A Task API call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("{0}: not found")]
-    NotFound(String),
-    #[error("{0}: already exists")]
-    AlreadyExists(String),
     #[error("{0}")]
-    FailedPrecondition(String),
+    Pod(#[from] PodError),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("{0}")]
-    Unimplemented(String),
-    #[error("{context}: {source}")]
-    Sandbox {
-        context: String,
-        source: Box<SandboxError>,
-    },
     #[error("{0}")]
     Internal(String),
 }
 
-/// gRPC/ttrpc status codes used here.
-pub mod status {
-    pub const UNKNOWN: i32 = 2;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const NOT_FOUND: i32 = 5;
-    pub const ALREADY_EXISTS: i32 = 6;
-    pub const FAILED_PRECONDITION: i32 = 9;
-    pub const UNIMPLEMENTED: i32 = 12;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-}
-
 impl TaskError {
-    /// Wraps a runtime error with what was being done (`"create c1"`).
-    pub fn sandbox(context: impl Into<String>, e: SandboxError) -> TaskError {
-        TaskError::Sandbox {
-            context: context.into(),
-            source: Box::new(e),
+    /// The ttrpc status code containerd sees.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            TaskError::Pod(e) => e.code(),
+            TaskError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            TaskError::Internal(_) => ttrpc::Code::UNKNOWN,
         }
     }
 
-    /// The ttrpc status code containerd sees.
-    pub fn code(&self) -> i32 {
+    /// The message containerd shows: the error and its causes.
+    pub fn message(&self) -> String {
         match self {
-            TaskError::NotFound(_) => status::NOT_FOUND,
-            TaskError::AlreadyExists(_) => status::ALREADY_EXISTS,
-            TaskError::FailedPrecondition(_) => status::FAILED_PRECONDITION,
-            TaskError::InvalidArgument(_) => status::INVALID_ARGUMENT,
-            TaskError::Unimplemented(_) => status::UNIMPLEMENTED,
-            TaskError::Internal(_) => status::UNKNOWN,
-            TaskError::Sandbox { source, .. } => match source.as_ref() {
-                SandboxError::Agent(e) => match e.code() {
-                    // The agent speaks the same code space; pass its verdicts through.
-                    Some(
-                        c @ (code::NOT_FOUND
-                        | code::ALREADY_EXISTS
-                        | code::FAILED_PRECONDITION
-                        | code::INVALID_ARGUMENT
-                        | code::UNIMPLEMENTED),
-                    ) => c,
-                    Some(_) => status::UNKNOWN,
-                    None => status::UNAVAILABLE,
-                },
-                SandboxError::Stopped { .. } => status::FAILED_PRECONDITION,
-                SandboxError::Share(_) | SandboxError::State(_) => status::INVALID_ARGUMENT,
-                _ => status::UNKNOWN,
-            },
+            TaskError::Pod(e) => error_chain(e),
+            other => other.to_string(),
         }
     }
 }
 
 impl From<TaskError> for ttrpc::Error {
     fn from(e: TaskError) -> ttrpc::Error {
-        let code = e.code();
         let mut st = ttrpc::Status::new();
-        st.code = protobuf::EnumOrUnknown::from_i32(code);
-        st.message = e.to_string();
+        st.code = protobuf::EnumOrUnknown::new(e.code());
+        st.message = e.message();
         ttrpc::Error::RpcStatus(st)
     }
 }
@@ -93,51 +50,49 @@ impl From<TaskError> for ttrpc::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vessel_runtime::AgentError;
 
-    fn status_of(e: TaskError) -> (i32, String) {
+    fn status_of(e: TaskError) -> (ttrpc::Code, String) {
         match ttrpc::Error::from(e) {
-            ttrpc::Error::RpcStatus(s) => (s.code.value(), s.message),
+            ttrpc::Error::RpcStatus(s) => (s.code.enum_value_or_default(), s.message),
             other => panic!("not a status: {other:?}"),
         }
     }
 
     #[test]
-    fn codes_match_runc_shim() {
-        assert_eq!(status_of(TaskError::NotFound("container c1".into())).0, 5);
-        assert_eq!(status_of(TaskError::AlreadyExists("c1".into())).0, 6);
-        let (c, m) = status_of(TaskError::FailedPrecondition("process not created".into()));
-        assert_eq!((c, m.as_str()), (9, "process not created"));
+    fn codes_and_messages_reach_containerd() {
+        let (c, m) = status_of(TaskError::Pod(PodError::NotFound {
+            what: "container c1".into(),
+        }));
+        assert_eq!(
+            (c, m.as_str()),
+            (ttrpc::Code::NOT_FOUND, "container c1: not found")
+        );
+        let (c, _) = status_of(TaskError::Pod(PodError::AlreadyExists {
+            what: "container c1".into(),
+        }));
+        assert_eq!(c, ttrpc::Code::ALREADY_EXISTS);
+        let (c, m) = status_of(TaskError::Pod(PodError::FailedPrecondition(
+            "c1/e1: process not created".into(),
+        )));
+        assert_eq!(
+            (c, m.as_str()),
+            (
+                ttrpc::Code::FAILED_PRECONDITION,
+                "c1/e1: process not created"
+            )
+        );
+        let (c, _) = status_of(TaskError::InvalidArgument("bad spec".into()));
+        assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT);
     }
 
     #[test]
-    fn agent_codes_pass_through_and_transport_is_unavailable() {
-        let agent = |code| {
-            TaskError::sandbox(
-                "exec c1/e1",
-                SandboxError::Agent(AgentError::Rpc {
-                    sandbox: "sb".into(),
-                    call: "ExecProcess",
-                    code,
-                    message: "executable file not found".into(),
-                }),
-            )
+    fn io_causes_are_in_the_message_once() {
+        let e = PodError::Io {
+            context: "create c1: stdio".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "opening /x: gone"),
         };
-        assert_eq!(agent(5).code(), 5);
-        assert_eq!(agent(9).code(), 9);
-        assert_eq!(agent(13).code(), status::UNKNOWN);
-        let (_, msg) = status_of(agent(5));
-        assert!(
-            msg.contains("exec c1/e1") && msg.contains("executable file not found"),
-            "{msg}"
-        );
-        let gone = TaskError::sandbox(
-            "wait",
-            SandboxError::Agent(AgentError::VmGone {
-                sandbox: "sb".into(),
-                call: "WaitProcess",
-            }),
-        );
-        assert_eq!(gone.code(), status::UNAVAILABLE);
+        let (c, m) = status_of(TaskError::Pod(e));
+        assert_eq!(c, ttrpc::Code::UNKNOWN);
+        assert_eq!(m, "create c1: stdio: opening /x: gone");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +12,13 @@ use std::time::Duration;
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags, Shim, StartOpts};
-use vessel_runtime::cleanup::cleanup_sandbox_dir;
-use vessel_runtime::grouping::ContainerRole;
+use vessel_runtime::grouping::role_from_bundle;
 use vessel_runtime::mounts::HostMounter;
-use vessel_runtime::share::release_share;
-use vessel_runtime::state::SandboxPaths;
+use vessel_runtime::pod::{cleanup_after_crash, error_chain};
 use vessel_runtime::vm::vmm::VmmBackend;
 use vessel_runtime::Config;
 
 use crate::events::ContainerdEvents;
-use crate::rootfs::unmount_rootfs;
 use crate::task::{TaskService, TaskServiceDeps};
 
 /// containerd's name for this runtime.
@@ -54,17 +51,6 @@ pub fn socket_serving(address: &str) -> bool {
     UnixStream::connect(socket_path(address)).is_ok()
 }
 
-/// Reads the CRI role of container `id` from `<bundle>/config.json` (none → standalone).
-pub fn role_from_bundle(bundle: &Path, id: &str) -> Result<ContainerRole, String> {
-    let path = bundle.join("config.json");
-    if !path.exists() {
-        return Ok(ContainerRole::SandboxOwner { standalone: true });
-    }
-    let spec =
-        oci_spec::runtime::Spec::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    ContainerRole::from_annotations(id, spec.annotations().as_ref()).map_err(|e| e.to_string())
-}
-
 impl Shim for VesselShim {
     type T = TaskService;
 
@@ -88,7 +74,7 @@ impl Shim for VesselShim {
     /// sandbox) or a new one spawned here, which serves once this returns.
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         let role = role_from_bundle(&self.bundle, &opts.id)
-            .map_err(containerd_shim::Error::InvalidArgument)?;
+            .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
         let grouping = role.sandbox_id(&opts.id).to_string();
         let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
         if socket_serving(&address) {
@@ -140,40 +126,20 @@ impl Shim for VesselShim {
     /// Called by containerd after the shim is gone (or failed to start): release whatever the
     /// container's sandbox left on the host.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let mut errors = Vec::new();
-        let mounter = HostMounter;
-        match Config::load(None) {
-            Ok((config, _)) => match role_from_bundle(&self.bundle, &self.id) {
-                Ok(role) => {
-                    let root = &config.runtime.state_root;
-                    let result = match &role {
-                        ContainerRole::SandboxOwner { .. } => SandboxPaths::new(root, &self.id)
-                            .map_err(|e| e.to_string())
-                            .and_then(|p| {
-                                cleanup_sandbox_dir(&p, &mounter, config.shutdown_timeout())
-                                    .map(drop)
-                                    .map_err(|e| e.to_string())
-                            }),
-                        ContainerRole::Member { sandbox_id } => SandboxPaths::new(root, sandbox_id)
-                            .map_err(|e| e.to_string())
-                            .and_then(|p| {
-                                release_share(&p.shared(), &self.id, &mounter)
-                                    .map_err(|e| e.to_string())
-                            }),
-                    };
-                    if let Err(e) = result {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(format!("vessel configuration: {e}")),
-        }
-        if let Err(e) = unmount_rootfs(&self.bundle, &mounter) {
-            errors.push(e);
-        }
-        if !errors.is_empty() {
-            let msg = format!("cleaning up {}: {}", self.id, errors.join("; "));
+        let cleaned = Config::load(None)
+            .map_err(|e| format!("vessel configuration: {e}"))
+            .and_then(|(config, _)| {
+                cleanup_after_crash(
+                    &config,
+                    &self.namespace,
+                    &self.id,
+                    &self.bundle,
+                    &HostMounter,
+                )
+                .map_err(|e| error_chain(&e))
+            });
+        if let Err(e) = cleaned {
+            let msg = format!("cleaning up {}: {e}", self.id);
             log::error!("{msg}");
             return Err(containerd_shim::Error::Other(msg));
         }

@@ -100,6 +100,8 @@ pub struct Container {
 pub struct CreateContext<'a> {
     pub layout: &'a cgroups::CgroupLayout,
     pub resolv_conf: Option<&'a std::path::Path>,
+    /// Pod namespaces to join instead of the spec's entries of those kinds.
+    pub pod_join: &'a [(NsKind, std::path::PathBuf)],
 }
 
 impl Container {

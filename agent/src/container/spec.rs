@@ -27,22 +27,11 @@ pub struct CreatePlan {
     pub console_size: Option<(u16, u16)>,
 }
 
-/// Container ids: 1-128 of [A-Za-z0-9_.-], not starting with '.' (they become cgroup and
-/// file names).
+/// Container ids: the shared rule of [`vessel_protocol::ids::check_id`] (they become cgroup
+/// and file names).
 pub fn check_id(id: &str) -> RequestResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(RequestError::invalid(format!(
-            "invalid container id {id:?}: use 1-128 of [A-Za-z0-9_.-]"
-        )))
-    }
+    vessel_protocol::ids::check_name("container id", id)
+        .map_err(|e| RequestError::invalid(e.to_string()))
 }
 
 pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResult<CreatePlan> {
@@ -105,6 +94,17 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
             (NsKind::Pid, None) => new_pid_ns = true,
             (k, Some(p)) => join_namespaces.push((k, p.clone())),
             (k, None) => new_namespaces.push(k),
+        }
+    }
+    // The pod's namespaces replace whatever the spec says for their kinds.
+    for (kind, path) in ctx.pod_join {
+        new_namespaces.retain(|k| k != kind);
+        join_namespaces.retain(|(k, _)| k != kind);
+        if *kind == NsKind::Pid {
+            new_pid_ns = false;
+            pid_ns_path = Some(path.clone());
+        } else {
+            join_namespaces.push((*kind, path.clone()));
         }
     }
     if !new_namespaces.contains(&NsKind::Mount) {
@@ -220,6 +220,7 @@ mod tests {
         let ctx = CreateContext {
             layout: &layout,
             resolv_conf: None,
+            pod_join: &[],
         };
         let code = |json: &[u8]| plan("c", json, &ctx).err().map(|e| e.code);
         assert_eq!(code(b"{not json"), Some(ttrpc::Code::INVALID_ARGUMENT));
@@ -248,5 +249,37 @@ mod tests {
         let ok = plan("c", &spec_with(dir.path(), |_| {}), &ctx).unwrap();
         assert!(ok.new_pid_ns);
         assert!(ok.config.wait_for_start);
+    }
+
+    #[test]
+    fn pod_namespaces_replace_the_specs_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = ctx_layout();
+        let pod_join = vec![
+            (NsKind::Net, PathBuf::from("/a/pod/ns/net")),
+            (NsKind::Ipc, PathBuf::from("/a/pod/ns/ipc")),
+            (NsKind::Pid, PathBuf::from("/a/pod/ns/pid")),
+        ];
+        let ctx = CreateContext {
+            layout: &layout,
+            resolv_conf: None,
+            pod_join: &pod_join,
+        };
+        // The default spec asks for new pid, network, ipc, uts and mount namespaces.
+        let p = plan("c", &spec_with(dir.path(), |_| {}), &ctx).unwrap();
+        assert!(!p.new_pid_ns);
+        assert_eq!(p.pid_ns_path, Some(PathBuf::from("/a/pod/ns/pid")));
+        let init = p.config.init.as_ref().unwrap();
+        assert_eq!(
+            init.join_namespaces,
+            vec![
+                (NsKind::Net, PathBuf::from("/a/pod/ns/net")),
+                (NsKind::Ipc, PathBuf::from("/a/pod/ns/ipc")),
+            ]
+        );
+        assert!(init.new_namespaces.contains(&NsKind::Uts));
+        assert!(init.new_namespaces.contains(&NsKind::Mount));
+        assert!(!init.new_namespaces.contains(&NsKind::Net));
+        assert!(!init.new_namespaces.contains(&NsKind::Ipc));
     }
 }

@@ -2,22 +2,29 @@
 //!
 //! * `vessel check` — can this host run vessel (exit 1 if not)
 //! * `vessel config` — print the effective configuration and where it came from
-//! * `vessel list` — sandboxes under the state root
-//! * `vessel cleanup <sandbox-id>...` — release what a dead shim left behind
-//! * `vessel probe` — boot a throw-away sandbox, wait for its agent, tear it down
+//! * `vessel list` — sandboxes under the state root (per containerd namespace)
+//! * `vessel cleanup [--namespace NS] <sandbox-id>...` — release what a dead shim left behind
+//! * `vessel probe` — boot a throw-away pod, wait for its agent, tear it down
+//! * `vessel run --bundle DIR` — run an OCI bundle's container in a pod of its own, its
+//!   output on this terminal, exit with its status (the same `Pods` the shim uses)
 //! * `vessel snapshot create|list|remove` — the VM snapshots pods start from
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use vessel_runtime::check::{evaluate, HostFacts};
 use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
+use vessel_runtime::pod::{error_chain, CreateRequest, ExitEvent, PodEvents, StdioPaths};
 use vessel_runtime::snapshot::{snapshot_key, SnapshotStore};
 use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
 use vessel_runtime::vm::backend_from_config;
-use vessel_runtime::{Config, Sandbox, SandboxOptions};
+use vessel_runtime::{Config, Pods, PodsDeps};
+
+/// The containerd namespace the CLI's own pods live in.
+const CLI_NAMESPACE: &str = "vessel";
 
 #[derive(Parser)]
 #[command(name = "vessel", about = "vessel runtime host tool")]
@@ -38,11 +45,25 @@ enum Cmd {
     /// List sandboxes in the state root.
     List,
     /// Kill leftover VMMs, unmount and remove the state of the named sandboxes.
-    Cleanup { ids: Vec<String> },
-    /// Boot a throw-away sandbox, wait for its agent, report, and tear it down.
+    Cleanup {
+        /// containerd namespace of the sandboxes.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        ids: Vec<String>,
+    },
+    /// Boot a throw-away pod, wait for its agent, report, and tear it down.
     Probe {
-        /// Sandbox id to use.
+        /// Pod id to use.
         #[arg(long, default_value = "vessel-probe")]
+        id: String,
+    },
+    /// Run the container of an OCI bundle (config.json + rootfs/) in a pod of its own, with
+    /// its output on this process's stdout/stderr; exit with its status.
+    Run {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Container (and pod) id.
+        #[arg(long, default_value = "vessel-run")]
         id: String,
     },
     /// VM snapshots that pods start from (`[snapshot]` in the config).
@@ -136,6 +157,99 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// `<root>/<namespace>/<id>` entries with their VMM and mounts.
+fn list(root: &std::path::Path) -> anyhow::Result<()> {
+    let namespaces = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", root.display())),
+    };
+    for ns in namespaces.flatten() {
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        let Ok(ids) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for entry in ids.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(paths) = SandboxPaths::new(root, &ns_name, &id) else {
+                continue;
+            };
+            match SandboxStateFile::read(&paths.state_file()) {
+                Ok(Some(s)) => {
+                    let vmm = s.vmm.map(|v| {
+                        format!(
+                            "{} ({})",
+                            v.pid,
+                            if v.is_alive() { "running" } else { "gone" }
+                        )
+                    });
+                    println!(
+                        "{ns_name}/{id}\tvmm={}\tmounts={}",
+                        vmm.unwrap_or_else(|| "-".into()),
+                        s.mounts.len()
+                    );
+                }
+                Ok(None) => println!("{ns_name}/{id}\t(no state file)"),
+                Err(e) => println!("{ns_name}/{id}\t({e})"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CLI's pods: namespace [`CLI_NAMESPACE`], the configured backend, real mounts.
+fn cli_pods(config: Config, events: Arc<dyn PodEvents>) -> Pods {
+    let backend = backend_from_config(&config);
+    Pods::new(PodsDeps {
+        namespace: CLI_NAMESPACE.to_string(),
+        config: Ok(Arc::new(config)),
+        backend,
+        mounter: Arc::new(HostMounter),
+        events,
+    })
+}
+
+struct NoEvents;
+impl PodEvents for NoEvents {
+    fn exited(&self, _: &ExitEvent) {}
+    fn oom(&self, container_id: &str) {
+        eprintln!("vessel: container {container_id}: out of memory");
+    }
+}
+
+/// `vessel run`: create, start, wait, delete; the container's exit status is ours.
+fn run_bundle(config: Config, bundle: &std::path::Path, id: &str) -> anyhow::Result<ExitCode> {
+    let pods = cli_pods(config, Arc::new(NoEvents));
+    let stdio = StdioPaths {
+        stdout: "/proc/self/fd/1".into(),
+        stderr: "/proc/self/fd/2".into(),
+        ..Default::default()
+    };
+    pods.create(CreateRequest {
+        id: id.to_string(),
+        bundle: bundle.to_path_buf(),
+        rootfs: Vec::new(),
+        stdio,
+    })
+    .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+    let started = pods.start(id, "");
+    let status = match started {
+        Ok(_) => pods.wait(id, "").map(|info| info.exit_status),
+        Err(e) => Err(e),
+    };
+    let deleted = pods.delete(id, "");
+    let status = status.map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+    match deleted {
+        Ok(d) => {
+            if let Err(e) = d.cleanup {
+                eprintln!("vessel: cleaning up {id}: {}", error_chain(&e));
+            }
+        }
+        Err(e) => eprintln!("vessel: deleting {id}: {}", error_chain(&e)),
+    }
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
@@ -168,82 +282,47 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::List => {
-            let root = &config.runtime.state_root;
-            let entries = match std::fs::read_dir(root) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ExitCode::SUCCESS),
-                Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", root.display())),
-            };
-            for entry in entries.flatten() {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let Ok(paths) = SandboxPaths::new(root, &id) else {
-                    continue;
-                };
-                match SandboxStateFile::read(&paths.state_file()) {
-                    Ok(Some(s)) => {
-                        let vmm = s.vmm.map(|v| {
-                            format!(
-                                "{} ({})",
-                                v.pid,
-                                if v.is_alive() { "running" } else { "gone" }
-                            )
-                        });
-                        println!(
-                            "{id}\tvmm={}\tmounts={}",
-                            vmm.unwrap_or_else(|| "-".into()),
-                            s.mounts.len()
-                        );
-                    }
-                    Ok(None) => println!("{id}\t(no state file)"),
-                    Err(e) => println!("{id}\t({e})"),
-                }
-            }
+            list(&config.runtime.state_root)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe { id } => {
             let started = std::time::Instant::now();
-            let config = std::sync::Arc::new(config);
-            let sandbox = Sandbox::start(SandboxOptions {
-                id: id.clone(),
-                hostname: id,
-                backend: backend_from_config(&config),
-                mounter: std::sync::Arc::new(HostMounter),
-                config,
-            });
-            match sandbox {
-                Ok(sb) => {
+            let pods = cli_pods(config, Arc::new(NoEvents));
+            match pods.probe(&id) {
+                Ok(pid) => {
                     println!(
-                        "sandbox {} ready in {:.1} s (pid {})",
-                        sb.id(),
+                        "pod {id} ready in {:.1} s (VMM pid {pid}); stopped and cleaned up",
                         started.elapsed().as_secs_f64(),
-                        sb.vmm_pid()
                     );
-                    sb.stop()?;
-                    println!("stopped and cleaned up");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!(
-                        "probe failed after {:.1} s: {e}",
-                        started.elapsed().as_secs_f64()
+                        "probe failed after {:.1} s: {}",
+                        started.elapsed().as_secs_f64(),
+                        error_chain(&e)
                     );
                     Ok(ExitCode::FAILURE)
                 }
             }
         }
+        Cmd::Run { bundle, id } => run_bundle(config, &bundle, &id),
         Cmd::Snapshot(cmd) => snapshot_cmd(&config, cmd),
-        Cmd::Cleanup { ids } => {
+        Cmd::Cleanup { namespace, ids } => {
             let mut failed = false;
             for id in ids {
-                let paths = SandboxPaths::new(&config.runtime.state_root, &id)?;
+                let paths = SandboxPaths::new(&config.runtime.state_root, &namespace, &id)?;
                 match cleanup_sandbox_dir(&paths, &HostMounter, config.shutdown_timeout()) {
                     Ok(r) if !r.existed => println!("{id}: nothing to clean"),
-                    Ok(r) => println!(
-                        "{id}: cleaned (killed vmm: {}, unmounted: {})",
-                        r.killed_vmm, r.unmounted
-                    ),
+                    Ok(r) => {
+                        paths.remove_empty_namespace_dir();
+                        println!(
+                            "{id}: cleaned (killed vmm: {}, unmounted: {})",
+                            r.killed_vmm, r.unmounted
+                        )
+                    }
                     Err(e) => {
-                        eprintln!("{id}: {e}");
+                        eprintln!("{id}: {}", error_chain(&e));
                         failed = true;
                     }
                 }

@@ -94,6 +94,10 @@ impl VmInstance for HostAgentInstance {
         self.paths.shared()
     }
 
+    fn guest_pod_dir(&self) -> PathBuf {
+        self.paths.dir().join("pod")
+    }
+
     fn diagnostics(&self) -> String {
         standard_diagnostics(&self.paths)
     }

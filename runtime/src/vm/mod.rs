@@ -94,6 +94,8 @@ pub trait VmInstance: Send + Sync {
     fn sandbox_storages(&self) -> Vec<Storage>;
     /// Where the host's shared directory appears for the agent.
     fn guest_shared_dir(&self) -> PathBuf;
+    /// Where the runtime puts pod-level guest things (the pod's shm tmpfs).
+    fn guest_pod_dir(&self) -> PathBuf;
     /// Console and VMM log tails, for error messages.
     fn diagnostics(&self) -> String;
 }
@@ -220,7 +222,7 @@ mod tests {
     #[test]
     fn connect_until_notices_a_dead_process() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb").unwrap();
         paths.create().unwrap();
         std::fs::write(paths.console(), "Kernel panic - not syncing\n").unwrap();
         let mut cmd = std::process::Command::new("sh");

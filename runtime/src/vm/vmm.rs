@@ -13,7 +13,7 @@ use super::{
     connect_until, open_log, standard_diagnostics, ChildProcess, LaunchRequest, VmBackend, VmError,
     VmInstance,
 };
-use crate::share::{GUEST_SHARED_ROOT, SHARED_FS_TAG};
+use crate::share::{GUEST_POD_DIR, GUEST_SHARED_ROOT, SHARED_FS_TAG};
 use crate::snapshot::{guest_args, host_args, SnapshotStore};
 use crate::state::SandboxPaths;
 
@@ -162,6 +162,10 @@ impl VmInstance for VmmInstance {
         PathBuf::from(GUEST_SHARED_ROOT)
     }
 
+    fn guest_pod_dir(&self) -> PathBuf {
+        PathBuf::from(GUEST_POD_DIR)
+    }
+
     fn diagnostics(&self) -> String {
         standard_diagnostics(&self.paths)
     }
@@ -185,7 +189,7 @@ mod tests {
     #[test]
     fn command_line_follows_config() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb1").unwrap();
         let mut config = Config::default();
         config.hypervisor.seccomp = false;
         config.hypervisor.kernel_params = "quiet".into();
@@ -199,7 +203,7 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let sb = dir.path().join("sb1");
+        let sb = dir.path().join("default/sb1");
         let expect = [
             "--kernel",
             "/usr/local/share/vessel/vmlinux",
@@ -226,7 +230,7 @@ mod tests {
     #[test]
     fn restore_command_carries_the_snapshot_and_the_same_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb1").unwrap();
         let config = Config::default();
         let req = LaunchRequest {
             sandbox_id: "sb1",
@@ -279,7 +283,7 @@ mod tests {
         config.hypervisor.initrd = fake_vmm;
         config.snapshot.dir = dir.path().join("snapshots");
         let start = |id: &str| {
-            let paths = SandboxPaths::new(dir.path(), id).unwrap();
+            let paths = SandboxPaths::new(dir.path(), "default", id).unwrap();
             paths.create().unwrap();
             let req = LaunchRequest {
                 sandbox_id: id,
@@ -318,7 +322,7 @@ mod tests {
     #[test]
     fn missing_kernel_is_reported_before_spawning() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb1").unwrap();
         paths.create().unwrap();
         let mut config = Config::default();
         config.snapshot.enabled = false;
@@ -342,7 +346,7 @@ mod tests {
     #[test]
     fn vmm_that_dies_is_reported_with_console_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "sb1").unwrap();
+        let paths = SandboxPaths::new(dir.path(), "default", "sb1").unwrap();
         paths.create().unwrap();
         let fake_vmm = dir.path().join("fake-vmm");
         std::fs::write(

@@ -1,10 +1,8 @@
-//! containerd's Task API mapped onto vessel sandboxes.
+//! containerd's Task API as an adapter over [`vessel_runtime::Pods`]: requests in, ttrpc
+//! status codes and containerd events out. The pods, their containers, processes, stdio,
+//! mounts and cleanup all live in the runtime.
 
-mod lifecycle;
-pub mod state;
-
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
@@ -13,18 +11,24 @@ use containerd_shim::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
     WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{TaskExecAdded, TaskPaused, TaskResumed};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use vessel_runtime::mounts::Mounter;
+use vessel_runtime::pod::{
+    CreateRequest, ExitEvent, PodEvents, ProcInfo, ProcStatus, StdioPaths, TaskState,
+};
+use vessel_runtime::rootfs::RootfsMount;
 use vessel_runtime::vm::VmBackend;
-use vessel_runtime::{Config, Sandbox};
+use vessel_runtime::{Config, Pods, PodsDeps};
 
 use crate::errors::TaskError;
 use crate::events::EventSink;
-use crate::io::StdioPaths;
-use state::{lock, Container, Proc, ProcStatus};
 
 /// What the task service needs from its surroundings.
 pub struct TaskServiceDeps {
@@ -38,50 +42,78 @@ pub struct TaskServiceDeps {
     pub exit: Arc<ExitSignal>,
 }
 
-pub(crate) struct Inner {
-    deps: TaskServiceDeps,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
-    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
-    creating: Mutex<HashSet<String>>,
-}
-
 /// The Task API service.
 pub struct TaskService {
-    inner: Arc<Inner>,
+    pods: Pods,
+    events: Arc<dyn EventSink>,
+    exit: Arc<ExitSignal>,
+}
+
+/// The runtime's exits and OOMs as containerd events.
+struct Publisher(Arc<dyn EventSink>);
+
+impl PodEvents for Publisher {
+    fn exited(&self, e: &ExitEvent) {
+        self.0.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: e.container_id.clone(),
+                id: if e.exec_id.is_empty() {
+                    e.container_id.clone()
+                } else {
+                    e.exec_id.clone()
+                },
+                pid: e.pid,
+                exit_status: e.exit_status,
+                exited_at: Some(timestamp(e.exited_at_ns)).into(),
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn oom(&self, container_id: &str) {
+        self.0.publish(
+            topics::TASK_OOM_EVENT_TOPIC,
+            Box::new(TaskOOM {
+                container_id: container_id.to_string(),
+                ..Default::default()
+            }),
+        );
+    }
 }
 
 impl TaskService {
     pub fn new(deps: TaskServiceDeps) -> TaskService {
+        let pods = Pods::new(PodsDeps {
+            namespace: deps.namespace,
+            config: deps.config,
+            backend: deps.backend,
+            mounter: deps.mounter,
+            events: Arc::new(Publisher(Arc::clone(&deps.events))),
+        });
         TaskService {
-            inner: Arc::new(Inner {
-                deps,
-                containers: Mutex::default(),
-                sandboxes: Mutex::default(),
-                creating: Mutex::default(),
-            }),
+            pods,
+            events: deps.events,
+            exit: deps.exit,
         }
-    }
-}
-
-impl Inner {
-    fn container(&self, id: &str) -> Result<Arc<Container>, TaskError> {
-        lock(&self.containers)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| TaskError::NotFound(format!("container {id}")))
-    }
-
-    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Proc>), TaskError> {
-        let c = self.container(id)?;
-        let p = c
-            .process(exec_id)
-            .ok_or_else(|| TaskError::NotFound(format!("process {exec_id} of container {id}")))?;
-        Ok((c, p))
     }
 
     fn publish(&self, topic: &'static str, event: Box<dyn protobuf::MessageDyn>) {
-        self.deps.events.publish(topic, event);
+        self.events.publish(topic, event);
     }
+}
+
+/// Unix nanoseconds (0: unknown) as a protobuf timestamp.
+pub fn timestamp(ns: u64) -> Timestamp {
+    Timestamp {
+        seconds: (ns / 1_000_000_000) as i64,
+        nanos: (ns % 1_000_000_000) as i32,
+        ..Default::default()
+    }
+}
+
+fn exited_at(info: &ProcInfo) -> Option<Timestamp> {
+    (info.status == ProcStatus::Stopped).then(|| timestamp(info.exited_at_ns))
 }
 
 fn status_of(s: ProcStatus) -> Status {
@@ -93,12 +125,28 @@ fn status_of(s: ProcStatus) -> Status {
     }
 }
 
-fn task_pid(c: &Container) -> u32 {
-    u32::try_from(c.sandbox.vmm_pid()).unwrap_or(0)
+/// Logs a failed call and turns it into containerd's status.
+fn fail(call: &str, e: impl Into<TaskError>) -> ttrpc::Error {
+    let e = e.into();
+    log::error!("{call}: {}", e.message());
+    e.into()
 }
 
-fn ctx_err(what: String) -> impl FnOnce(vessel_runtime::SandboxError) -> TaskError {
-    move |e| TaskError::sandbox(what, e)
+fn state_response(id: &str, exec_id: &str, s: &TaskState) -> StateResponse {
+    StateResponse {
+        id: id.to_string(),
+        bundle: s.bundle.display().to_string(),
+        pid: s.pid,
+        status: status_of(s.info.status).into(),
+        stdin: s.stdio.stdin.clone(),
+        stdout: s.stdio.stdout.clone(),
+        stderr: s.stdio.stderr.clone(),
+        terminal: s.stdio.terminal,
+        exit_status: s.info.exit_status,
+        exited_at: exited_at(&s.info).into(),
+        exec_id: exec_id.to_string(),
+        ..Default::default()
+    }
 }
 
 impl Task for TaskService {
@@ -108,45 +156,120 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("Create {} (bundle {})", req.id, req.bundle);
-        lifecycle::create(&self.inner, req).map_err(|e| {
-            log::error!("Create: {e}");
-            e.into()
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let pid = self
+            .pods
+            .create(CreateRequest {
+                id: req.id.clone(),
+                bundle: req.bundle.clone().into(),
+                rootfs: req
+                    .rootfs
+                    .iter()
+                    .map(|m| RootfsMount {
+                        typ: m.type_.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
+                    .collect(),
+                stdio,
+            })
+            .map_err(|e| fail("Create", e))?;
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
         })
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         log::info!("Start {} {}", req.id, req.exec_id);
-        lifecycle::start(&self.inner, &req.id, &req.exec_id).map_err(|e| {
-            log::error!("Start: {e}");
-            e.into()
+        let pid = self
+            .pods
+            .start(&req.id, &req.exec_id)
+            .map_err(|e| fail("Start", e))?;
+        if req.exec_id.is_empty() {
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
         })
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         log::info!("Delete {} {}", req.id, req.exec_id);
-        lifecycle::delete(&self.inner, &req.id, &req.exec_id).map_err(|e| {
-            log::error!("Delete: {e}");
-            e.into()
+        let deleted = self
+            .pods
+            .delete(&req.id, &req.exec_id)
+            .map_err(|e| fail("Delete", e))?;
+        let s = &deleted.state;
+        if req.exec_id.is_empty() {
+            self.publish(
+                topics::TASK_DELETE_EVENT_TOPIC,
+                Box::new(TaskDelete {
+                    container_id: req.id.clone(),
+                    id: req.id.clone(),
+                    pid: s.pid,
+                    exit_status: s.info.exit_status,
+                    exited_at: exited_at(&s.info).into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        deleted.cleanup.map_err(|e| fail("Delete", e))?;
+        Ok(DeleteResponse {
+            pid: s.pid,
+            exit_status: s.info.exit_status,
+            exited_at: exited_at(&s.info).into(),
+            ..Default::default()
         })
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        let (c, p) = self.inner.process(&req.id, &req.exec_id)?;
-        let info = p.info();
-        Ok(StateResponse {
-            id: req.id.clone(),
-            bundle: c.bundle.display().to_string(),
-            pid: task_pid(&c),
-            status: status_of(info.status).into(),
-            stdin: p.stdio.stdin.clone(),
-            stdout: p.stdio.stdout.clone(),
-            stderr: p.stdio.stderr.clone(),
-            terminal: p.stdio.terminal,
-            exit_status: info.exit_status,
-            exited_at: info.exited_at.into(),
-            exec_id: req.exec_id.clone(),
-            ..Default::default()
-        })
+        let s = self
+            .pods
+            .state(&req.id, &req.exec_id)
+            .map_err(TaskError::from)?;
+        Ok(state_response(&req.id, &req.exec_id, &s))
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
@@ -157,25 +280,9 @@ impl Task for TaskService {
             req.signal,
             req.all
         );
-        let (c, p) = self.inner.process(&req.id, &req.exec_id)?;
-        match p.info().status {
-            ProcStatus::Stopped => {
-                return Err(
-                    TaskError::NotFound(format!("{}: process already finished", p.label())).into(),
-                )
-            }
-            ProcStatus::Created if !req.exec_id.is_empty() => {
-                return Err(TaskError::FailedPrecondition(format!(
-                    "{}: process not created",
-                    p.label()
-                ))
-                .into())
-            }
-            _ => {}
-        }
-        c.sandbox
-            .signal_process(&req.id, &req.exec_id, req.signal, req.all)
-            .map_err(ctx_err(format!("kill {}", p.label())))?;
+        self.pods
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .map_err(|e| fail("Kill", e))?;
         Ok(Empty::new())
     }
 
@@ -187,42 +294,16 @@ impl Task for TaskService {
             req.terminal,
             req.stdin
         );
-        let c = self.inner.container(&req.id)?;
-        vessel_runtime::state::validate_id(&req.exec_id)
-            .map_err(|e| TaskError::InvalidArgument(format!("exec id: {e}")))?;
-        if c.init.info().status == ProcStatus::Stopped {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {} is not running",
-                req.id
-            ))
-            .into());
-        }
-        let spec: oci_spec::runtime::Process =
-            serde_json::from_slice(&req.spec.value).map_err(|e| {
-                TaskError::InvalidArgument(format!(
-                    "exec {}/{}: process spec: {e}",
-                    req.id, req.exec_id
-                ))
-            })?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        {
-            let mut execs = lock(&c.execs);
-            if execs.contains_key(&req.exec_id) {
-                return Err(
-                    TaskError::AlreadyExists(format!("exec {}/{}", req.id, req.exec_id)).into(),
-                );
-            }
-            execs.insert(
-                req.exec_id.clone(),
-                Arc::new(Proc::new(&req.id, &req.exec_id, stdio, Some(spec))),
-            );
-        }
-        self.inner.publish(
+        self.pods
+            .exec(&req.id, &req.exec_id, &req.spec.value, stdio)
+            .map_err(|e| fail("Exec", e))?;
+        self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
             Box::new(TaskExecAdded {
                 container_id: req.id.clone(),
@@ -234,39 +315,39 @@ impl Task for TaskService {
     }
 
     fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        let (c, p) = self.inner.process(&req.id, &req.exec_id)?;
-        if p.stdio.terminal && p.info().status != ProcStatus::Stopped {
-            c.sandbox
-                .resize_tty(&req.id, &req.exec_id, req.height, req.width)
-                .map_err(ctx_err(format!("resize {}", p.label())))?;
-        }
+        self.pods
+            .resize_pty(&req.id, &req.exec_id, req.height, req.width)
+            .map_err(|e| fail("ResizePty", e))?;
         Ok(Empty::new())
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        let (_, p) = self.inner.process(&req.id, &req.exec_id)?;
         if req.stdin {
-            p.close_stdin();
+            self.pods
+                .close_stdin(&req.id, &req.exec_id)
+                .map_err(TaskError::from)?;
+        } else {
+            self.pods
+                .state(&req.id, &req.exec_id)
+                .map_err(TaskError::from)?;
         }
         Ok(Empty::new())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        let (_, p) = self.inner.process(&req.id, &req.exec_id)?;
-        let info = p.wait_exit();
+        let info = self
+            .pods
+            .wait(&req.id, &req.exec_id)
+            .map_err(TaskError::from)?;
         Ok(WaitResponse {
             exit_status: info.exit_status,
-            exited_at: info.exited_at.into(),
+            exited_at: exited_at(&info).into(),
             ..Default::default()
         })
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let c = self.inner.container(&req.id)?;
-        let pids = c
-            .sandbox
-            .list_processes(&req.id)
-            .map_err(ctx_err(format!("pids {}", req.id)))?;
+        let pids = self.pods.pids(&req.id).map_err(|e| fail("Pids", e))?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -280,12 +361,8 @@ impl Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let c = self.inner.container(&req.id)?;
-        c.sandbox
-            .pause_container(&req.id)
-            .map_err(ctx_err(format!("pause {}", req.id)))?;
-        c.init.set_status(ProcStatus::Paused);
-        self.inner.publish(
+        self.pods.pause(&req.id).map_err(|e| fail("Pause", e))?;
+        self.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
             Box::new(TaskPaused {
                 container_id: req.id.clone(),
@@ -296,12 +373,8 @@ impl Task for TaskService {
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let c = self.inner.container(&req.id)?;
-        c.sandbox
-            .resume_container(&req.id)
-            .map_err(ctx_err(format!("resume {}", req.id)))?;
-        c.init.set_status(ProcStatus::Running);
-        self.inner.publish(
+        self.pods.resume(&req.id).map_err(|e| fail("Resume", e))?;
+        self.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
             Box::new(TaskResumed {
                 container_id: req.id.clone(),
@@ -312,13 +385,14 @@ impl Task for TaskService {
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let c = self.inner.container(&req.id)?;
-        let s = c
-            .sandbox
-            .stats_container(&req.id)
-            .map_err(ctx_err(format!("stats {}", req.id)))?;
+        let s = self.pods.stats(&req.id).map_err(|e| fail("Stats", e))?;
         let any = containerd_shim::util::convert_to_any(Box::new(crate::stats::to_metrics(&s)))
-            .map_err(|e| TaskError::Internal(format!("stats {}: {e}", req.id)))?;
+            .map_err(|e| {
+                fail(
+                    "Stats",
+                    TaskError::Internal(format!("stats {}: {e}", req.id)),
+                )
+            })?;
         Ok(StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -326,38 +400,27 @@ impl Task for TaskService {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let c = self.inner.container(&req.id)?;
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_slice(&req.resources.value).map_err(|e| {
-                TaskError::InvalidArgument(format!("update {}: resources: {e}", req.id))
-            })?;
-        c.sandbox
-            .update_container(&req.id, &resources)
-            .map_err(ctx_err(format!("update {}", req.id)))?;
+        self.pods
+            .update(&req.id, &req.resources.value)
+            .map_err(|e| fail("Update", e))?;
         Ok(Empty::new())
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
-        let task_pid = self
-            .inner
-            .container(&req.id)
-            .map(|c| task_pid(&c))
-            .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid,
+            task_pid: self.pods.task_pid(&req.id).unwrap_or(0),
             version: format!("vessel {}", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         })
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        let left = lock(&self.inner.containers).len();
-        if left == 0 && lock(&self.inner.creating).is_empty() {
+        if self.pods.is_idle() {
             log::info!("Shutdown: no task left, exiting");
-            self.inner.deps.exit.signal();
+            self.exit.signal();
         } else {
-            log::info!("Shutdown: {left} task(s) left, staying");
+            log::info!("Shutdown: {} task(s) left, staying", self.pods.len());
         }
         Ok(Empty::new())
     }
@@ -366,15 +429,15 @@ impl Task for TaskService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::status;
     use containerd_shim::protos::shim_sync::TaskClient;
     use containerd_shim::protos::ttrpc::context::Context;
+    use std::sync::Mutex;
 
     #[derive(Default)]
     struct RecordingEvents(Mutex<Vec<&'static str>>);
     impl EventSink for RecordingEvents {
         fn publish(&self, topic: &'static str, _event: Box<dyn protobuf::MessageDyn>) {
-            lock(&self.0).push(topic);
+            self.0.lock().unwrap().push(topic);
         }
     }
 
@@ -419,9 +482,9 @@ mod tests {
         }
     }
 
-    fn code<T: std::fmt::Debug>(r: TtrpcResult<T>) -> (i32, String) {
+    fn code<T: std::fmt::Debug>(r: TtrpcResult<T>) -> (ttrpc::Code, String) {
         match r {
-            Err(ttrpc::Error::RpcStatus(s)) => (s.code.value(), s.message),
+            Err(ttrpc::Error::RpcStatus(s)) => (s.code.enum_value_or_default(), s.message),
             other => panic!("expected a status, got {other:?}"),
         }
     }
@@ -435,39 +498,43 @@ mod tests {
         let s = serve(Ok(Arc::new(Config::default())));
         let c = &s.client;
         let id = || "nope".to_string();
+        let nf = ttrpc::Code::NOT_FOUND;
         let k = KillRequest {
             id: id(),
             signal: 9,
             ..Default::default()
         };
-        assert_eq!(code(c.kill(cx(), &k)).0, status::NOT_FOUND);
+        assert_eq!(code(c.kill(cx(), &k)).0, nf);
         let st = StateRequest {
             id: id(),
             ..Default::default()
         };
-        assert_eq!(code(c.state(cx(), &st)).0, status::NOT_FOUND);
+        assert_eq!(code(c.state(cx(), &st)).0, nf);
         let d = DeleteRequest {
             id: id(),
             ..Default::default()
         };
-        assert_eq!(code(c.delete(cx(), &d)).0, status::NOT_FOUND);
+        assert_eq!(code(c.delete(cx(), &d)).0, nf);
         let w = WaitRequest {
             id: id(),
             ..Default::default()
         };
-        assert_eq!(code(c.wait(cx(), &w)).0, status::NOT_FOUND);
+        assert_eq!(code(c.wait(cx(), &w)).0, nf);
         let sr = StartRequest {
             id: id(),
             ..Default::default()
         };
-        assert_eq!(code(c.start(cx(), &sr)).0, status::NOT_FOUND);
+        assert_eq!(code(c.start(cx(), &sr)).0, nf);
         let e = ExecProcessRequest {
             id: id(),
             exec_id: "e1".into(),
             ..Default::default()
         };
-        assert_eq!(code(c.exec(cx(), &e)).0, status::NOT_FOUND);
-        assert!(lock(&s.events.0).is_empty(), "no event for failed calls");
+        assert_eq!(code(c.exec(cx(), &e)).0, nf);
+        assert!(
+            s.events.0.lock().unwrap().is_empty(),
+            "no event for failed calls"
+        );
         // Shutdown with nothing left lets the shim exit.
         c.shutdown(cx(), &ShutdownRequest::default()).unwrap();
         s.exit.wait();
@@ -482,25 +549,36 @@ mod tests {
             bundle: dir.path().display().to_string(),
             ..Default::default()
         };
+        let inv = ttrpc::Code::INVALID_ARGUMENT;
         let s = serve(Err(
             "config t.toml: hypervisor.vcpus = 0: must be between 1 and 254".into(),
         ));
         let (c, msg) = code(s.client.create(cx(), &req("c1")));
-        assert_eq!(c, status::INVALID_ARGUMENT);
+        assert_eq!(c, inv);
         assert!(msg.contains("hypervisor.vcpus"), "{msg}");
         s.server.shutdown();
 
         let s = serve(Ok(Arc::new(Config::default())));
         // No config.json in the bundle.
         let (c, msg) = code(s.client.create(cx(), &req("c1")));
-        assert_eq!(c, status::INVALID_ARGUMENT, "{msg}");
+        assert_eq!(c, inv, "{msg}");
         assert!(msg.contains("config.json"), "{msg}");
         // An id that cannot be a path component.
-        assert_eq!(
-            code(s.client.create(cx(), &req("../x"))).0,
-            status::INVALID_ARGUMENT
-        );
-        assert!(lock(&s.events.0).is_empty());
+        assert_eq!(code(s.client.create(cx(), &req("../x"))).0, inv);
+        assert!(s.events.0.lock().unwrap().is_empty());
         s.server.shutdown();
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = timestamp(1_500_000_000);
+        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
+        let running = ProcInfo {
+            status: ProcStatus::Running,
+            guest_pid: 1,
+            exit_status: 0,
+            exited_at_ns: 0,
+        };
+        assert!(exited_at(&running).is_none());
     }
 }

@@ -1,24 +1,17 @@
-//! containerd's stdio fifos for one process ↔ the agent's streams.
+//! A process's stdio paths (containerd's fifos) ↔ the agent's streams.
 
 use std::path::Path;
 
-use vessel_runtime::stdio::{
-    open_fifo_reader, open_fifo_writer, AgentInput, AgentOutput, Canceller, OutputPair, ProcessIo,
+use super::process::StdioPaths;
+use crate::agent::Agent;
+use crate::stdio::{
+    open_fifo_reader, open_fifo_writer, AgentInput, AgentOutput, Canceller, InputSink, OutputPair,
+    ProcessIo,
 };
-use vessel_runtime::Agent;
-
-/// The stdio paths containerd gave for a process ("" = no such stream).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StdioPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-}
 
 /// Opens the fifos and starts the copy threads for process `exec_id` ("" = init) of `cid`.
 /// With a terminal the agent merges stderr into stdout, so only stdout is copied.
-pub fn start_process_io(
+pub(crate) fn attach(
     agent: &Agent,
     cid: &str,
     exec_id: &str,
@@ -62,7 +55,7 @@ pub fn start_process_io(
                 agent: agent.clone(),
                 container_id: cid.to_string(),
                 exec_id: exec_id.to_string(),
-            }) as Box<dyn vessel_runtime::stdio::InputSink>,
+            }) as Box<dyn InputSink>,
         ))
     };
     let label = if exec_id.is_empty() {

@@ -1,15 +1,11 @@
-//! The shim's model of tasks: containers (with their init process) and exec processes.
+//! One process of a pod's container, as the host tracks it: the container's init
+//! (`exec_id` "") or an exec, its stdio attachment and its exit.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use oci_spec::runtime::Process;
-use vessel_runtime::stdio::ProcessIo;
-use vessel_runtime::Sandbox;
 
-use crate::io::StdioPaths;
+use crate::stdio::ProcessIo;
 
 /// Where a process is in its life (containerd's task status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,13 +17,23 @@ pub enum ProcStatus {
 }
 
 /// A snapshot of a process's state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
     pub status: ProcStatus,
     /// Guest pid once started (0 before).
     pub guest_pid: u32,
     pub exit_status: u32,
-    pub exited_at: Option<Timestamp>,
+    /// Unix time in ns of the exit (0 while running).
+    pub exited_at_ns: u64,
+}
+
+/// The stdio paths the caller gave for a process ("" = no such stream).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
 }
 
 /// One process: a container's init (`exec_id` "") or an exec.
@@ -46,6 +52,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Now in Unix ns (0 if the clock is before the epoch).
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Proc {
     pub fn new(
         container_id: &str,
@@ -62,7 +75,7 @@ impl Proc {
                 status: ProcStatus::Created,
                 guest_pid: 0,
                 exit_status: 0,
-                exited_at: None,
+                exited_at_ns: 0,
             }),
             exited: Condvar::new(),
             io: Mutex::new(None),
@@ -82,14 +95,14 @@ impl Proc {
         lock(&self.state).clone()
     }
 
-    pub fn set_status(&self, status: ProcStatus) {
+    pub(crate) fn set_status(&self, status: ProcStatus) {
         let mut s = lock(&self.state);
         if s.status != ProcStatus::Stopped {
             s.status = status;
         }
     }
 
-    pub fn set_running(&self, guest_pid: u32) {
+    pub(crate) fn set_running(&self, guest_pid: u32) {
         let mut s = lock(&self.state);
         if s.status != ProcStatus::Stopped {
             s.status = ProcStatus::Running;
@@ -97,15 +110,20 @@ impl Proc {
         }
     }
 
-    /// Records the exit (first one wins) and wakes waiters. Returns false if already stopped.
-    pub fn set_exited(&self, exit_status: u32, exited_at: Timestamp) -> bool {
+    /// Records the exit (first one wins; `exited_at_ns` 0 = now) and wakes waiters. Returns
+    /// false if already stopped.
+    pub(crate) fn set_exited(&self, exit_status: u32, exited_at_ns: u64) -> bool {
         let mut s = lock(&self.state);
         if s.status == ProcStatus::Stopped {
             return false;
         }
         s.status = ProcStatus::Stopped;
         s.exit_status = exit_status;
-        s.exited_at = Some(exited_at);
+        s.exited_at_ns = if exited_at_ns == 0 {
+            now_ns()
+        } else {
+            exited_at_ns
+        };
         self.exited.notify_all();
         true
     }
@@ -119,64 +137,25 @@ impl Proc {
         s.clone()
     }
 
-    pub fn set_io(&self, io: ProcessIo) {
+    pub(crate) fn set_io(&self, io: ProcessIo) {
         *lock(&self.io) = Some(Arc::new(io));
     }
 
-    /// The process's copy threads, if started.
-    pub fn io_ref(&self) -> Option<Arc<ProcessIo>> {
+    pub(crate) fn io_ref(&self) -> Option<Arc<ProcessIo>> {
         lock(&self.io).clone()
     }
 
-    pub fn take_io(&self) -> Option<Arc<ProcessIo>> {
-        lock(&self.io).take()
+    /// Stops copying this process's stdio (its task is being deleted).
+    pub(crate) fn cancel_io(&self) {
+        if let Some(io) = lock(&self.io).take() {
+            io.cancel();
+        }
     }
 
     pub fn close_stdin(&self) {
         if let Some(io) = lock(&self.io).as_ref() {
             io.close_stdin();
         }
-    }
-}
-
-/// A container and the sandbox it runs in.
-pub struct Container {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub sandbox: Arc<Sandbox>,
-    /// This container's creation started the sandbox (a CRI sandbox or a plain `ctr run`).
-    pub owns_sandbox: bool,
-    /// The shim mounted `<bundle>/rootfs` from the request's mounts.
-    pub rootfs_mounted: bool,
-    pub init: Arc<Proc>,
-    pub execs: Mutex<HashMap<String, Arc<Proc>>>,
-}
-
-impl Container {
-    /// The init (`exec_id` "") or the named exec.
-    pub fn process(&self, exec_id: &str) -> Option<Arc<Proc>> {
-        if exec_id.is_empty() {
-            Some(Arc::clone(&self.init))
-        } else {
-            lock(&self.execs).get(exec_id).cloned()
-        }
-    }
-}
-
-/// Converts Unix nanoseconds (0 = unknown → now) to a protobuf timestamp.
-pub fn timestamp_from_ns(ns: u64) -> Timestamp {
-    let ns = if ns == 0 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    } else {
-        ns
-    };
-    Timestamp {
-        seconds: (ns / 1_000_000_000) as i64,
-        nanos: (ns % 1_000_000_000) as i32,
-        ..Default::default()
     }
 }
 
@@ -196,20 +175,20 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished());
-        assert!(p.set_exited(3, timestamp_from_ns(1_500_000_000)));
-        assert!(
-            !p.set_exited(9, timestamp_from_ns(0)),
-            "second exit must not overwrite"
-        );
+        assert!(p.set_exited(3, 1_500_000_000));
+        assert!(!p.set_exited(9, 0), "second exit must not overwrite");
         let info = waiter.join().unwrap();
         assert_eq!(info.status, ProcStatus::Stopped);
         assert_eq!(info.exit_status, 3);
-        assert_eq!(info.exited_at.as_ref().unwrap().seconds, 1);
-        assert_eq!(info.exited_at.as_ref().unwrap().nanos, 500_000_000);
+        assert_eq!(info.exited_at_ns, 1_500_000_000);
         // A stopped process stays stopped.
         p.set_running(1);
         p.set_status(ProcStatus::Paused);
         assert_eq!(p.info().status, ProcStatus::Stopped);
+        // An unknown exit time becomes now.
+        let q = Proc::new("c2", "e", StdioPaths::default(), None);
+        q.set_exited(0, 0);
+        assert!(q.info().exited_at_ns > 1_577_836_800_000_000_000);
     }
 
     #[test]

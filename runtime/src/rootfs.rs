@@ -1,28 +1,43 @@
 //! The container's rootfs as containerd hands it over: a list of mounts (an overlay snapshot)
 //! mounted at `<bundle>/rootfs`, as runc's shim does; or nothing, when already mounted there.
+//! The bundle is containerd's directory, not one the guest can write, so these mounts go by
+//! path; they go through the [`Mounter`] like every other host mount of a pod.
 
 use std::path::{Path, PathBuf};
 
-use containerd_shim::protos::types::mount::Mount;
-use nix::mount::{mount, MsFlags};
-use vessel_runtime::mounts::Mounter;
+use nix::mount::MsFlags;
 
-/// Mounts `mounts` on `<bundle>/rootfs` in order. Returns whether anything was mounted.
-pub fn mount_rootfs(bundle: &Path, mounts: &[Mount]) -> Result<bool, String> {
+use crate::mounts::{MountError, Mounter};
+
+/// One mount of containerd's rootfs list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootfsMount {
+    pub typ: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Mounts `mounts` on `<bundle>/rootfs` in order. Returns whether anything was mounted. On
+/// failure nothing stays mounted.
+pub fn mount_rootfs(
+    bundle: &Path,
+    mounts: &[RootfsMount],
+    mounter: &dyn Mounter,
+) -> Result<bool, MountError> {
     let target = rootfs_path(bundle);
     if mounts.is_empty() {
         return Ok(false);
     }
-    std::fs::create_dir_all(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+    std::fs::create_dir_all(&target).map_err(|source| MountError::MountPoint {
+        path: target.clone(),
+        source,
+    })?;
     for m in mounts {
-        if let Err(e) = mount_one(&m.type_, &m.source, &m.options, &target) {
-            let _ = unmount_rootfs(bundle, &vessel_runtime::mounts::HostMounter);
-            return Err(format!(
-                "mounting {} rootfs ({}) on {}: {e}",
-                m.type_,
-                m.source,
-                target.display()
-            ));
+        if let Err(e) = mounter.mount(m, &target) {
+            if let Err(u) = unmount_rootfs(bundle, mounter) {
+                log::error!("rootfs {}: rollback: {u}", target.display());
+            }
+            return Err(e);
         }
     }
     Ok(true)
@@ -73,37 +88,18 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// One mount in this process (no fork: the shim has no global child reaper).
-fn mount_one(fstype: &str, source: &str, options: &[String], target: &Path) -> Result<(), String> {
-    let (flags, data) = parse_options(options);
-    // The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
-    if data.len() >= 4096 {
-        return Err(format!(
-            "mount options are {} bytes, more than a page",
-            data.len()
-        ));
-    }
-    let fstype = (!fstype.is_empty()).then_some(fstype);
-    let source = (!source.is_empty()).then_some(source);
-    let data = (!data.is_empty()).then_some(data.as_str());
-    mount(source, target, fstype, flags, data).map_err(|e| e.to_string())?;
-    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
+/// The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
+pub const MAX_MOUNT_DATA: usize = 4095;
 
 pub fn rootfs_path(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
 /// Unmounts everything at and below `<bundle>/rootfs`.
-pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), String> {
+pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), MountError> {
     let target = rootfs_path(bundle);
-    let mounts = mounter.mounts_under(&target).map_err(|e| e.to_string())?;
-    for m in mounts {
-        mounter.unmount(&m).map_err(|e| e.to_string())?;
+    for m in mounter.mounts_under(&target)? {
+        mounter.unmount(&m)?;
     }
     Ok(())
 }
@@ -145,27 +141,27 @@ mod tests {
         }
         std::fs::write(lower.join("from-image"), b"img").unwrap();
         let bundle = dir.path().join("bundle");
-        let m = Mount {
-            type_: "overlay".into(),
+        let m = RootfsMount {
+            typ: "overlay".into(),
             source: "overlay".into(),
             options: vec![
                 format!("workdir={}", work.display()),
                 format!("upperdir={}", upper.display()),
                 format!("lowerdir={}", lower.display()),
             ],
-            ..Default::default()
         };
-        assert!(mount_rootfs(&bundle, &[m]).unwrap());
+        let mounter = crate::mounts::HostMounter;
+        assert!(mount_rootfs(&bundle, &[m], &mounter).unwrap());
         let rootfs = rootfs_path(&bundle);
         assert_eq!(std::fs::read(rootfs.join("from-image")).unwrap(), b"img");
         std::fs::write(rootfs.join("written"), b"w").unwrap();
-        unmount_rootfs(&bundle, &vessel_runtime::mounts::HostMounter).unwrap();
+        unmount_rootfs(&bundle, &mounter).unwrap();
         assert!(!rootfs.join("from-image").exists());
         assert_eq!(
             std::fs::read(upper.join("written")).unwrap(),
             b"w",
             "write did not land in upper"
         );
-        assert!(!mount_rootfs(&bundle, &[]).unwrap());
+        assert!(!mount_rootfs(&bundle, &[], &mounter).unwrap());
     }
 }
