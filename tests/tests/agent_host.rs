@@ -252,6 +252,11 @@ fn output_tail_is_never_lost() {
 }
 
 #[test]
+fn pod_members_join_the_sandbox_containers_namespaces() {
+    with_agent("pod namespaces", sc::pod_namespaces);
+}
+
+#[test]
 fn exec_joins_the_container() {
     with_agent("exec_in_container", sc::exec_in_container);
 }

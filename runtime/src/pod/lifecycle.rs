@@ -64,11 +64,12 @@ impl Pod {
         let mut sized = (*config).clone();
         sized.hypervisor.memory_mib = size.memory_mib;
         sized.hypervisor.vcpus = size.vcpus;
-        let cgroup = match spec
+        let cgroups_path = spec
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
-        {
+            .filter(|_| deps.backend.runs_in_pod_cgroup());
+        let cgroup = match cgroups_path {
             Some(path) => Some(
                 HostCgroup::for_path(&path.to_string_lossy())
                     .map_err(|e| PodError::InvalidArgument(format!("pod {id}: {e}")))?,

@@ -23,6 +23,13 @@ pub struct HostAgentBackend {
 }
 
 impl VmBackend for HostAgentBackend {
+    /// No: the agent on the host makes each container's cgroup at the spec's `cgroupsPath`
+    /// itself (as runc would), so the pod is accounted there already; the agent process in
+    /// that same cgroup would be frozen and killed with its containers.
+    fn runs_in_pod_cgroup(&self) -> bool {
+        false
+    }
+
     fn launch(&self, req: &LaunchRequest<'_>) -> Result<Box<dyn VmInstance>, VmError> {
         if !self.agent_binary.is_file() {
             return Err(VmError::MissingFile {

@@ -82,6 +82,10 @@ pub fn backend_from_config(config: &Config) -> std::sync::Arc<dyn VmBackend> {
 /// Starts machines for sandboxes.
 pub trait VmBackend: Send + Sync {
     fn launch(&self, req: &LaunchRequest<'_>) -> Result<Box<dyn VmInstance>, VmError>;
+    /// Whether the machine's process belongs in the pod's host cgroup (`cgroupsPath`).
+    fn runs_in_pod_cgroup(&self) -> bool {
+        true
+    }
 }
 
 /// A started machine.

@@ -13,8 +13,10 @@ use vessel_protocol::agent_ttrpc::AgentClient;
 use crate::bundle::ContainerSpec;
 
 mod client;
+mod pod;
 mod sandbox;
 pub use client::*;
+pub use pod::*;
 pub use sandbox::*;
 
 fn spec(rootfs: &Path) -> ContainerSpec {
