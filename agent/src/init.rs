@@ -90,7 +90,7 @@ pub fn setup_pid1() -> usize {
         log::error!("sethostname: {e}");
         failures += 1;
     }
-    if let Err(e) = loopback_up() {
+    if let Err(e) = crate::network::loopback_up() {
         log::error!("bringing up lo: {e}");
         failures += 1;
     }
@@ -143,11 +143,6 @@ pub fn enable_cgroup_controllers(root: &Path) {
     }
 }
 
-fn loopback_up() -> Result<(), crate::network::NetlinkError> {
-    let mut nl = crate::network::Netlink::open()?;
-    let lo = nl.find_link("lo", "")?;
-    nl.set_link(lo.index, None, None)
-}
 
 /// A `key=value` from the kernel command line.
 pub fn cmdline_value(key: &str) -> Option<String> {

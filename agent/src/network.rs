@@ -394,6 +394,14 @@ impl Netlink {
 }
 
 /// Parses "10.0.0.0/24", "default" or "" (default route).
+/// Brings up `lo` in the caller's network namespace (a new one has it down; CNI's loopback
+/// plugin does the same for a runc pod).
+pub fn loopback_up() -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let lo = nl.find_link("lo", "")?;
+    nl.set_link(lo.index, None, None)
+}
+
 pub fn parse_dest(s: &str) -> Result<Option<(IpAddr, u8)>, NetlinkError> {
     let s = s.trim();
     if s.is_empty() || s == "default" {

@@ -333,6 +333,23 @@ impl Agent for AgentService {
         reply("SignalProcess", r.map(|_| Empty::new()))
     }
 
+    fn delete_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DeleteProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = if req.exec_id.is_empty() {
+            Err(RequestError::invalid(
+                "DeleteProcess takes an exec id; remove the container for its init",
+            ))
+        } else {
+            self.sandbox
+                .get(&req.container_id)
+                .and_then(|c| c.delete_exec(&req.exec_id))
+        };
+        reply("DeleteProcess", r.map(|_| Empty::new()))
+    }
+
     fn wait_process(
         &self,
         ctx: &TtrpcContext,

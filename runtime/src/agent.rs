@@ -252,6 +252,17 @@ impl Agent {
             .map(|r| (r.status, r.exited_at_ns))
     }
 
+    /// Makes the agent forget an exited exec.
+    pub fn delete_process(&self, cid: &str, exec_id: &str) -> Result<(), AgentError> {
+        let req = pb::DeleteProcessRequest {
+            container_id: cid.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.ctl("DeleteProcess", &|c, ctx| c.delete_process(ctx, &req))
+            .map(drop)
+    }
+
     pub fn list_processes(&self, cid: &str) -> Result<Vec<u32>, AgentError> {
         let req = pb::ListProcessesRequest {
             container_id: cid.to_string(),

@@ -100,20 +100,17 @@ pub fn cleanup_sandbox_dir(
         let dir = dir.clone();
         move |source| CleanupError::Mount { dir, source }
     };
-    let mut targets = mounter.mounts_under(&dir).map_err(merr(&dir))?;
+    // What it recorded, by mount id wherever the guest moved it; then anything else the
+    // mount table shows beneath the dir. Each through an fd checked to be that mount.
     if let Some(s) = &state {
         for m in s.mounts.iter().rev() {
-            if m.starts_with(&dir) && !targets.contains(m) {
-                targets.push(m.clone());
-            }
+            report.unmounted += mounter
+                .unmount_record(&dir, &m.record)
+                .map_err(merr(&dir))?;
         }
     }
-    targets.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for t in &targets {
-        mounter.unmount(t).map_err(merr(&dir))?;
-        report.unmounted += 1;
-    }
-    let left = mounter.mounts_under(&dir).map_err(merr(&dir))?;
+    report.unmounted += mounter.unmount_all_beneath(&dir).map_err(merr(&dir))?;
+    let left = mounter.mounts_beneath(&dir).map_err(merr(&dir))?;
     if !left.is_empty() {
         return Err(CleanupError::StillMounted { dir, left });
     }
@@ -138,6 +135,7 @@ mod tests {
     use super::*;
     use crate::mounts::HostMounter;
     use crate::state::ProcessIdentity;
+    use std::path::Path;
 
     #[test]
     fn missing_dir_is_fine() {
@@ -155,6 +153,7 @@ mod tests {
             nix::unistd::geteuid().is_root(),
             "this test needs root to bind-mount"
         );
+        let _serial = crate::safe_mount::serial_mount_tests();
         let dir = tempfile::tempdir().unwrap();
         let paths = SandboxPaths::new(&dir.path().join("state"), "default", "sb").unwrap();
         paths.create().unwrap();
@@ -168,13 +167,24 @@ mod tests {
         let src = dir.path().join("rootfs");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("keep"), b"data").unwrap();
-        let target = paths.shared().join("c1/rootfs");
-        std::fs::create_dir_all(&target).unwrap();
         let mut state = SandboxStateFile::new("sb");
         state.vmm = Some(vmm);
-        state.mounts.push(target.clone());
+        let rec = HostMounter
+            .bind_beneath(
+                &paths.shared(),
+                Path::new("c1/rootfs"),
+                &src,
+                false,
+                &mut |_| {},
+            )
+            .unwrap();
+        state.mounts.push(crate::state::RecordedMount {
+            container: "c1".into(),
+            record: rec,
+        });
         state.write(&paths.state_file()).unwrap();
-        HostMounter.bind(&src, &target, false).unwrap();
+        // The guest renames the container's dir: the recorded mount is found by its id.
+        std::fs::rename(paths.shared().join("c1"), paths.shared().join("moved")).unwrap();
 
         let r = cleanup_sandbox_dir(&paths, &HostMounter, Duration::from_secs(30)).unwrap();
         assert!(r.killed_vmm);

@@ -95,13 +95,10 @@ pub fn rootfs_path(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
-/// Unmounts everything at and below `<bundle>/rootfs`.
+/// Unmounts everything below `bundle` (the rootfs and anything stacked in it), each mount
+/// through an fd: the guest writes inside the rootfs and could plant symlinks there.
 pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), MountError> {
-    let target = rootfs_path(bundle);
-    for m in mounter.mounts_under(&target)? {
-        mounter.unmount(&m)?;
-    }
-    Ok(())
+    mounter.unmount_all_beneath(bundle).map(drop)
 }
 
 #[cfg(test)]
@@ -130,6 +127,7 @@ mod tests {
             nix::unistd::geteuid().is_root(),
             "this test needs root to mount"
         );
+        let _serial = crate::safe_mount::serial_mount_tests();
         let dir = tempfile::tempdir().unwrap();
         let (lower, upper, work) = (
             dir.path().join("l"),

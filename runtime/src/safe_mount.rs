@@ -83,6 +83,12 @@ pub mod mountinfo;
 mod sys;
 #[cfg(test)]
 mod tests;
+
+/// One mount-making test of this crate at a time: some read the whole mount table.
+#[cfg(test)]
+pub(crate) fn serial_mount_tests() -> std::sync::MutexGuard<'static, ()> {
+    tests::SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 mod unmount;
 
 pub use bind::{bind_beneath, prepare_bind, PreparedBind};

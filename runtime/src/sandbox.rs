@@ -17,7 +17,7 @@ use crate::host_cgroup::{HostCgroup, HostCgroupError};
 use crate::mounts::Mounter;
 use crate::pod::namespaces::Translated;
 use crate::share::{apply_share, plan_container_share, release_share, ShareError};
-use crate::state::{SandboxPaths, SandboxStateFile, StateError};
+use crate::state::{RecordedMount, SandboxPaths, SandboxStateFile, StateError};
 use crate::vm::{ExitInfo, LaunchRequest, VmBackend, VmError, VmInstance};
 
 /// Per-attempt bound on the agent's health check while waiting for it.
@@ -304,14 +304,22 @@ impl Sandbox {
             c.spec,
             c.id,
             c.host_rootfs,
-            &self.paths.shared(),
             &self.vm.guest_shared_dir(),
             c.guest_pod_shm,
         )?;
-        apply_share(&plan, c.id, self.mounter.as_ref(), &mut |target| {
-            let t = target.to_path_buf();
-            self.save_state(|s| s.mounts.push(t));
-        })?;
+        let shared = self.paths.shared();
+        let applied = apply_share(&plan, c.id, &shared, self.mounter.as_ref(), &mut |rec| {
+            let m = RecordedMount {
+                container: c.id.to_string(),
+                record: rec.clone(),
+            };
+            self.save_state(|s| s.mounts.push(m));
+        });
+        if let Err(e) = applied {
+            // apply_share unmounted what it made; drop the records.
+            self.save_state(|s| s.mounts.retain(|m| m.container != c.id));
+            return Err(e.into());
+        }
         if let Err(e) = self
             .agent
             .create_container(c.id, &plan.spec, c.stdin, c.pod)
@@ -325,10 +333,19 @@ impl Sandbox {
     }
 
     fn release_container_share(&self, cid: &str) -> Result<(), SandboxError> {
-        release_share(&self.paths.shared(), cid, self.mounter.as_ref())?;
-        let prefix: PathBuf = self.paths.container_shared(cid)?;
-        self.save_state(|s| s.mounts.retain(|m| !m.starts_with(&prefix)));
+        let records = self.recorded_mounts(cid);
+        release_share(&self.paths.shared(), cid, &records, self.mounter.as_ref())?;
+        self.save_state(|s| s.mounts.retain(|m| m.container != cid));
         Ok(())
+    }
+
+    fn recorded_mounts(&self, cid: &str) -> Vec<crate::safe_mount::MountRecord> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.mounts
+            .iter()
+            .filter(|m| m.container == cid)
+            .map(|m| m.record.clone())
+            .collect()
     }
 
     /// Removes the container from the agent (killing what is left of it) and unmounts its
@@ -402,6 +419,19 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         self.ensure_running()?;
         Ok(self.agent.update_container(cid, resources)?)
+    }
+
+    /// Makes the agent forget an exited exec. An exec it no longer knows, or a dead VM, is
+    /// not an error here.
+    pub fn delete_process(&self, cid: &str, exec_id: &str) -> Result<(), SandboxError> {
+        if self.stopped.load(Ordering::SeqCst) || self.vm_gone.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.agent.delete_process(cid, exec_id) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(code::NOT_FOUND) || e.is_transport() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn list_processes(&self, cid: &str) -> Result<Vec<u32>, SandboxError> {

@@ -3,6 +3,9 @@
 //!
 //! Host: `<state>/<sid>/shared/<cid>/rootfs` ← bind of `<bundle>/rootfs`,
 //!       `<state>/<sid>/shared/<cid>/volumes/<n>` ← bind of the n-th host bind mount's source.
+//! The guest can write anything below `shared/` at any time: every bind is made beneath it
+//! without following a path the guest could have replaced ([`crate::safe_mount`]), recorded
+//! by mount id before it exists, and undone by that id.
 //! Guest: the same tree appears under the guest shared root (`/run/vessel/shared`).
 //! Mounts the guest kernel provides itself (proc, tmpfs, sysfs, ...) are kept as they are.
 //! In a CRI pod, the bind of the sandbox's shm directory on `/dev/shm` becomes a bind of the
@@ -13,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::mounts::{prepare_mount_point, MountError, Mounter};
+use crate::mounts::{MountError, Mounter};
+use crate::safe_mount::MountRecord;
 
 /// Where the agent mounts the shared directory inside the guest.
 pub const GUEST_SHARED_ROOT: &str = "/run/vessel/shared";
@@ -40,17 +44,31 @@ pub enum ShareError {
         destination: PathBuf,
         reason: String,
     },
-    #[error("container {container}: volume source {source_path} for {destination}: {source}")]
+    #[error("container {container}: volume source {source_path} for {destination}")]
     MissingSource {
         container: String,
         source_path: PathBuf,
         destination: PathBuf,
         source: std::io::Error,
     },
-    #[error("container {container}: {source}")]
+    #[error("container {container}: sharing with the guest")]
     Mount {
         container: String,
+        #[source]
         source: MountError,
+    },
+    #[error("container {container}: {left:?} still mounted after unmounting; not removing {dir}")]
+    StillMounted {
+        container: String,
+        dir: PathBuf,
+        left: Vec<PathBuf>,
+    },
+    #[error("container {container}: removing {dir}")]
+    Remove {
+        container: String,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -58,7 +76,8 @@ pub enum ShareError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindPlan {
     pub source: PathBuf,
-    pub target: PathBuf,
+    /// Below the shared directory: `<cid>/rootfs`, `<cid>/volumes/<n>`.
+    pub rel: PathBuf,
     pub readonly: bool,
 }
 
@@ -76,18 +95,17 @@ fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
 /// Computes the binds and the guest spec for container `cid`.
 ///
 /// * `host_rootfs`: the container's rootfs on the host (normally `<bundle>/rootfs`, mounted).
-/// * `host_shared`: the sandbox's shared dir on the host; `guest_shared`: the same in the guest.
+/// * `guest_shared`: the sandbox's shared dir as the guest sees it.
 /// * `guest_pod_shm`: in a CRI pod, the pod's shm directory in the guest.
 pub fn plan_container_share(
     spec: &Spec,
     cid: &str,
     host_rootfs: &Path,
-    host_shared: &Path,
     guest_shared: &Path,
     guest_pod_shm: Option<&Path>,
 ) -> Result<SharePlan, ShareError> {
     let mut spec = spec.clone();
-    let host_dir = host_shared.join(cid);
+    let host_dir = PathBuf::from(cid);
     let guest_dir = guest_shared.join(cid);
     let mut binds = Vec::new();
 
@@ -96,7 +114,7 @@ pub fn plan_container_share(
     })?;
     binds.push(BindPlan {
         source: host_rootfs.to_path_buf(),
-        target: host_dir.join("rootfs"),
+        rel: host_dir.join("rootfs"),
         // The agent applies root.readonly inside the guest; the share stays writable so the
         // guest can still mount over it.
         readonly: false,
@@ -129,7 +147,7 @@ pub fn plan_container_share(
                 n += 1;
                 binds.push(BindPlan {
                     source,
-                    target: host_dir.join(&rel),
+                    rel: host_dir.join(&rel),
                     readonly: options.iter().any(|o| o == "ro"),
                 });
                 m.set_source(Some(guest_dir.join(&rel)));
@@ -158,76 +176,86 @@ pub fn plan_container_share(
     Ok(SharePlan { binds, spec })
 }
 
-/// Performs the binds of `plan`; `record` is called with each target before it is mounted
+/// Performs the binds of `plan` beneath `shared` (the sandbox's shared dir, trusted; what
+/// is below it is not); `record` is called with each bind's record before the bind exists
 /// (so a crash leaves a record of it). On failure, unmounts what it mounted.
 pub fn apply_share(
     plan: &SharePlan,
     cid: &str,
+    shared: &Path,
     mounter: &dyn Mounter,
-    record: &mut dyn FnMut(&Path),
-) -> Result<Vec<PathBuf>, ShareError> {
-    let mut done: Vec<PathBuf> = Vec::new();
+    record: &mut dyn FnMut(&MountRecord),
+) -> Result<Vec<MountRecord>, ShareError> {
+    let mut done: Vec<MountRecord> = Vec::new();
     for bind in &plan.binds {
-        let step = (|| {
-            std::fs::metadata(&bind.source).map_err(|source| ShareError::MissingSource {
+        let step = std::fs::metadata(&bind.source)
+            .map_err(|source| ShareError::MissingSource {
                 container: cid.to_string(),
                 source_path: bind.source.clone(),
-                destination: bind.target.clone(),
+                destination: bind.rel.clone(),
                 source,
-            })?;
-            prepare_mount_point(&bind.source, &bind.target).map_err(|source| {
-                ShareError::Mount {
-                    container: cid.to_string(),
-                    source,
+            })
+            .and_then(|_| {
+                mounter
+                    .bind_beneath(shared, &bind.rel, &bind.source, bind.readonly, record)
+                    .map_err(|source| ShareError::Mount {
+                        container: cid.to_string(),
+                        source,
+                    })
+            });
+        match step {
+            Ok(rec) => done.push(rec),
+            Err(e) => {
+                for rec in done.iter().rev() {
+                    if let Err(u) = mounter.unmount_record(shared, rec) {
+                        log::warn!("container {cid}: rollback: {u}");
+                    }
                 }
-            })?;
-            record(&bind.target);
-            mounter
-                .bind(&bind.source, &bind.target, bind.readonly)
-                .map_err(|source| ShareError::Mount {
-                    container: cid.to_string(),
-                    source,
-                })
-        })();
-        if let Err(e) = step {
-            for target in done.iter().rev() {
-                if let Err(u) = mounter.unmount(target) {
-                    log::warn!("container {cid}: rollback: {u}");
-                }
+                return Err(e);
             }
-            return Err(e);
         }
-        done.push(bind.target.clone());
     }
     Ok(done)
 }
 
-/// Unmounts everything under `<host_shared>/<cid>` and removes that directory. Refuses to
-/// remove anything while a mount is still present (that would delete the container's files).
+/// Unmounts the container's recorded binds (by mount id, wherever the guest moved them),
+/// then removes `<shared>/<cid>` — never while anything is still mounted below it (that
+/// would delete the container's files). `remove_dir_all` does not follow symlinks.
 pub fn release_share(
-    host_shared: &Path,
+    shared: &Path,
     cid: &str,
+    records: &[MountRecord],
     mounter: &dyn Mounter,
 ) -> Result<(), ShareError> {
-    let dir = host_shared.join(cid);
     let err = |source| ShareError::Mount {
         container: cid.to_string(),
         source,
     };
-    for target in mounter.mounts_under(&dir).map_err(err)? {
-        mounter.unmount(&target).map_err(err)?;
+    for rec in records.iter().rev() {
+        mounter.unmount_record(shared, rec).map_err(err)?;
     }
-    let left = mounter.mounts_under(&dir).map_err(err)?;
-    if let Some(first) = left.first() {
-        return Err(err(MountError::Unmount {
-            target: first.clone(),
-            errno: nix::errno::Errno::EBUSY,
-        }));
+    let dir = shared.join(cid);
+    let left: Vec<PathBuf> = mounter
+        .mounts_beneath(shared)
+        .map_err(err)?
+        .into_iter()
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    if !left.is_empty() {
+        return Err(ShareError::StillMounted {
+            container: cid.to_string(),
+            dir,
+            left,
+        });
     }
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(err(MountError::MountPoint { path: dir, source })),
+        Err(source) => Err(ShareError::Remove {
+            container: cid.to_string(),
+            dir,
+            source,
+        }),
     }
 }
 
@@ -247,6 +275,10 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    fn plan(spec: &Spec, rootfs: &Path, shm: Option<&Path>) -> SharePlan {
+        plan_container_share(spec, "c1", rootfs, Path::new(GUEST_SHARED_ROOT), shm).unwrap()
+    }
+
     #[test]
     fn rewrites_root_and_binds_keeps_guest_mounts() {
         let spec = spec_json(
@@ -255,31 +287,23 @@ mod tests {
                {"destination":"/data","type":"bind","source":"/srv/data","options":["rbind","rw"]},
                {"destination":"/etc/hosts","source":"/var/lib/x/hosts","options":["bind","ro"]}"#,
         );
-        let plan = plan_container_share(
-            &spec,
-            "c1",
-            Path::new("/b/c1/rootfs"),
-            Path::new("/run/vessel/sb/shared"),
-            Path::new(GUEST_SHARED_ROOT),
-            None,
-        )
-        .unwrap();
+        let plan = plan(&spec, Path::new("/b/c1/rootfs"), None);
         assert_eq!(
             plan.binds,
             vec![
                 BindPlan {
                     source: "/b/c1/rootfs".into(),
-                    target: "/run/vessel/sb/shared/c1/rootfs".into(),
+                    rel: "c1/rootfs".into(),
                     readonly: false
                 },
                 BindPlan {
                     source: "/srv/data".into(),
-                    target: "/run/vessel/sb/shared/c1/volumes/0".into(),
+                    rel: "c1/volumes/0".into(),
                     readonly: false
                 },
                 BindPlan {
                     source: "/var/lib/x/hosts".into(),
-                    target: "/run/vessel/sb/shared/c1/volumes/1".into(),
+                    rel: "c1/volumes/1".into(),
                     readonly: true
                 },
             ]
@@ -310,38 +334,18 @@ mod tests {
                {"destination":"/etc/hosts","type":"bind","source":"/var/lib/c/sandboxes/s1/hosts","options":["rbind","ro"]}"#,
         );
         let shm = Path::new("/run/vessel/pod/shm");
-        let plan = plan_container_share(
-            &spec,
-            "c1",
-            Path::new("/b/c1/rootfs"),
-            Path::new("/h"),
-            Path::new("/g"),
-            Some(shm),
-        )
-        .unwrap();
+        let p = plan(&spec, Path::new("/b/c1/rootfs"), Some(shm));
         // Only the rootfs and /etc/hosts come from the host.
-        assert_eq!(plan.binds.len(), 2, "{:?}", plan.binds);
-        assert_eq!(
-            plan.binds[1].source,
-            Path::new("/var/lib/c/sandboxes/s1/hosts")
-        );
-        let mounts = plan.spec.mounts().as_ref().unwrap();
+        assert_eq!(p.binds.len(), 2, "{:?}", p.binds);
+        assert_eq!(p.binds[1].source, Path::new("/var/lib/c/sandboxes/s1/hosts"));
+        let mounts = p.spec.mounts().as_ref().unwrap();
         assert_eq!(mounts[0].source().as_deref(), Some(shm));
         assert_eq!(
             mounts[1].source().as_deref(),
-            Some(Path::new("/g/c1/volumes/0"))
+            Some(Path::new("/run/vessel/shared/c1/volumes/0"))
         );
         // Outside a CRI pod, the same mount is an ordinary volume.
-        let plan = plan_container_share(
-            &spec,
-            "c1",
-            Path::new("/r"),
-            Path::new("/h"),
-            Path::new("/g"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(plan.binds.len(), 3);
+        assert_eq!(plan(&spec, Path::new("/r"), None).binds.len(), 3);
     }
 
     #[test]
@@ -351,103 +355,126 @@ mod tests {
             r#"{"destination":"/x","type":"nfs","source":"server:/export"}"#,
         ] {
             let spec = spec_json(m);
-            let err = plan_container_share(
-                &spec,
-                "c1",
-                Path::new("/r"),
-                Path::new("/h"),
-                Path::new("/g"),
-                None,
-            )
-            .unwrap_err();
+            let err =
+                plan_container_share(&spec, "c1", Path::new("/r"), Path::new("/g"), None)
+                    .unwrap_err();
             assert!(matches!(err, ShareError::UnsupportedMount { .. }), "{err}");
             assert!(err.to_string().contains("/x"), "{err}");
         }
     }
 
     /// Records calls; a unit-test stand-in for [`crate::mounts::HostMounter`], whose real
-    /// behaviour is covered by the root-only test below and by the containerd tests.
+    /// behaviour is covered by the root-only tests below and by the containerd tests.
     #[derive(Default)]
     struct RecordingMounter {
-        mounted: Mutex<Vec<PathBuf>>,
+        mounted: Mutex<Vec<MountRecord>>,
         fail_on: Option<PathBuf>,
     }
 
     impl Mounter for RecordingMounter {
-        fn bind(&self, _s: &Path, t: &Path, _ro: bool) -> Result<(), MountError> {
-            if self.fail_on.as_deref() == Some(t) {
-                return Err(MountError::Bind {
-                    source_path: _s.into(),
-                    target: t.into(),
-                    errno: nix::errno::Errno::EPERM,
+        fn bind_beneath(
+            &self,
+            root: &Path,
+            rel: &Path,
+            source: &Path,
+            _ro: bool,
+            record: &mut dyn FnMut(&MountRecord),
+        ) -> Result<MountRecord, MountError> {
+            let mut m = self.mounted.lock().unwrap();
+            let rec = MountRecord {
+                target: root.join(rel),
+                mnt_id: m.len() as u64 + 100,
+                root_dev: 0,
+                root_ino: 0,
+            };
+            record(&rec);
+            if self.fail_on.as_deref() == Some(rel) {
+                return Err(MountError::MountPoint {
+                    path: source.into(),
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
                 });
             }
-            self.mounted.lock().unwrap().push(t.to_path_buf());
-            Ok(())
+            m.push(rec.clone());
+            Ok(rec)
         }
-        fn mount(&self, _m: &crate::rootfs::RootfsMount, t: &Path) -> Result<(), MountError> {
-            self.mounted.lock().unwrap().push(t.to_path_buf());
-            Ok(())
+        fn unmount_record(&self, _root: &Path, rec: &MountRecord) -> Result<usize, MountError> {
+            let mut m = self.mounted.lock().unwrap();
+            let before = m.len();
+            m.retain(|r| r != rec);
+            Ok(before - m.len())
         }
-        fn unmount(&self, t: &Path) -> Result<(), MountError> {
-            self.mounted.lock().unwrap().retain(|m| m != t);
-            Ok(())
+        fn unmount_all_beneath(&self, root: &Path) -> Result<usize, MountError> {
+            let mut m = self.mounted.lock().unwrap();
+            let before = m.len();
+            m.retain(|r| !r.target.starts_with(root));
+            Ok(before - m.len())
         }
-        fn mounts_under(&self, d: &Path) -> Result<Vec<PathBuf>, MountError> {
-            let mut v: Vec<_> = self
+        fn mounts_beneath(&self, root: &Path) -> Result<Vec<PathBuf>, MountError> {
+            Ok(self
                 .mounted
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|m| m.starts_with(d))
-                .cloned()
-                .collect();
-            v.reverse();
-            Ok(v)
+                .filter(|r| r.target.starts_with(root))
+                .map(|r| r.target.clone())
+                .collect())
+        }
+        fn mount(&self, _m: &crate::rootfs::RootfsMount, _t: &Path) -> Result<(), MountError> {
+            Ok(())
         }
     }
 
-    fn fixture(fail_second: bool) -> (tempfile::TempDir, SharePlan, RecordingMounter) {
+    struct Fixture {
+        dir: tempfile::TempDir,
+        plan: SharePlan,
+    }
+
+    impl Fixture {
+        fn shared(&self) -> PathBuf {
+            self.dir.path().join("shared")
+        }
+    }
+
+    fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("bundle/rootfs");
         let vol = dir.path().join("vol");
         std::fs::create_dir_all(&rootfs).unwrap();
         std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
         let spec = spec_json(&format!(
-            r#"{{"destination":"/v","type":"bind","source":"{}","options":["rbind"]}}"#,
+            r#"{{"destination":"/v","type":"bind","source":"{}","options":["rbind","ro"]}}"#,
             vol.display()
         ));
-        let shared = dir.path().join("shared");
-        let plan =
-            plan_container_share(&spec, "c1", &rootfs, &shared, Path::new("/g"), None).unwrap();
-        let mounter = RecordingMounter {
-            fail_on: fail_second.then(|| shared.join("c1/volumes/0")),
-            ..Default::default()
-        };
-        (dir, plan, mounter)
+        let plan = plan_container_share(&spec, "c1", &rootfs, Path::new("/g"), None).unwrap();
+        Fixture { dir, plan }
     }
 
     #[test]
     fn apply_records_before_mounting_and_release_cleans_up() {
-        let (dir, plan, mounter) = fixture(false);
+        let f = fixture();
+        let mounter = RecordingMounter::default();
         let mut recorded = Vec::new();
-        let done = apply_share(&plan, "c1", &mounter, &mut |p| {
-            recorded.push(p.to_path_buf())
+        let done = apply_share(&f.plan, "c1", &f.shared(), &mounter, &mut |r| {
+            recorded.push(r.clone())
         })
         .unwrap();
         assert_eq!(done, recorded);
         assert_eq!(done.len(), 2);
-        assert!(done[0].is_dir() && done[1].is_dir());
-        let shared = dir.path().join("shared");
-        release_share(&shared, "c1", &mounter).unwrap();
+        std::fs::create_dir_all(f.shared().join("c1/written-by-guest")).unwrap();
+        release_share(&f.shared(), "c1", &done, &mounter).unwrap();
         assert!(mounter.mounted.lock().unwrap().is_empty());
-        assert!(!shared.join("c1").exists());
+        assert!(!f.shared().join("c1").exists());
     }
 
     #[test]
     fn apply_rolls_back_on_failure() {
-        let (_dir, plan, mounter) = fixture(true);
-        let err = apply_share(&plan, "c1", &mounter, &mut |_| {}).unwrap_err();
+        let f = fixture();
+        let mounter = RecordingMounter {
+            fail_on: Some(PathBuf::from("c1/volumes/0")),
+            ..Default::default()
+        };
+        let err = apply_share(&f.plan, "c1", &f.shared(), &mounter, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ShareError::Mount { .. }), "{err}");
         assert!(
             mounter.mounted.lock().unwrap().is_empty(),
@@ -457,34 +484,80 @@ mod tests {
 
     #[test]
     fn missing_volume_source_is_reported() {
-        let (_dir, mut plan, mounter) = fixture(false);
-        plan.binds[1].source = "/nonexistent/vessel-test".into();
-        let err = apply_share(&plan, "c1", &mounter, &mut |_| {}).unwrap_err();
+        let mut f = fixture();
+        f.plan.binds[1].source = "/nonexistent/vessel-test".into();
+        let mounter = RecordingMounter::default();
+        let err = apply_share(&f.plan, "c1", &f.shared(), &mounter, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ShareError::MissingSource { .. }), "{err}");
         assert!(mounter.mounted.lock().unwrap().is_empty());
     }
 
-    /// The real mounter on real mounts (root only: fails loudly without it).
-    #[test]
-    fn host_mounter_bind_and_release() {
-        use crate::mounts::HostMounter;
+    fn need_root() -> std::sync::MutexGuard<'static, ()> {
         assert!(
             nix::unistd::geteuid().is_root(),
             "this test needs root (CAP_SYS_ADMIN) to bind-mount"
         );
-        let (dir, plan, _) = fixture(false);
-        std::fs::write(plan.binds[0].source.join("marker"), b"hi").unwrap();
-        let done = apply_share(&plan, "c1", &HostMounter, &mut |_| {}).unwrap();
-        assert_eq!(std::fs::read(done[0].join("marker")).unwrap(), b"hi");
-        let shared = dir.path().join("shared");
-        assert_eq!(HostMounter.mounts_under(&shared).unwrap().len(), 2);
-        release_share(&shared, "c1", &HostMounter).unwrap();
-        assert!(HostMounter.mounts_under(&shared).unwrap().is_empty());
+        crate::safe_mount::serial_mount_tests()
+    }
+
+    /// The real mounter on real mounts: the read-only volume is read-only, the release
+    /// leaves the sources intact.
+    #[test]
+    fn host_mounter_bind_and_release() {
+        use crate::mounts::HostMounter;
+        let _serial = need_root();
+        let f = fixture();
+        std::fs::write(f.plan.binds[0].source.join("marker"), b"hi").unwrap();
+        let done = apply_share(&f.plan, "c1", &f.shared(), &HostMounter, &mut |_| {}).unwrap();
+        let shared = f.shared();
+        assert_eq!(std::fs::read(shared.join("c1/rootfs/marker")).unwrap(), b"hi");
+        let ro = std::fs::write(shared.join("c1/volumes/0/x"), b"x").unwrap_err();
+        assert_eq!(ro.raw_os_error(), Some(libc::EROFS), "{ro}");
+        assert_eq!(HostMounter.mounts_beneath(&shared).unwrap().len(), 2);
+        release_share(&shared, "c1", &done, &HostMounter).unwrap();
+        assert!(HostMounter.mounts_beneath(&shared).unwrap().is_empty());
         assert!(!shared.join("c1").exists());
         // The source survived the release.
         assert_eq!(
-            std::fs::read(plan.binds[0].source.join("marker")).unwrap(),
+            std::fs::read(f.plan.binds[0].source.join("marker")).unwrap(),
             b"hi"
         );
+    }
+
+    /// The compromised guest: before the container's binds are made it plants symlinks where
+    /// they go (as it can through the share). No mount lands outside the shared dir, the
+    /// symlink targets are untouched, the share fails cleanly and nothing stays mounted.
+    #[test]
+    fn planted_symlinks_never_redirect_a_bind() {
+        use crate::mounts::HostMounter;
+        let _serial = need_root();
+        for plant in ["c1", "c1/rootfs", "c1/volumes", "c1/volumes/0"] {
+            let f = fixture();
+            let shared = f.shared();
+            let victim = f.dir.path().join("host-etc");
+            std::fs::create_dir_all(&victim).unwrap();
+            std::fs::write(victim.join("passwd"), b"root:x:0:0").unwrap();
+            let at = shared.join(plant);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(&victim, &at).unwrap();
+            let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let err = apply_share(&f.plan, "c1", &shared, &HostMounter, &mut |_| {}).unwrap_err();
+            assert!(err.to_string().contains("c1"), "{plant}: {err}");
+            let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert_eq!(
+                before.lines().count(),
+                after.lines().count(),
+                "{plant}: a mount was left: {err}"
+            );
+            assert!(
+                !after.contains(victim.to_str().unwrap()),
+                "{plant}: mounted on the symlink's target"
+            );
+            assert_eq!(std::fs::read(victim.join("passwd")).unwrap(), b"root:x:0:0");
+            assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1, "{plant}");
+            assert!(HostMounter.mounts_beneath(&shared).unwrap().is_empty());
+            release_share(&shared, "c1", &[], &HostMounter).unwrap();
+            assert!(victim.join("passwd").exists(), "release followed {plant}");
+        }
     }
 }

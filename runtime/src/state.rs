@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 /// Largest state file we read back; anything bigger is not ours.
 const MAX_STATE_FILE_LEN: u64 = 1 << 20;
 const STATE_FILE_VERSION: u32 = 2;
-/// Longest Unix socket path (`sun_path` less its NUL); the VMM also binds `<vsock>_<port>`.
+/// Longest Unix socket path (`sun_path` less its NUL): the VMM binds the vsock socket there.
+/// (Guest-initiated vsock connections go to `<vsock>_<port>`; a port whose path is too long
+/// just cannot be reached.)
 const MAX_SOCKET_PATH: usize = 107;
-const VSOCK_PORT_SUFFIX: usize = "_4294967295".len();
 
 /// Errors about the state directory and state file.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,7 @@ impl SandboxPaths {
         let paths = SandboxPaths {
             dir: state_root.join(namespace).join(sandbox_id),
         };
-        if paths.vsock().as_os_str().len() + VSOCK_PORT_SUFFIX > MAX_SOCKET_PATH {
+        if paths.vsock().as_os_str().len() > MAX_SOCKET_PATH {
             return Err(StateError::PathTooLong { dir: paths.dir });
         }
         Ok(paths)
@@ -167,6 +168,14 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A bind of one container's, as `state.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedMount {
+    pub container: String,
+    #[serde(flatten)]
+    pub record: crate::safe_mount::MountRecord,
+}
+
 /// What `state.json` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxStateFile {
@@ -174,9 +183,9 @@ pub struct SandboxStateFile {
     pub sandbox_id: String,
     /// The VMM (or host agent) process, once spawned.
     pub vmm: Option<ProcessIdentity>,
-    /// Host mount points this sandbox made, in the order they were made. A mount point is
-    /// recorded before it is mounted, so a crash in between leaves at most a stale entry.
-    pub mounts: Vec<PathBuf>,
+    /// Binds this sandbox made into its shared dir, in the order they were made, each
+    /// recorded before it exists (a crash in between leaves at most a stale entry).
+    pub mounts: Vec<RecordedMount>,
     /// The host cgroup directories the VMM was placed in (the pod's `cgroupsPath`, one per
     /// hierarchy), recorded before the VMM starts; removed at cleanup.
     #[serde(default)]
@@ -276,7 +285,7 @@ mod tests {
             "same id in two namespaces must not share a dir"
         );
         // A socket path the kernel cannot bind is refused up front, with the reason.
-        let long_root = PathBuf::from(format!("/{}", "r".repeat(40)));
+        let long_root = PathBuf::from(format!("/{}", "r".repeat(30)));
         let err = SandboxPaths::new(&long_root, "default", &"f".repeat(64)).unwrap_err();
         assert!(matches!(err, StateError::PathTooLong { .. }), "{err}");
         assert!(err.to_string().contains("state_root"), "{err}");
@@ -303,7 +312,15 @@ mod tests {
         assert_eq!(SandboxStateFile::read(&paths.state_file()).unwrap(), None);
         let mut s = SandboxStateFile::new("sb1");
         s.vmm = ProcessIdentity::of(std::process::id() as i32);
-        s.mounts.push(paths.shared().join("c1/rootfs"));
+        s.mounts.push(RecordedMount {
+            container: "c1".into(),
+            record: crate::safe_mount::MountRecord {
+                target: paths.shared().join("c1/rootfs"),
+                mnt_id: 812,
+                root_dev: 2049,
+                root_ino: 1234,
+            },
+        });
         s.cgroup.push("/sys/fs/cgroup/memory/pod/sb1".into());
         s.write(&paths.state_file()).unwrap();
         let back = SandboxStateFile::read(&paths.state_file())

@@ -771,3 +771,75 @@ fn vm_killed_shim_is_cleaned_up_by_delete() {
 fn host_agent_killed_shim_is_cleaned_up_by_delete() {
     scenario_killed_shim_is_cleaned_up_by_delete(VesselEnv::for_backend(Backend::HostAgent));
 }
+
+/// Pod state is keyed by containerd namespace + id: the same id runs in two namespaces side by
+/// side, each with its own output and exit, and deleting one leaves the other running. A second
+/// container with a live id in the same namespace is refused (containerd's own check), and the
+/// pod is untouched.
+#[test]
+fn host_agent_same_id_in_two_containerd_namespaces() {
+    let env = VesselEnv::for_backend(Backend::HostAgent);
+    let ctrd = env.containerd();
+    const OTHER_NS: &str = "vessel-test-other";
+    let tar =
+        vessel_tests::containerd::build_busybox_oci_tar(&ctrd.dir().join("image-other")).unwrap();
+    ctrd.import_image(OTHER_NS, &tar).unwrap();
+    let run = |ns: &str, word: &str| {
+        ctrd.ctr_in(
+            ns,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                VESSEL,
+                BUSYBOX_REF,
+                "twin",
+                "sh",
+                "-c",
+                &format!("echo {word} > /tmp/who; sleep 1000"),
+            ],
+        )
+    };
+    let a = run(vessel_tests::containerd::NAMESPACE, "first");
+    assert!(a.success(), "{}", describe(&a, &ctrd));
+    let b = run(OTHER_NS, "second");
+    assert!(b.success(), "second namespace: {}", describe(&b, &ctrd));
+    let dirs = |ns: &str| {
+        std::fs::read_dir(env.state_root().join(ns))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(dirs(vessel_tests::containerd::NAMESPACE), 1);
+    assert_eq!(dirs(OTHER_NS), 1);
+    let who = |ns: &str| {
+        ctrd.ctr_in(
+            ns,
+            &["tasks", "exec", "--exec-id", "w", "twin", "cat", "/tmp/who"],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || who(
+            vessel_tests::containerd::NAMESPACE
+        )
+        .stdout
+            == "first\n"),
+        "{:?}",
+        who(vessel_tests::containerd::NAMESPACE)
+    );
+    assert_eq!(who(OTHER_NS).stdout, "second\n");
+    // Same id again in the first namespace: refused, the running one unharmed.
+    let again = run(vessel_tests::containerd::NAMESPACE, "third");
+    assert!(
+        !again.success(),
+        "a second twin was created: {}",
+        describe(&again, &ctrd)
+    );
+    let after = who(vessel_tests::containerd::NAMESPACE);
+    assert_eq!(after.stdout, "first\n", "{after:?}");
+    // Deleting one leaves the other running.
+    ctrd.remove_all_in(OTHER_NS);
+    assert!(eventually(Duration::from_secs(30), || dirs(OTHER_NS) == 0));
+    assert_eq!(who(vessel_tests::containerd::NAMESPACE).stdout, "first\n");
+    ctrd.remove_all();
+    assert_nothing_left(&env, &ctrd);
+}

@@ -306,6 +306,14 @@ fn setup_init(init: &InitConfig, terminal: bool) -> Result<Option<OwnedFd>, Chil
         namespaces::join_path(*kind, path)?;
     }
     namespaces::unshare_kinds(&init.new_namespaces)?;
+    if init.new_namespaces.contains(&NsKind::Net) {
+        crate::network::loopback_up().map_err(|e| {
+            ChildError::io(
+                "bringing up lo in the new network namespace",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+    }
     let uts = init.new_namespaces.contains(&NsKind::Uts)
         || init.join_namespaces.iter().any(|(k, _)| *k == NsKind::Uts);
     if let Some(hostname) = init

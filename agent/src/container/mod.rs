@@ -336,6 +336,22 @@ impl Container {
         Ok(spawned.pid)
     }
 
+    /// Forgets an exited exec: its status and the agent's ends of its streams.
+    pub fn delete_exec(&self, exec_id: &str) -> RequestResult<()> {
+        let mut execs = lock(&self.execs);
+        let p = execs.get(exec_id).ok_or_else(|| {
+            RequestError::not_found(format!("no exec {exec_id:?} in container {}", self.id))
+        })?;
+        if p.exited().is_none() {
+            return Err(RequestError::precondition(format!(
+                "exec {exec_id:?} of container {} is still running",
+                self.id
+            )));
+        }
+        execs.remove(exec_id);
+        Ok(())
+    }
+
     /// The init process ("") or an exec.
     pub fn process(&self, exec_id: &str) -> RequestResult<Arc<ProcessHandle>> {
         if exec_id.is_empty() {

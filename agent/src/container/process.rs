@@ -16,8 +16,10 @@ use super::child::{self, AgentCommand, ChildConfig, ChildReport, CHILD_ARG};
 use crate::error::RequestError;
 use crate::reaper::{ExitCell, Reaper};
 
-/// How long the child may take to set up before the agent gives up on it.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the child may take to set up before the agent gives up on it. Generous: on a
+/// KVM-PVM host the setup child's exec, mounts and pivot_root take ~15 s idle and over 60 s
+/// when the host is loaded (guest kernel code is emulated); on hardware KVM, milliseconds.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Which pid namespace the child is forked into.
 pub enum PidNs<'a> {
@@ -131,6 +133,11 @@ impl Spawned {
                 "the child sent a pty master nobody asked for",
             )),
             Ok(None) => Err(self.died("during setup")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(RequestError::deadline(format!(
+                    "the container's setup did not finish within {SETUP_TIMEOUT:?}"
+                )))
+            }
             Err(e) => Err(RequestError::internal(format!(
                 "waiting for container setup: {e}"
             ))),

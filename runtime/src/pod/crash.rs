@@ -11,7 +11,7 @@ use crate::grouping::{role_from_bundle, ContainerRole};
 use crate::mounts::Mounter;
 use crate::rootfs::unmount_rootfs;
 use crate::share::release_share;
-use crate::state::SandboxPaths;
+use crate::state::{SandboxPaths, SandboxStateFile};
 
 /// What [`cleanup_after_crash`] released.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -55,7 +55,12 @@ pub fn cleanup_after_crash(
                 }
             }
         }
-        ContainerRole::Member { .. } => match release_share(&paths.shared(), id, mounter) {
+        ContainerRole::Member { .. } => match release_share(
+            &paths.shared(),
+            id,
+            &member_records(&paths, id),
+            mounter,
+        ) {
             Ok(()) => done.member_shares = true,
             Err(e) => {
                 first_err.get_or_insert(PodError::sandbox(
@@ -72,4 +77,22 @@ pub fn cleanup_after_crash(
         });
     }
     first_err.map_or(Ok(done), Err)
+}
+
+/// The binds the pod's state file records for container `id` (none if it cannot be read:
+/// the member's dir is then released only if nothing is mounted in it).
+fn member_records(paths: &SandboxPaths, id: &str) -> Vec<crate::safe_mount::MountRecord> {
+    match SandboxStateFile::read(&paths.state_file()) {
+        Ok(Some(s)) => s
+            .mounts
+            .into_iter()
+            .filter(|m| m.container == id)
+            .map(|m| m.record)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            log::warn!("container {id}: {e}");
+            Vec::new()
+        }
+    }
 }

@@ -372,10 +372,13 @@ impl Pod {
         if !exec_id.is_empty() {
             lock(&c.execs).remove(exec_id);
             p.cancel_io();
-            return Ok(Deleted {
-                state,
-                cleanup: Ok(()),
-            });
+            // The agent keeps an exec's status and streams until told: forget it there too
+            // (an exec probe every few seconds would otherwise grow the agent for ever).
+            let cleanup = self
+                .sandbox
+                .delete_process(id, exec_id)
+                .map_err(|e| PodError::sandbox(format!("delete {}", p.label()), e));
+            return Ok(Deleted { state, cleanup });
         }
         let mut errors: Vec<PodError> = Vec::new();
         if let Err(e) = self.sandbox.remove_container(id) {

@@ -18,8 +18,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::*;
 
-/// Root tests share one mount namespace: one at a time, whatever --test-threads says.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Root tests share one mount namespace: one at a time, whatever --test-threads says (the
+/// crate's other mount tests take it too: [`crate::safe_mount::serial_mount_tests`]).
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 static TAGS: AtomicUsize = AtomicUsize::new(0);
 
 fn require_root() {
