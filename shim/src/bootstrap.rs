@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc::{MethodHandler, Server};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Shim, StartOpts, Task};
 use protobuf::Message;
 
@@ -123,8 +122,7 @@ fn serve(flags: &containerd_shim::Flags) -> containerd_shim::Result<()> {
     }
     let mut shim = new_shim(flags);
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)?;
-    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher));
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.task_service(&ttrpc_address));
 
     let path = socket_path(&flags.socket);
     if let Some(parent) = Path::new(path).parent() {

@@ -157,7 +157,17 @@ impl Shim for VesselShim {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+    /// The crate's entry point would hand us its publisher; ours (`bootstrap.rs`) calls
+    /// [`VesselShim::task_service`] with containerd's ttrpc address instead, so events can
+    /// reconnect after containerd restarts.
+    fn create_task_service(&self, _publisher: RemotePublisher) -> TaskService {
+        self.task_service(&std::env::var("TTRPC_ADDRESS").unwrap_or_default())
+    }
+}
+
+impl VesselShim {
+    /// The task service, publishing events to containerd's ttrpc address.
+    pub fn task_service(&self, ttrpc_address: &str) -> TaskService {
         let config = Config::load(None)
             .map(|(c, origin)| {
                 log::info!("configuration from {origin}");
@@ -167,7 +177,7 @@ impl Shim for VesselShim {
         if let Err(e) = &config {
             log::error!("{e}");
         }
-        let events = ContainerdEvents::new(publisher, self.namespace.clone())
+        let events = ContainerdEvents::new(ttrpc_address, self.namespace.clone())
             .unwrap_or_else(|e| panic!("cannot start the event thread: {e}"));
         let backend = match &config {
             Ok(c) => vessel_runtime::vm::backend_from_config(c),

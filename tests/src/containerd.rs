@@ -137,7 +137,26 @@ disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.cont
 {extra}"#
             ),
         )?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let mut c = Containerd {
+            dir,
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    /// Starts the containerd process (its config and dirs already written) and waits until
+    /// it answers.
+    fn spawn(&mut self) -> Result<()> {
+        let config = self.dir.path().join("config.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
         let path = format!(
             "{}:{}",
             target_dir().display(),
@@ -150,34 +169,40 @@ disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.cont
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
-        for (k, v) in env {
+        for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
         let child = cmd
             .spawn()
             .context("spawning containerd (apt-get install containerd)")?;
-        let mut c = Containerd {
-            dir,
-            child: Some(child),
-            extra_env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if c.socket().exists() && c.ctr(&["version"]).success() {
-                break;
+            if self.socket().exists() && self.ctr(&["version"]).success() {
+                return Ok(());
             }
-            if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
-                bail!("containerd exited ({status}):\n{}", c.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|ch| ch.try_wait().ok().flatten())
+            {
+                bail!("containerd exited ({status}):\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("containerd did not come up in 60 s:\n{}", c.log_tail());
+                bail!("containerd did not come up in 60 s:\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(c)
+    }
+
+    /// Kills containerd (SIGKILL, as a crash) and starts it again on the same config, root
+    /// and state; shims and their tasks live on, as in production.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn()
     }
 
     pub fn dir(&self) -> &Path {

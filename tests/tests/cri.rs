@@ -339,6 +339,9 @@ fn scenarios(handler: &str) {
         );
         id
     };
+    if let Some(v) = &vessel {
+        compromised_guest_cannot_redirect_binds(&mut c, &cri, &pod, &v.state_root());
+    }
     let web = create_start(&mut c, "web", &["sh", "-c", &web_script]);
     let idle = create_start(&mut c, "idle", &["sleep", "inf"]);
     let client = create_start(&mut c, "client", &["sh", "-c", &client_script]);
@@ -647,4 +650,90 @@ fn cri_runc_pod() {
 #[test]
 fn cri_vessel_pod() {
     scenarios(VESSEL_HANDLER);
+}
+
+/// The compromised guest, played by the test: while the pod runs, it plants symlinks where the
+/// runtime will make the next containers' binds (it can write the whole shared directory over
+/// virtio-fs): `shared/<cid>` → a host dir, and `shared/<cid>/volumes/0` → a host dir (every
+/// CRI container has volumes: /etc/hosts, hostname, resolv.conf). Each StartContainer must fail
+/// on the host before anything reaches the guest; no mount may land on (or below) the symlink
+/// targets, they stay untouched, and nothing stays mounted under the vessel state root for
+/// those containers. The pod itself keeps working (the scenarios that follow use it).
+fn compromised_guest_cannot_redirect_binds(
+    c: &mut Checks,
+    cri: &CriContainerd,
+    pod: &Pod,
+    state_root: &Path,
+) {
+    let shared = state_root.join("k8s.io").join(&pod.id).join("shared");
+    c.check(
+        shared.is_dir(),
+        format!("the pod's shared dir {}", shared.display()),
+    );
+    for (name, plant) in [("evil-dir", ""), ("evil-volume", "volumes/0")] {
+        let victim = tempfile::Builder::new()
+            .prefix("vessel-victim")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(victim.path().join("precious"), b"host data").unwrap();
+        let cfg = vessel_tests::cri::container_config(name, &["true"]);
+        let id = match cri.client().create_container(&pod.id, &cfg, &pod.config) {
+            Ok(id) => id,
+            Err(e) => {
+                c.check(false, format!("CreateContainer {name}: {e:#}"));
+                continue;
+            }
+        };
+        let at = if plant.is_empty() {
+            shared.join(&id)
+        } else {
+            shared.join(&id).join(plant)
+        };
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(victim.path(), &at).unwrap();
+        let started = c.time(&format!("StartContainer({name}, planted symlink)"), || {
+            cri.client().start_container(&id).map(|_| String::new())
+        });
+        c.check(
+            started.is_err(),
+            format!("{name}: StartContainer refused the planted {plant:?} symlink: {started:?}"),
+        );
+        if let Err(e) = &started {
+            let msg = format!("{e:#}");
+            c.check(
+                msg.contains("symbolic link"),
+                format!("{name}: the error names the symlink: {msg}"),
+            );
+        }
+        let under_victim = mounts_under(victim.path());
+        c.check(
+            under_victim.is_empty(),
+            format!("{name}: no mount on the symlink's target: {under_victim:?}"),
+        );
+        let entries: Vec<_> = std::fs::read_dir(victim.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        c.check(
+            entries.len() == 1
+                && std::fs::read(victim.path().join("precious")).unwrap() == b"host data",
+            format!("{name}: the symlink's target is untouched: {entries:?}"),
+        );
+        let left: Vec<String> = mounts_under(&shared)
+            .into_iter()
+            .filter(|m| m.contains(&id))
+            .collect();
+        c.check(
+            left.is_empty(),
+            format!("{name}: nothing of it mounted: {left:?}"),
+        );
+        if let Err(e) = cri.client().remove_container(&id) {
+            c.check(false, format!("RemoveContainer {name}: {e:#}"));
+        }
+        c.check(
+            victim.path().join("precious").exists(),
+            format!("{name}: cleanup did not follow the symlink"),
+        );
+    }
 }

@@ -843,3 +843,73 @@ fn host_agent_same_id_in_two_containerd_namespaces() {
     ctrd.remove_all();
     assert_nothing_left(&env, &ctrd);
 }
+
+/// containerd crashes and comes back while a task runs: the shim's event connection breaks,
+/// and the TaskExit of the container that exits afterwards still reaches the new containerd
+/// (the publisher reconnects and re-sends), with its exit status.
+#[test]
+fn host_agent_task_exit_survives_a_containerd_restart() {
+    let env = VesselEnv::for_backend(Backend::HostAgent);
+    let mut ctrd = env.containerd();
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        VESSEL,
+        BUSYBOX_REF,
+        "survivor",
+        "sh",
+        "-c",
+        "sleep 6; exit 5",
+    ]);
+    assert!(out.success(), "{}", describe(&out, &ctrd));
+    ctrd.crash_and_restart()
+        .unwrap_or_else(|e| panic!("restarting containerd: {e:#}"));
+    let mut events = ctrd.ctr_spawn(&["events"]).unwrap();
+    // The exit reaches the restarted containerd as an event...
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let exit = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("/tasks/exit") && line.contains("survivor") => {
+                break Some(line)
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "no /tasks/exit for survivor after the restart; events seen: {seen:?}\n{}",
+            ctrd.log_tail()
+        )
+    });
+    assert!(exit.contains("\"exit_status\":5"), "{exit}");
+    // ...and the task is stopped with that status.
+    let ls = ctrd.ctr(&["tasks", "ls"]);
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.starts_with("survivor") && l.contains("STOPPED")),
+        "{}",
+        ls.stdout
+    );
+    ctrd.remove_all();
+    assert_nothing_left(&env, &ctrd);
+}
