@@ -136,6 +136,52 @@ pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, ChildError> {
     Ok(root.join(resolved))
 }
 
+/// A mount destination pinned by an fd: opened with `openat2(RESOLVE_IN_ROOT)` from the
+/// rootfs, so the kernel resolves every symlink and `..` inside it atomically, and mounted on
+/// through `/proc/self/fd/N`, so a container that swaps a path component for a symlink
+/// between resolution and mount (runc's CVE-2021-30465: a volume shared with another
+/// container) cannot redirect the mount out of its rootfs.
+pub struct PinnedDest {
+    _fd: std::os::fd::OwnedFd,
+    proc_path: PathBuf,
+}
+
+impl PinnedDest {
+    /// Pins `dest` (absolute in the container) inside `rootfs`; it must exist.
+    pub fn open(rootfs: &Path, dest: &Path) -> Result<PinnedDest, ChildError> {
+        use nix::fcntl::{openat2, open, OFlag, OpenHow, ResolveFlag};
+        use std::os::fd::AsRawFd;
+        let root = open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| ChildError::sys(format!("open rootfs {}", rootfs.display()), e))?;
+        let rel = dest.strip_prefix("/").unwrap_or(dest);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(&root, rel, how).map_err(|e| {
+            ChildError::sys(format!("open mount point {} in the rootfs", dest.display()), e)
+        })?;
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok(PinnedDest {
+            _fd: fd,
+            proc_path,
+        })
+    }
+
+    /// The path to hand to mount(2): the pinned directory or file, whatever the path now says.
+    pub fn path(&self) -> &Path {
+        &self.proc_path
+    }
+}
+
 /// Creates a mount point: a directory, or an empty file when the source is not a directory.
 pub fn ensure_mountpoint(dest: &Path, file: bool) -> Result<(), ChildError> {
     if dest.symlink_metadata().is_ok() {
@@ -177,7 +223,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
             m.destination().display()
         )));
     }
-    let dest = secure_join(rootfs, m.destination())?;
+    let joined = secure_join(rootfs, m.destination())?;
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or("");
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
@@ -190,22 +236,25 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
             .ok_or_else(|| ChildError::Invalid(ctx("bind without source")))?;
         let src_meta = fs::metadata(src)
             .map_err(|e| ChildError::io(ctx(&format!("bind source {}", src.display())), e))?;
-        ensure_mountpoint(&dest, !src_meta.is_dir())?;
+        ensure_mountpoint(&joined, !src_meta.is_dir())?;
         let rec = opts.flags & MsFlags::MS_REC;
+        let pinned = PinnedDest::open(rootfs, m.destination())?;
         mount(
             Some(src),
-            &dest,
+            pinned.path(),
             None::<&str>,
             MsFlags::MS_BIND | rec,
             None::<&str>,
         )
         .map_err(|e| ChildError::sys(ctx("bind"), e))?;
-        // Bind mounts ignore other flags until a remount.
+        // Bind mounts ignore other flags until a remount (of the new mount: pinned again,
+        // now resolving to its root).
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
+            let pinned = PinnedDest::open(rootfs, m.destination())?;
             mount(
                 None::<&str>,
-                &dest,
+                pinned.path(),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra,
                 None::<&str>,
@@ -213,10 +262,13 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
             .map_err(|e| ChildError::sys(ctx("bind remount"), e))?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
-        ensure_mountpoint(&dest, false)?;
-        mount_cgroup(&dest, opts.flags, cgroup).map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
+        ensure_mountpoint(&joined, false)?;
+        mount_cgroup(&joined, opts.flags, cgroup)
+            .map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
     } else {
-        ensure_mountpoint(&dest, false)?;
+        ensure_mountpoint(&joined, false)?;
+        let pinned = PinnedDest::open(rootfs, m.destination())?;
+        let dest = pinned.path();
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
         let data = if data.is_empty() {
             None
@@ -225,7 +277,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         };
         let fstype = if typ.is_empty() { None } else { Some(typ) };
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
-        match mount(Some(&src), &dest, fstype, flags, data) {
+        match mount(Some(&src), dest, fstype, flags, data) {
             Ok(()) => {}
             // mqueue and sysfs cannot be mounted from a container sharing the agent's ipc/net
             // namespace on some kernels; runc falls back to a bind mount of the host's.
@@ -239,7 +291,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
                 };
                 mount(
                     Some(host),
-                    &dest,
+                    dest,
                     None::<&str>,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None::<&str>,
@@ -249,9 +301,12 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
             Err(e) => return Err(ChildError::sys(ctx(typ), e)),
         }
     }
-    for p in &opts.propagation {
-        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>)
-            .map_err(|e| ChildError::sys(ctx("propagation"), e))?;
+    if !opts.propagation.is_empty() {
+        let pinned = PinnedDest::open(rootfs, m.destination())?;
+        for p in &opts.propagation {
+            mount(None::<&str>, pinned.path(), None::<&str>, *p, None::<&str>)
+                .map_err(|e| ChildError::sys(ctx("propagation"), e))?;
+        }
     }
     Ok(())
 }
@@ -319,6 +374,70 @@ mod tests {
         );
         let rw = parse_options(&["ro".into(), "rw".into()]);
         assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    /// What the pinned fd really is, from its magic link.
+    fn pinned_target(p: &PinnedDest) -> PathBuf {
+        fs::read_link(p.path()).unwrap()
+    }
+
+    #[test]
+    fn pinned_destinations_never_leave_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::create_dir_all(outside.join("etc")).unwrap();
+        // Absolute and relative symlinks resolve inside the rootfs, as if it were /.
+        symlink(&outside, rootfs.join("abs")).unwrap();
+        symlink("../../../outside", rootfs.join("rel")).unwrap();
+        for link in ["/abs", "/rel"] {
+            match PinnedDest::open(&rootfs, Path::new(link)) {
+                Ok(p) => assert!(
+                    pinned_target(&p).starts_with(&rootfs),
+                    "{link} pinned {}",
+                    pinned_target(&p).display()
+                ),
+                // The target does not exist inside the rootfs: refused, never followed out.
+                Err(e) => assert!(e.to_string().contains("mount point"), "{e}"),
+            }
+        }
+        let p = PinnedDest::open(&rootfs, Path::new("/etc")).unwrap();
+        assert_eq!(pinned_target(&p), rootfs.join("etc"));
+
+        // The race of CVE-2021-30465: another container keeps swapping a directory for a
+        // symlink to "/" while the mount point is resolved. Every pin stays in the rootfs.
+        let swap = rootfs.join("vol");
+        fs::create_dir_all(swap.join("etc")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (swap, stop, outside) = (swap.clone(), stop.clone(), outside.clone());
+            std::thread::spawn(move || {
+                let real = swap.with_extension("real");
+                let evil = swap.with_extension("evil");
+                fs::rename(&swap, &real).unwrap();
+                symlink(&outside, &evil).unwrap();
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let from = if n % 2 == 0 { &evil } else { &real };
+                    let _ = fs::rename(from, &swap);
+                    let _ = fs::rename(&swap, from);
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut pinned = 0;
+        for _ in 0..3000 {
+            if let Ok(p) = PinnedDest::open(&rootfs, Path::new("/vol/etc")) {
+                let t = pinned_target(&p);
+                assert!(t.starts_with(&rootfs), "pinned outside the rootfs: {}", t.display());
+                pinned += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = racer.join().unwrap();
+        assert!(swaps > 100 && pinned > 0, "no race happened: {swaps} swaps, {pinned} pins");
     }
 
     #[test]
