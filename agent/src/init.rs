@@ -143,7 +143,6 @@ pub fn enable_cgroup_controllers(root: &Path) {
     }
 }
 
-
 /// A `key=value` from the kernel command line.
 pub fn cmdline_value(key: &str) -> Option<String> {
     let cmdline = fs::read_to_string("/proc/cmdline").ok()?;

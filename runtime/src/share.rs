@@ -337,7 +337,10 @@ mod tests {
         let p = plan(&spec, Path::new("/b/c1/rootfs"), Some(shm));
         // Only the rootfs and /etc/hosts come from the host.
         assert_eq!(p.binds.len(), 2, "{:?}", p.binds);
-        assert_eq!(p.binds[1].source, Path::new("/var/lib/c/sandboxes/s1/hosts"));
+        assert_eq!(
+            p.binds[1].source,
+            Path::new("/var/lib/c/sandboxes/s1/hosts")
+        );
         let mounts = p.spec.mounts().as_ref().unwrap();
         assert_eq!(mounts[0].source().as_deref(), Some(shm));
         assert_eq!(
@@ -355,9 +358,8 @@ mod tests {
             r#"{"destination":"/x","type":"nfs","source":"server:/export"}"#,
         ] {
             let spec = spec_json(m);
-            let err =
-                plan_container_share(&spec, "c1", Path::new("/r"), Path::new("/g"), None)
-                    .unwrap_err();
+            let err = plan_container_share(&spec, "c1", Path::new("/r"), Path::new("/g"), None)
+                .unwrap_err();
             assert!(matches!(err, ShareError::UnsupportedMount { .. }), "{err}");
             assert!(err.to_string().contains("/x"), "{err}");
         }
@@ -510,7 +512,10 @@ mod tests {
         std::fs::write(f.plan.binds[0].source.join("marker"), b"hi").unwrap();
         let done = apply_share(&f.plan, "c1", &f.shared(), &HostMounter, &mut |_| {}).unwrap();
         let shared = f.shared();
-        assert_eq!(std::fs::read(shared.join("c1/rootfs/marker")).unwrap(), b"hi");
+        assert_eq!(
+            std::fs::read(shared.join("c1/rootfs/marker")).unwrap(),
+            b"hi"
+        );
         let ro = std::fs::write(shared.join("c1/volumes/0/x"), b"x").unwrap_err();
         assert_eq!(ro.raw_os_error(), Some(libc::EROFS), "{ro}");
         assert_eq!(HostMounter.mounts_beneath(&shared).unwrap().len(), 2);

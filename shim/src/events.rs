@@ -283,7 +283,11 @@ mod tests {
         let topic = topics::TASK_EXIT_EVENT_TOPIC;
         assert_eq!(
             *got.lock().unwrap(),
-            vec![format!("{topic} a"), format!("{topic} b"), format!("{topic} c")]
+            vec![
+                format!("{topic} a"),
+                format!("{topic} b"),
+                format!("{topic} c")
+            ]
         );
     }
 

@@ -149,7 +149,7 @@ pub struct PinnedDest {
 impl PinnedDest {
     /// Pins `dest` (absolute in the container) inside `rootfs`; it must exist.
     pub fn open(rootfs: &Path, dest: &Path) -> Result<PinnedDest, ChildError> {
-        use nix::fcntl::{openat2, open, OFlag, OpenHow, ResolveFlag};
+        use nix::fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag};
         use std::os::fd::AsRawFd;
         let root = open(
             rootfs,
@@ -167,13 +167,13 @@ impl PinnedDest {
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let fd = openat2(&root, rel, how).map_err(|e| {
-            ChildError::sys(format!("open mount point {} in the rootfs", dest.display()), e)
+            ChildError::sys(
+                format!("open mount point {} in the rootfs", dest.display()),
+                e,
+            )
         })?;
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        Ok(PinnedDest {
-            _fd: fd,
-            proc_path,
-        })
+        Ok(PinnedDest { _fd: fd, proc_path })
     }
 
     /// The path to hand to mount(2): the pinned directory or file, whatever the path now says.
@@ -263,8 +263,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         ensure_mountpoint(&joined, false)?;
-        mount_cgroup(&joined, opts.flags, cgroup)
-            .map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
+        mount_cgroup(&joined, opts.flags, cgroup).map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
     } else {
         ensure_mountpoint(&joined, false)?;
         let pinned = PinnedDest::open(rootfs, m.destination())?;
@@ -431,13 +430,20 @@ mod tests {
         for _ in 0..3000 {
             if let Ok(p) = PinnedDest::open(&rootfs, Path::new("/vol/etc")) {
                 let t = pinned_target(&p);
-                assert!(t.starts_with(&rootfs), "pinned outside the rootfs: {}", t.display());
+                assert!(
+                    t.starts_with(&rootfs),
+                    "pinned outside the rootfs: {}",
+                    t.display()
+                );
                 pinned += 1;
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let swaps = racer.join().unwrap();
-        assert!(swaps > 100 && pinned > 0, "no race happened: {swaps} swaps, {pinned} pins");
+        assert!(
+            swaps > 100 && pinned > 0,
+            "no race happened: {swaps} swaps, {pinned} pins"
+        );
     }
 
     #[test]

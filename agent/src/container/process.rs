@@ -133,11 +133,9 @@ impl Spawned {
                 "the child sent a pty master nobody asked for",
             )),
             Ok(None) => Err(self.died("during setup")),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                Err(RequestError::deadline(format!(
-                    "the container's setup did not finish within {SETUP_TIMEOUT:?}"
-                )))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(RequestError::deadline(
+                format!("the container's setup did not finish within {SETUP_TIMEOUT:?}"),
+            )),
             Err(e) => Err(RequestError::internal(format!(
                 "waiting for container setup: {e}"
             ))),

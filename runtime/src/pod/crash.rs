@@ -55,20 +55,17 @@ pub fn cleanup_after_crash(
                 }
             }
         }
-        ContainerRole::Member { .. } => match release_share(
-            &paths.shared(),
-            id,
-            &member_records(&paths, id),
-            mounter,
-        ) {
-            Ok(()) => done.member_shares = true,
-            Err(e) => {
-                first_err.get_or_insert(PodError::sandbox(
-                    format!("cleaning up container {id}"),
-                    e.into(),
-                ));
+        ContainerRole::Member { .. } => {
+            match release_share(&paths.shared(), id, &member_records(&paths, id), mounter) {
+                Ok(()) => done.member_shares = true,
+                Err(e) => {
+                    first_err.get_or_insert(PodError::sandbox(
+                        format!("cleaning up container {id}"),
+                        e.into(),
+                    ));
+                }
             }
-        },
+        }
     }
     if let Err(source) = unmount_rootfs(bundle, mounter) {
         first_err.get_or_insert(PodError::Mount {
