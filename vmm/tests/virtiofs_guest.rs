@@ -1,6 +1,7 @@
 //! virtio-fs with a real Linux guest: our guest kernel boots a tiny static `/init` that mounts
 //! the share (`mount -t virtiofs vessel /mnt`), reads a file the test put there, writes a new
-//! one, and reboots (= powers off). Both sides are checked: the guest's report on the console
+//! one, checks the virtio-fs policy (`mknod` of a character device fails with `EPERM`, a FIFO
+//! can be made, `chmod u+s` leaves no setuid bit), and reboots (= powers off). Both sides are checked: the guest's report on the console
 //! and the file it wrote in the host directory. The VM runs in this process through the
 //! library, so the event thread serves FUSE under its real seccomp filter (a missing syscall
 //! kills this test).
@@ -32,6 +33,8 @@ const INIT_C: &str = r#"
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,6 +76,17 @@ int main(void) {
         goto out;
     }
     if (close(fd) != 0) { say("close failed, errno", errno); goto out; }
+    /* The policy: no device nodes (the guest's root has CAP_MKNOD, the host says no), FIFOs
+       allowed, setuid stripped. */
+    if (mknod("/mnt/null", S_IFCHR | 0666, makedev(1, 3)) == 0) { say("mknod of a char device succeeded", 0); goto out; }
+    if (errno != EPERM) { say("mknod of a char device: not EPERM but errno", errno); goto out; }
+    if (mknod("/mnt/fifo", S_IFIFO | 0600, 0) != 0) { say("mknod fifo failed, errno", errno); goto out; }
+    fd = open("/mnt/suid", O_WRONLY | O_CREAT | O_EXCL, 0755);
+    if (fd < 0 || close(fd) != 0) { say("create suid failed, errno", errno); goto out; }
+    if (chmod("/mnt/suid", 04755) != 0) { say("chmod u+s failed, errno", errno); goto out; }
+    struct stat st;
+    if (stat("/mnt/suid", &st) != 0) { say("stat failed, errno", errno); goto out; }
+    if (st.st_mode & 06000) { say("setuid after chmod u+s, mode", st.st_mode & 07777); goto out; }
     say("ok", 0);
     say("/init started at guest ms", started);
     say("share mounted, read and written by guest ms", uptime_ms());
@@ -217,6 +231,19 @@ fn guest_mounts_reads_and_writes_the_share() {
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
         0o640,
         "the guest's mode (0640 under its umask 022)"
+    );
+    // The policy, seen from the host.
+    assert!(
+        std::fs::symlink_metadata(shared.join("null")).is_err(),
+        "no device node on the host"
+    );
+    let fifo = std::fs::symlink_metadata(shared.join("fifo")).expect("the guest's FIFO");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    let suid = std::fs::metadata(shared.join("suid")).expect("the guest's chmod u+s file");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&suid.permissions()) & 0o7777,
+        0o755,
+        "chmod u+s in the guest leaves no setuid bit on the host"
     );
     // Reported, not asserted: speed is never asserted in tests.
     eprintln!("virtio-fs guest: boot, mount, read, write, power-off in {elapsed:.1?}");

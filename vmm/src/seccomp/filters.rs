@@ -2,7 +2,9 @@
 //!
 //! The vsock device (event thread) talks to Unix sockets; its syscalls are in
 //! `VMM_THREAD_SYSCALLS`. A virtio-fs device (also on the event thread) works on host files:
-//! `FS_DEVICE_SYSCALLS`, added to the event thread's filter only when a directory is shared.
+//! `FS_DEVICE_SYSCALLS`, added to the event thread's filter only when a directory is shared,
+//! plus a few allowed only with some arguments (`FS_MKNOD_TYPES`, `FS_RENAME_FORBIDDEN_FLAGS`,
+//! `FS_SETRES_EFFECTIVE_ONLY`).
 //! If a device needs more, add them here.
 
 use std::mem::size_of;
@@ -121,12 +123,11 @@ pub const FS_DEVICE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_ftruncate,
-    // Namespace changes.
+    // Namespace changes (`mknodat`: only with some arguments, see FS_MKNOD_TYPES).
     libc::SYS_mkdirat,
-    libc::SYS_mknodat,
     libc::SYS_symlinkat,
     libc::SYS_linkat,
-    libc::SYS_renameat2,
+    // `renameat2`: only without RENAME_WHITEOUT, see FS_RENAME_FORBIDDEN_FLAGS.
     // Attributes.
     libc::SYS_fchmod,
     libc::SYS_fchmodat,
@@ -137,9 +138,25 @@ pub const FS_DEVICE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_setxattr,
     libc::SYS_listxattr,
     libc::SYS_removexattr,
-    // Creating files as the guest caller: per-thread effective uid/gid switches.
-    libc::SYS_setresuid,
-    libc::SYS_setresgid,
+    // Creating files as the guest caller: per-thread effective uid/gid switches, with
+    // `setresuid`/`setresgid`, allowed only as FS_SETRES_EFFECTIVE_ONLY says.
     // FUSE_INIT: the backend clears the umask so the guest's modes apply as given.
     libc::SYS_umask,
 ];
+
+/// The file types (`mode & S_IFMT`, argument 2) the event thread may `mknodat` when it serves
+/// virtio-fs: regular files (type 0 is one too), FIFOs, sockets. Device nodes are refused by
+/// the policy before they reach the backend, and the thread has no `CAP_MKNOD` either
+/// (`devices/virtio/fs/policy.rs`, `privileges.rs`): a `mknodat` of one here means both
+/// failed, and the process is killed.
+pub const FS_MKNOD_TYPES: &[u32] = &[0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK];
+
+/// `renameat2` flags (argument 4) the event thread never passes: `RENAME_WHITEOUT` leaves a
+/// 0/0 character device (an overlayfs whiteout) behind, which needs no capability since
+/// Linux 5.8; the policy refuses it first.
+pub const FS_RENAME_FORBIDDEN_FLAGS: u32 = libc::RENAME_WHITEOUT;
+
+/// `setresuid`/`setresgid` (per-thread, raw syscalls: fuse-backend-rs's credential switch)
+/// only in the form `(-1, id, -1)`: the effective id changes, the real and saved ids stay 0,
+/// so the thread can always switch back and never loses its permitted capabilities.
+pub const FS_SETRES_EFFECTIVE_ONLY: &[libc::c_long] = &[libc::SYS_setresuid, libc::SYS_setresgid];

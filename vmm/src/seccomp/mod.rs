@@ -38,8 +38,52 @@ fn ioctl_rules(requests: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
         .collect()
 }
 
+/// The event thread's syscalls for a virtio-fs device that are allowed only with some
+/// arguments ([`filters::FS_MKNOD_TYPES`], [`filters::FS_RENAME_FORBIDDEN_FLAGS`],
+/// [`filters::FS_SETRES_EFFECTIVE_ONLY`]).
+fn fs_device_arg_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, SeccompError> {
+    let mknod = filters::FS_MKNOD_TYPES
+        .iter()
+        .map(|&file_type| {
+            let cond = SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(u64::from(libc::S_IFMT)),
+                u64::from(file_type),
+            )?;
+            Ok(SeccompRule::new(vec![cond])?)
+        })
+        .collect::<Result<Vec<_>, SeccompError>>()?;
+    let rename = SeccompRule::new(vec![SeccompCondition::new(
+        4,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(u64::from(filters::FS_RENAME_FORBIDDEN_FLAGS)),
+        0,
+    )?])?;
+    let mut rules = vec![
+        (libc::SYS_mknodat, mknod),
+        (libc::SYS_renameat2, vec![rename]),
+    ];
+    for &nr in filters::FS_SETRES_EFFECTIVE_ONLY {
+        let unchanged = |arg| {
+            SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                u64::from(u32::MAX),
+            )
+        };
+        rules.push((
+            nr,
+            vec![SeccompRule::new(vec![unchanged(0)?, unchanged(2)?])?],
+        ));
+    }
+    Ok(rules)
+}
+
 fn build(
     syscalls: &[&[libc::c_long]],
+    arg_rules: Vec<(i64, Vec<SeccompRule>)>,
     ioctls: &[u64],
     socket_unix_only: bool,
     mismatch: SeccompAction,
@@ -49,6 +93,10 @@ fn build(
         for nr in list.iter() {
             rules.insert(*nr, Vec::new());
         }
+    }
+    for (nr, conditional) in arg_rules {
+        // An unconditional allow from a list wins.
+        rules.entry(nr).or_insert(conditional);
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules(ioctls)?);
     // glibc grows per-thread malloc arenas with mprotect; never allow making memory executable.
@@ -87,7 +135,8 @@ fn build(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThreadNeeds {
     /// A virtio-fs device: the event thread works on host files
-    /// ([`filters::FS_DEVICE_SYSCALLS`]).
+    /// ([`filters::FS_DEVICE_SYSCALLS`], and `mknodat`/`renameat2`/`setresuid`/`setresgid`
+    /// with some arguments only).
     pub shared_fs: bool,
 }
 
@@ -103,17 +152,26 @@ pub fn compile_for(
     needs: ThreadNeeds,
 ) -> Result<ThreadFilters, SeccompError> {
     let mut vmm_lists = vec![filters::COMMON_SYSCALLS, filters::VMM_THREAD_SYSCALLS];
+    let mut vmm_arg_rules = Vec::new();
     if needs.shared_fs {
         vmm_lists.push(filters::FS_DEVICE_SYSCALLS);
+        vmm_arg_rules = fs_device_arg_rules()?;
     }
     Ok(ThreadFilters {
         vcpu: build(
             &[filters::COMMON_SYSCALLS, filters::VCPU_THREAD_SYSCALLS],
+            Vec::new(),
             &filters::vcpu_ioctls(),
             false,
             mismatch.clone(),
         )?,
-        vmm: build(&vmm_lists, &filters::vmm_ioctls(), true, mismatch)?,
+        vmm: build(
+            &vmm_lists,
+            vmm_arg_rules,
+            &filters::vmm_ioctls(),
+            true,
+            mismatch,
+        )?,
     })
 }
 
@@ -229,6 +287,150 @@ mod tests {
             libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
             "child should die of SIGSYS, status {status:#x} (exit code {})",
             libc::WEXITSTATUS(status)
+        );
+    }
+
+    /// Runs `body` in a forked child under the event thread's production filter for a
+    /// virtio-fs device; returns the wait status.
+    fn filtered_fs_child(body: impl FnOnce() -> i32) -> i32 {
+        let filters = filters_for(ThreadNeeds { shared_fs: true }).expect("compile");
+        // SAFETY: fork in a test; the child installs the (already built) filter, makes raw
+        // syscalls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = match install(&filters.vmm) {
+                Ok(()) => body(),
+                Err(_) => 100,
+            };
+            // SAFETY: terminating the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        status
+    }
+
+    fn killed_by_sigsys(status: i32) -> bool {
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn fs_filter_allows_fifos_plain_renames_and_effective_id_switches_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| {
+            std::ffi::CString::new(dir.path().join(name).to_str().unwrap().as_bytes()).unwrap()
+        };
+        let (fifo, sock, file, moved, chr, blk) = (
+            path("fifo"),
+            path("sock"),
+            path("file"),
+            path("moved"),
+            path("chr"),
+            path("blk"),
+        );
+        let mknodat = |p: &std::ffi::CString, mode: u32, dev: u64| {
+            // SAFETY: raw syscall in the forked child with a valid NUL-terminated path.
+            unsafe { libc::mknodat(libc::AT_FDCWD, p.as_ptr(), mode, dev) }
+        };
+        let allowed = filtered_fs_child(|| {
+            let made = [
+                mknodat(&fifo, libc::S_IFIFO | 0o600, 0),
+                mknodat(&sock, libc::S_IFSOCK | 0o600, 0),
+                mknodat(&file, libc::S_IFREG | 0o600, 0),
+            ];
+            if made != [0, 0, 0] {
+                return 1;
+            }
+            // What fuse-backend-rs does around a create as a guest user.
+            let switched = [
+                (libc::SYS_setresgid, 1000),
+                (libc::SYS_setresuid, 1000),
+                (libc::SYS_setresuid, 0),
+                (libc::SYS_setresgid, 0),
+            ]
+            .map(|(nr, id)| {
+                // SAFETY: raw syscall in the forked child; it only changes its credentials.
+                unsafe { libc::syscall(nr, -1, id, -1) }
+            });
+            if switched != [0, 0, 0, 0] {
+                return 2;
+            }
+            // SAFETY: raw syscall in the forked child with valid NUL-terminated paths.
+            let renamed = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    file.as_ptr(),
+                    libc::AT_FDCWD,
+                    moved.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if renamed != 0 {
+                return 3;
+            }
+            0
+        });
+        assert!(
+            libc::WIFEXITED(allowed) && libc::WEXITSTATUS(allowed) == 0,
+            "status {allowed:#x}"
+        );
+        let shapes = dir.path().join("fifo").metadata().unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&shapes.file_type()));
+
+        for (what, status) in [
+            (
+                "mknodat of a character device",
+                filtered_fs_child(|| mknodat(&chr, libc::S_IFCHR | 0o600, libc::makedev(1, 3))),
+            ),
+            (
+                "mknodat of a block device",
+                filtered_fs_child(|| mknodat(&blk, libc::S_IFBLK | 0o600, libc::makedev(7, 0))),
+            ),
+            (
+                "mknodat of a 0/0 character device (a whiteout)",
+                filtered_fs_child(|| mknodat(&chr, libc::S_IFCHR, 0)),
+            ),
+            (
+                "renameat2 with RENAME_WHITEOUT",
+                filtered_fs_child(|| {
+                    // SAFETY: raw syscall in the forked child (it must be killed by it).
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_renameat2,
+                            libc::AT_FDCWD,
+                            moved.as_ptr(),
+                            libc::AT_FDCWD,
+                            blk.as_ptr(),
+                            libc::RENAME_WHITEOUT,
+                        ) as i32
+                    }
+                }),
+            ),
+            (
+                "setresuid changing the real and saved uid",
+                filtered_fs_child(|| {
+                    // SAFETY: raw syscall in the forked child (it must be killed by it).
+                    unsafe { libc::syscall(libc::SYS_setresuid, 1000, 1000, 1000) as i32 }
+                }),
+            ),
+            (
+                "setresgid changing the saved gid",
+                filtered_fs_child(|| {
+                    // SAFETY: as above.
+                    unsafe { libc::syscall(libc::SYS_setresgid, -1, 0, 1000) as i32 }
+                }),
+            ),
+        ] {
+            assert!(killed_by_sigsys(status), "{what}: status {status:#x}");
+        }
+        assert!(!dir.path().join("chr").exists() && !dir.path().join("blk").exists());
+        assert!(
+            dir.path().join("moved").is_file(),
+            "no whiteout replaced it"
         );
     }
 

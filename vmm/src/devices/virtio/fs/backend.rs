@@ -20,7 +20,14 @@
 //! * inodes are kept as `O_PATH` fds (no file handles: no `CAP_DAC_READ_SEARCH`,
 //!   no `open_by_handle_at`); inode numbers are virtual, so host inode numbers from different
 //!   mounts under the shared directory cannot collide in the guest.
-//! * `killpriv_v2`, `no_open`, `no_opendir`, `seal_size`: off (the defaults).
+//! * `killpriv_v2` off: with it the guest kernel stops clearing setuid/setgid itself and asks
+//!   the backend to (a flag on WRITE, SETATTR, OPEN); a compromised guest kernel just leaves
+//!   the flag out. The host kernel clears them whatever the guest sends, because the serving
+//!   thread has no `CAP_FSETID` ([`super::privileges`]), so the option would add nothing.
+//! * `no_open`, `no_opendir`, `seal_size`: off (the defaults).
+//!
+//! The backend is wrapped in [`PolicyFs`] ([`super::policy`]): no device nodes, no
+//! setuid/setgid files, no file capabilities, whatever the guest sends.
 //!
 //! Requests that create files run with the guest caller's uid/gid (the backend switches the
 //! thread's effective ids with `setresuid`/`setresgid` while it creates them), so ownership in
@@ -34,14 +41,15 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use super::error::FsError;
+use super::policy::PolicyFs;
 
 /// How long the guest may cache a name lookup.
 pub const ENTRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the guest may cache attributes.
 pub const ATTR_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The FUSE protocol server over the passthrough file system.
-pub(super) type FsServer = Server<PassthroughFs<()>>;
+/// The FUSE protocol server over the passthrough file system, under the policy.
+pub(super) type FsServer = Server<PolicyFs>;
 
 /// The passthrough options for `root` (see the module documentation for why).
 pub(super) fn passthrough_config(root: &Path, xattr: bool) -> Result<Config, FsError> {
@@ -76,5 +84,5 @@ pub(super) fn new_server(config: &Config) -> Result<FsServer, FsError> {
         path: config.root_dir.clone().into(),
         source,
     })?;
-    Ok(Server::new(fs))
+    Ok(Server::new(PolicyFs::new(fs)))
 }

@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{new_server, passthrough_config, FsServer};
 use super::error::{validate_tag, FsError};
-use super::request::{handle_chain, Outcome};
+use super::privileges;
+use super::request::{handle_chain, refuse_chain, Outcome};
 use super::{
     NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_MAX_SIZE, REQUESTS_PER_ROUND, TAG_LEN, VIRTIO_ID_FS,
 };
@@ -160,6 +161,9 @@ impl Fs {
         let Some(queue) = self.queues.get_mut(index) else {
             return false;
         };
+        // Only a thread without CAP_MKNOD/CAP_FSETID/CAP_SETFCAP may serve: the host kernel
+        // is the second line of the policy (event_handler.rs drops them).
+        let may_serve = privileges::dropped_here();
         let mut used = false;
         let mut handled = 0;
         while handled < REQUESTS_PER_ROUND {
@@ -175,7 +179,16 @@ impl Fs {
             };
             handled += 1;
             let head = chain.head_index();
-            let outcome = handle_chain(&self.server, mem, chain);
+            let outcome = if may_serve {
+                handle_chain(&self.server, mem, chain)
+            } else {
+                refuse_chain(
+                    mem,
+                    chain,
+                    libc::EPERM,
+                    "the serving thread still holds CAP_MKNOD/CAP_FSETID/CAP_SETFCAP",
+                )
+            };
             match &outcome {
                 Outcome::Served(_) => {
                     self.stats.served += 1;

@@ -4,6 +4,11 @@
 //! the event manager, so it signals `activate_evt`; on that event (here, on the event thread)
 //! the device registers its queue eventfds once and starts a FUSE session. The activate event
 //! stays watched: after a driver reset the device can be activated again.
+//!
+//! `init` runs on the thread that will serve the queues (the event manager calls it from
+//! `add_subscriber`; the VMM adds its subscribers on the event thread, before that thread's
+//! seccomp filter is installed): it drops that thread's `CAP_MKNOD`, `CAP_FSETID` and
+//! `CAP_SETFCAP` ([`super::privileges`]).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -12,7 +17,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::Fs;
-use super::NUM_QUEUES;
+use super::{privileges, NUM_QUEUES};
 
 impl Fs {
     fn on_activate(&mut self, ops: &mut EventOps) {
@@ -61,6 +66,14 @@ impl Fs {
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = privileges::drop_for_serving() {
+            // Requests served from a thread that kept them are refused (device.rs).
+            log::error!(
+                "virtio-fs {}: dropping CAP_MKNOD/CAP_FSETID/CAP_SETFCAP on the serving \
+                 thread: {e}; the device will refuse every request",
+                self.tag()
+            );
+        }
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
             log::error!(
                 "virtio-fs {}: cannot poll the activate event; the device will not work: {e}",

@@ -4,9 +4,11 @@
 //! event-loop thread. No virtiofsd, no vhost-user, no DAX window.
 //!
 //! Layout: [`backend`] builds the passthrough file system (and documents its options),
-//! [`request`] turns one descriptor chain into one FUSE reply and is where hostile input is
-//! checked, [`device`] is the virtio side (config space, queues, activation), and
-//! [`event_handler`] plugs it into the event loop.
+//! [`policy`] wraps it so the guest makes no device nodes, setuid/setgid files or file
+//! capabilities on the host, [`privileges`] drops the capabilities that would let the host
+//! kernel do those things from the serving thread, [`request`] turns one descriptor chain
+//! into one FUSE reply and is where hostile input is checked, [`device`] is the virtio side
+//! (config space, queues, activation), and [`event_handler`] plugs it into the event loop.
 //!
 //! The guest is not trusted: every chain is bounded by guest memory and by the queue size
 //! (a looping chain ends after `QUEUE_MAX_SIZE` descriptors), a malformed request gets an error
@@ -14,11 +16,21 @@
 //! VMM. The passthrough root cannot be left: `..` at the root resolves to the root, names with
 //! `/` are refused, lookups never follow symlinks (the guest resolves them in its own
 //! namespace), and device nodes, FIFOs and sockets are never opened on the host.
+//!
+//! Strict by default, with no option to relax it: MKNOD of a character or block device is
+//! refused with `EPERM`, setuid/setgid bits are stripped from the modes the guest asks for
+//! (setgid on directories excepted), writes, truncation, chown and fallocate clear them, and
+//! `security.capability` cannot be set ([`policy`] has the table). The thread that serves
+//! the device holds no `CAP_MKNOD`, `CAP_FSETID` or `CAP_SETFCAP`, so the host kernel
+//! enforces the same even if a request got past the policy; a thread that could not drop
+//! them answers every request with `EPERM`.
 
 mod backend;
 mod device;
 mod error;
 mod event_handler;
+mod policy;
+mod privileges;
 mod request;
 
 #[cfg(test)]

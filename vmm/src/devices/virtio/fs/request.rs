@@ -6,7 +6,9 @@
 //! * the server's reply (its length is the used length);
 //! * an error reply we write ourselves when the request is malformed but carries a header
 //!   (`EINVAL` for a length that disagrees with the chain, `E2BIG` for an oversized xattr
-//!   buffer, `EIO` when the server could not decode the body or fit its reply);
+//!   buffer, `EIO` when the server could not decode the body or fit its reply; `EPERM` for
+//!   every request when the serving thread could not drop its capabilities, see
+//!   [`refuse_chain`]);
 //! * no reply (used length 0) when there is no header to answer to, a descriptor lies outside
 //!   guest memory, or the request is one the guest never waits on (FORGET, BATCH_FORGET,
 //!   INTERRUPT, DESTROY).
@@ -20,10 +22,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::ByteValued;
 
 use super::backend::FsServer;
+use super::policy::XATTR_SIZE_MAX;
 use crate::devices::virtio::device::GuestMemory;
-
-/// Largest xattr value or name list the kernel ever asks for (`XATTR_SIZE_MAX`).
-const XATTR_SIZE_MAX: u32 = 65536;
 
 /// What became of a chain.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,32 +63,58 @@ fn expects_reply(opcode: u32) -> bool {
     .contains(&opcode)
 }
 
+/// A chain taken apart: the request reader, the same reader past the header, the reply
+/// writer, the header, and how many bytes the chain lets the device read.
+struct Opened<'a> {
+    reader: Reader<'a>,
+    body: Reader<'a>,
+    writer: VirtioFsWriter<'a>,
+    header: InHeader,
+    readable: usize,
+}
+
+fn open_chain<'a>(
+    mem: &'a GuestMemory,
+    chain: DescriptorChain<&'a GuestMemory>,
+) -> Result<Opened<'a>, Outcome> {
+    let reader = Reader::from_descriptor_chain(mem, chain.clone())
+        .map_err(|e| Outcome::Dropped(format!("request descriptors: {e}")))?;
+    let writer = VirtioFsWriter::new(mem, chain)
+        .map_err(|e| Outcome::Dropped(format!("reply descriptors: {e}")))?;
+    let readable = reader.available_bytes();
+    let mut body = reader.clone();
+    let header: InHeader = body.read_obj().map_err(|_| {
+        Outcome::Dropped(format!(
+            "{readable} readable bytes, a request header needs {}",
+            size_of::<InHeader>()
+        ))
+    })?;
+    Ok(Opened {
+        reader,
+        body,
+        writer,
+        header,
+        readable,
+    })
+}
+
 /// Serves one chain.
 pub(super) fn handle_chain(
     server: &FsServer,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
 ) -> Outcome {
-    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Dropped(format!("request descriptors: {e}")),
+    let Opened {
+        reader,
+        mut body,
+        writer,
+        header,
+        readable,
+    } = match open_chain(mem, chain) {
+        Ok(o) => o,
+        Err(outcome) => return outcome,
     };
-    let writer = match VirtioFsWriter::new(mem, chain) {
-        Ok(w) => w,
-        Err(e) => return Outcome::Dropped(format!("reply descriptors: {e}")),
-    };
-    let readable = reader.available_bytes();
-    let mut peek = reader.clone();
-    let header: InHeader = match peek.read_obj() {
-        Ok(h) => h,
-        Err(_) => {
-            return Outcome::Dropped(format!(
-                "{readable} readable bytes, a request header needs {}",
-                size_of::<InHeader>()
-            ))
-        }
-    };
-    if let Some((errno, why)) = check_request(&header, readable, &mut peek) {
+    if let Some((errno, why)) = check_request(&header, readable, &mut body) {
         return refuse(writer, &header, errno, why);
     }
     match server.handle_message(reader, writer.clone().into(), None, None) {
@@ -96,6 +122,19 @@ pub(super) fn handle_chain(
         // Decoding the body failed or the reply did not fit. Whatever the server may have
         // written is replaced by one error header, so the guest's request does not hang.
         Err(e) => refuse(writer, &header, libc::EIO, format!("server: {e}")),
+    }
+}
+
+/// Answers the chain's request with `-errno` without serving it.
+pub(super) fn refuse_chain(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    errno: i32,
+    why: &str,
+) -> Outcome {
+    match open_chain(mem, chain) {
+        Ok(o) => refuse(o.writer, &o.header, errno, why.to_string()),
+        Err(outcome) => outcome,
     }
 }
 
@@ -116,7 +155,9 @@ fn check_request(
     let xattr_query =
         header.opcode == Opcode::Getxattr as u32 || header.opcode == Opcode::Listxattr as u32;
     if xattr_query {
-        // The backend reserves a buffer of the size the guest asks for.
+        // The backend reserves a buffer of the size the guest asks for. (This copy of the
+        // size is read from guest memory before the server reads its own, so a racing guest
+        // could change it in between: `PolicyFs` checks the server's copy again.)
         if let Ok(args) = body.read_obj::<GetxattrIn>() {
             if args.size > XATTR_SIZE_MAX {
                 return Some((

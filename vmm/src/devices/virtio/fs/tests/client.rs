@@ -293,9 +293,21 @@ impl<'a> Client<'a> {
     }
 
     pub fn rename(&mut self, parent: u64, old: &str, newparent: u64, new: &str) -> Result<(), i32> {
+        self.rename2(parent, old, newparent, new, 0)
+    }
+
+    /// RENAME2 with `flags` (`RENAME_NOREPLACE`, ...).
+    pub fn rename2(
+        &mut self,
+        parent: u64,
+        old: &str,
+        newparent: u64,
+        new: &str,
+        flags: u32,
+    ) -> Result<(), i32> {
         let args = Rename2In {
             newdir: newparent,
-            flags: 0,
+            flags,
             padding: 0,
         };
         let mut a = args.as_slice().to_vec();

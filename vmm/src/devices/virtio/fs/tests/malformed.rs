@@ -3,8 +3,12 @@
 
 use std::mem::size_of;
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, GetattrIn, GetxattrIn, InHeader, Opcode, OutHeader, ReadIn,
+    CreateIn, FallocateIn, GetattrIn, GetxattrIn, InHeader, MkdirIn, MknodIn, Opcode, OutHeader,
+    ReadIn, Rename2In, SetattrIn, SetxattrIn,
 };
 use vm_memory::ByteValued;
 
@@ -278,6 +282,202 @@ fn a_broken_available_ring_stalls_only_its_queue() {
     assert_eq!(h.send_on(super::HIPRIO, &[Part::In(forget)]).len, 0);
 }
 
+/// Sends one raw request (header + `args`) with room for a reply; returns the errno of the
+/// answer (0: success).
+fn raw_errno(h: &mut Harness, opcode: Opcode, unique: u64, nodeid: u64, args: &[u8]) -> i32 {
+    let req = raw_request(
+        (HDR + args.len()) as u32,
+        opcode as u32,
+        unique,
+        nodeid,
+        args,
+    );
+    let used = h.send(&[Part::In(req), Part::Out(4096)]);
+    assert!(used.len >= OUT, "{opcode:?}: answered ({used:?})");
+    let out = OutHeader::from_slice(&used.data[..OUT as usize])
+        .copied()
+        .unwrap();
+    assert_eq!((out.unique, out.len), (unique, used.len), "{opcode:?}");
+    -out.error
+}
+
+/// No device node, and no setuid/setgid file (setgid directories are allowed), under `dir`.
+pub(super) fn assert_no_devices_or_setuid(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        let t = meta.file_type();
+        assert!(
+            !t.is_char_device() && !t.is_block_device(),
+            "device node {}",
+            entry.path().display()
+        );
+        if t.is_dir() {
+            assert_eq!(meta.mode() & libc::S_ISUID, 0, "{}", entry.path().display());
+            assert_no_devices_or_setuid(&entry.path());
+        } else {
+            assert_eq!(
+                meta.mode() & (libc::S_ISUID | libc::S_ISGID),
+                0,
+                "{} mode {:o}",
+                entry.path().display(),
+                meta.mode()
+            );
+        }
+    }
+}
+
+fn with_name(args: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = args.to_vec();
+    v.extend_from_slice(name);
+    v
+}
+
+#[test]
+fn hostile_fields_of_policed_requests_are_bounded() {
+    let mut h = Harness::with_xattr(true);
+    std::fs::write(h.shared().join("file"), b"data").unwrap();
+    h.activate();
+    h.client().init();
+    let shared = h.shared();
+    let mknod = |mode: u32, rdev: u32, umask: u32| {
+        MknodIn {
+            mode,
+            rdev,
+            umask,
+            padding: 0,
+        }
+        .as_slice()
+        .to_vec()
+    };
+    // Half a MknodIn; a device without the name's NUL; every bit set; a FIFO whose
+    // "umask" would clear its file type bits.
+    let half = &mknod(libc::S_IFCHR | 0o666, 0x103, 0)[..8];
+    assert_eq!(raw_errno(&mut h, Opcode::Mknod, 31, ROOT, half), libc::EIO);
+    let chr = mknod(libc::S_IFCHR | 0o666, 0x103, 0);
+    assert_ne!(
+        raw_errno(&mut h, Opcode::Mknod, 32, ROOT, &with_name(&chr, b"dev")),
+        0
+    );
+    let all = mknod(u32::MAX, u32::MAX, u32::MAX);
+    assert_eq!(
+        raw_errno(&mut h, Opcode::Mknod, 33, ROOT, &with_name(&all, b"all\0")),
+        libc::EINVAL
+    );
+    let masked = mknod(libc::S_IFIFO | 0o644, 0, u32::MAX);
+    assert_eq!(
+        raw_errno(
+            &mut h,
+            Opcode::Mknod,
+            34,
+            ROOT,
+            &with_name(&masked, b"fifo\0")
+        ),
+        0
+    );
+    assert!(std::fs::symlink_metadata(shared.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // MKDIR and CREATE with every mode and umask bit set.
+    let mkdir = MkdirIn {
+        mode: u32::MAX,
+        umask: u32::MAX,
+    };
+    raw_errno(
+        &mut h,
+        Opcode::Mkdir,
+        35,
+        ROOT,
+        &with_name(mkdir.as_slice(), b"d\0"),
+    );
+    let create = CreateIn {
+        flags: libc::O_WRONLY as u32,
+        mode: u32::MAX,
+        umask: 0,
+        fuse_flags: u32::MAX,
+    };
+    raw_errno(
+        &mut h,
+        Opcode::Create,
+        36,
+        ROOT,
+        &with_name(create.as_slice(), b"c\0"),
+    );
+    // SETATTR: every mode bit; every valid bit (with a handle that does not exist).
+    let file = h.client().lookup(ROOT, "file").unwrap().nodeid;
+    let chmod = SetattrIn {
+        valid: 1,
+        mode: u32::MAX,
+        ..Default::default()
+    };
+    assert_eq!(
+        raw_errno(&mut h, Opcode::Setattr, 37, file, chmod.as_slice()),
+        0
+    );
+    let everything = SetattrIn {
+        valid: u32::MAX,
+        fh: u64::MAX,
+        size: u64::MAX,
+        mode: u32::MAX,
+        uid: u32::MAX,
+        gid: u32::MAX,
+        atimensec: u32::MAX,
+        mtimensec: u32::MAX,
+        ..Default::default()
+    };
+    assert_ne!(
+        raw_errno(&mut h, Opcode::Setattr, 38, file, everything.as_slice()),
+        0
+    );
+    // RENAME2 with every flag (RENAME_WHITEOUT among them).
+    let rename = Rename2In {
+        newdir: ROOT,
+        flags: u32::MAX,
+        padding: 0,
+    };
+    let args = with_name(rename.as_slice(), b"file\0moved\0");
+    assert_eq!(
+        raw_errno(&mut h, Opcode::Rename2, 39, ROOT, &args),
+        libc::EPERM
+    );
+    // SETXATTR of file capabilities: a size that disagrees with the value, no NUL after the
+    // name, and a well-formed one.
+    let value = [
+        1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let xattr = |size: u32| SetxattrIn { size, flags: 0 }.as_slice().to_vec();
+    let named = |size: u32| with_name(&with_name(&xattr(size), b"security.capability\0"), &value);
+    assert_eq!(
+        raw_errno(&mut h, Opcode::Setxattr, 40, file, &named(u32::MAX)),
+        libc::EIO
+    );
+    let no_nul = with_name(&xattr(20), b"security.capability");
+    assert_ne!(raw_errno(&mut h, Opcode::Setxattr, 41, file, &no_nul), 0);
+    assert_eq!(
+        raw_errno(&mut h, Opcode::Setxattr, 42, file, &named(20)),
+        libc::EPERM
+    );
+    // FALLOCATE on a handle that does not exist.
+    let fallocate = FallocateIn {
+        fh: 12345,
+        offset: 0,
+        length: u64::MAX,
+        mode: u32::MAX,
+        padding: 0,
+    };
+    assert_ne!(
+        raw_errno(&mut h, Opcode::Fallocate, 43, file, fallocate.as_slice()),
+        0
+    );
+
+    assert!(!shared.join("dev").exists() && !shared.join("all").exists());
+    assert!(shared.join("file").exists() && !shared.join("moved").exists());
+    assert_eq!(std::fs::metadata(shared.join("file")).unwrap().len(), 4);
+    assert_no_devices_or_setuid(&shared);
+    still_serves(&mut h);
+}
+
 /// xorshift64*: deterministic, so a failure reproduces.
 struct Rng(u64);
 
@@ -358,5 +558,7 @@ fn random_requests_never_wedge_the_device() {
         sent + 1,
         "{stats:?}"
     );
+    // Random MKNOD, SETATTR, RENAME2, ... made nothing the policy forbids.
+    assert_no_devices_or_setuid(&h.shared());
     still_serves(&mut h);
 }

@@ -6,6 +6,7 @@ mod client;
 mod escape;
 mod lifecycle;
 mod malformed;
+mod policy;
 mod requests;
 mod seccomp;
 

@@ -62,6 +62,25 @@ fn workload(c: &mut Client<'_>, xattr: bool) -> Result<(), String> {
         c.mknod(dir.nodeid, "fifo", libc::S_IFIFO | 0o600, 0)
             .map(drop),
     )?;
+    // Refused by the policy before the backend's mknodat (which the filter would punish
+    // with SIGSYS), whatever the guest sends.
+    for (mode, rdev) in [(libc::S_IFCHR | 0o600, (1 << 8) | 3), (libc::S_IFCHR, 0)] {
+        if c.mknod(dir.nodeid, "dev", mode, rdev).map(drop) != Err(libc::EPERM) {
+            return Err(format!("mknod {mode:o} {rdev:#x} not refused"));
+        }
+    }
+    if c.rename2(ROOT, "guest.txt", ROOT, "x", libc::RENAME_WHITEOUT) != Err(libc::EPERM) {
+        return Err("rename with RENAME_WHITEOUT not refused".into());
+    }
+    let suid = SetattrIn {
+        valid: 1, // MODE
+        mode: 0o4755,
+        ..Default::default()
+    };
+    match c.setattr(new.nodeid, suid) {
+        Ok(a) if a.attr.mode & 0o7777 == 0o755 => {}
+        other => return Err(format!("chmod u+s: {other:?}")),
+    }
     let link = c
         .symlink(dir.nodeid, "link", "../guest.txt")
         .map_err(|e| format!("symlink {e}"))?;
@@ -120,6 +139,9 @@ fn workload(c: &mut Client<'_>, xattr: bool) -> Result<(), String> {
         }
         step("listxattr", c.listxattr(new.nodeid, 256).map(drop))?;
         step("removexattr", c.removexattr(new.nodeid, "user.vessel"))?;
+        if c.setxattr(new.nodeid, "security.capability", &[1, 0, 0, 2]) != Err(libc::EPERM) {
+            return Err("setxattr security.capability not refused".into());
+        }
     } else if c.getxattr(new.nodeid, "user.vessel", 64) != Err(libc::ENOSYS) {
         return Err("getxattr without xattr support".into());
     }
