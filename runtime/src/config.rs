@@ -66,6 +66,9 @@ pub struct HypervisorConfig {
     pub enable_annotations: Vec<String>,
     pub kernel_params: String,
     pub seccomp: bool,
+    /// Run each VMM in its jail (`vessel-vmm --jail`: own pid/mount/ipc/uts/net namespaces,
+    /// only the paths it needs, virtio-fs capabilities only, no_new_privs).
+    pub jail: bool,
     /// The agent binary for the "host-agent" backend.
     pub agent_path: PathBuf,
 }
@@ -85,6 +88,7 @@ impl Default for HypervisorConfig {
             enable_annotations: Vec::new(),
             kernel_params: String::new(),
             seccomp: true,
+            jail: true,
             agent_path: PathBuf::from("/usr/local/bin/vessel-agent"),
         }
     }
@@ -98,6 +102,9 @@ pub struct RuntimeConfig {
     pub agent_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub log_level: String,
+    /// The guest's console log (`<state>/console.log`, on a tmpfs: host memory) is cut back
+    /// to empty when it would grow past this.
+    pub console_log_max_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -107,6 +114,7 @@ impl Default for RuntimeConfig {
             agent_timeout_secs: 600,
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
+            console_log_max_bytes: 1 << 20,
         }
     }
 }
@@ -278,6 +286,13 @@ impl Config {
         let r = &self.runtime;
         if r.agent_timeout_secs == 0 {
             return invalid("runtime.agent_timeout_secs", "0".into(), "must be > 0");
+        }
+        if r.console_log_max_bytes < 4096 {
+            return invalid(
+                "runtime.console_log_max_bytes",
+                r.console_log_max_bytes.to_string(),
+                "must be at least 4096",
+            );
         }
         if r.shutdown_timeout_secs == 0 {
             return invalid("runtime.shutdown_timeout_secs", "0".into(), "must be > 0");

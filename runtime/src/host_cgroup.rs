@@ -201,6 +201,8 @@ fn expand_systemd(s: &str) -> Option<PathBuf> {
 pub struct HostCgroup {
     /// (hierarchy, full directory) pairs.
     dirs: Vec<(Hierarchy, PathBuf)>,
+    /// (memory bytes, tasks) written when created.
+    limits: Option<(u64, u64)>,
 }
 
 impl HostCgroup {
@@ -234,7 +236,7 @@ impl HostCgroup {
             let dir = h.mount.join(rel.strip_prefix("/").unwrap_or(&rel));
             dirs.push((h, dir));
         }
-        Ok(HostCgroup { dirs })
+        Ok(HostCgroup { dirs, limits: None })
     }
 
     /// The directories, for the state file (recorded before anything is created).
@@ -242,7 +244,13 @@ impl HostCgroup {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
     }
 
-    /// Creates the directories (and missing parents).
+    /// The limits [`HostCgroup::create`] puts on it (see [`HostCgroup::set_limits`]).
+    pub fn with_limits(mut self, memory_bytes: u64, pids: u64) -> HostCgroup {
+        self.limits = Some((memory_bytes, pids));
+        self
+    }
+
+    /// Creates the directories (and missing parents) and sets the limits.
     pub fn create(&self) -> Result<(), HostCgroupError> {
         for (h, dir) in &self.dirs {
             if h.is_cpuset() {
@@ -251,7 +259,47 @@ impl HostCgroup {
                 std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
             }
         }
+        if let Some((memory, pids)) = self.limits {
+            self.set_limits(memory, pids)?;
+        }
         Ok(())
+    }
+
+    /// Caps the memory and the number of tasks of the cgroup (the VMM's own bound, below
+    /// whatever kubelet sets on the pod's parent): v1 `memory.limit_in_bytes` /
+    /// `pids.max`, v2 `memory.max` / `pids.max` where those controllers are enabled.
+    pub fn set_limits(&self, memory_bytes: u64, pids: u64) -> Result<(), HostCgroupError> {
+        for (h, dir) in &self.dirs {
+            let files: &[(&str, u64)] = if h.controllers.is_empty() {
+                &[("memory.max", memory_bytes), ("pids.max", pids)]
+            } else if h.controllers.iter().any(|c| c == "memory") {
+                &[("memory.limit_in_bytes", memory_bytes)]
+            } else if h.controllers.iter().any(|c| c == "pids") {
+                &[("pids.max", pids)]
+            } else {
+                &[]
+            };
+            for (name, value) in files {
+                let f = dir.join(name);
+                // A v2 hierarchy without the controller enabled has no such file.
+                if !f.exists() {
+                    continue;
+                }
+                std::fs::write(&f, value.to_string()).map_err(io_err("writing", &f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files, as C strings for [`join_before_exec`].
+    fn procs_files(&self) -> Vec<std::ffi::CString> {
+        self.dirs
+            .iter()
+            .filter_map(|(_, d)| {
+                std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                    .ok()
+            })
+            .collect()
     }
 
     /// Moves process `pid` (all its threads) into the cgroup.
@@ -262,6 +310,14 @@ impl HostCgroup {
         }
         Ok(())
     }
+}
+
+/// Makes the command's process join `cg` between fork and exec, so it runs in the pod's
+/// cgroup from its first instruction (and so do the processes it forks, like the jailed
+/// VMM's child). Best effort in the child: a failed write leaves it where it was (the cgroup
+/// was created and checked writable by the runtime before).
+pub fn join_before_exec(cmd: &mut std::process::Command, cg: &HostCgroup) {
+    crate::sys::write_zero_before_exec(cmd, cg.procs_files());
 }
 
 /// Creates `dir` and missing parents below `mount`, giving each new cpuset its parent's
@@ -405,8 +461,20 @@ mod tests {
             "this test needs root to create cgroups"
         );
         let path = format!("/vessel-test-cg-{}/leaf", std::process::id());
-        let cg = HostCgroup::for_path(&path).unwrap();
+        let cg = HostCgroup::for_path(&path)
+            .unwrap()
+            .with_limits(300 << 20, 50);
         cg.create().unwrap();
+        for d in cg.dirs() {
+            let mem = d.join("memory.limit_in_bytes");
+            if mem.exists() {
+                assert_eq!(std::fs::read_to_string(&mem).unwrap().trim(), "314572800");
+            }
+            let pids = d.join("pids.max");
+            if pids.exists() && d.starts_with("/sys/fs/cgroup/pids") {
+                assert_eq!(std::fs::read_to_string(&pids).unwrap().trim(), "50");
+            }
+        }
         let mut child = std::process::Command::new("sleep")
             .arg("100")
             .spawn()

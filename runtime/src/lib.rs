@@ -31,6 +31,7 @@ pub mod sizing;
 pub mod snapshot;
 pub mod state;
 pub mod stdio;
+mod sys;
 pub mod vm;
 
 pub use agent::AgentError;

@@ -17,13 +17,13 @@ pub enum MountError {
         source_path: PathBuf,
         target: PathBuf,
         #[source]
-        source: SafeMountError,
+        source: Box<SafeMountError>,
     },
     #[error("unmounting beneath {root}")]
     Unmount {
         root: PathBuf,
         #[source]
-        source: SafeMountError,
+        source: Box<SafeMountError>,
     },
     #[error("unmounting {target}: {errno}")]
     UnmountPath {
@@ -68,6 +68,10 @@ pub trait Mounter: Send + Sync {
     fn unmount_all_beneath(&self, root: &Path) -> Result<usize, MountError>;
     /// Mount points beneath `root`.
     fn mounts_beneath(&self, root: &Path) -> Result<Vec<PathBuf>, MountError>;
+    /// Makes `dir` (just created by the runtime, not yet visible to the guest) a mount of
+    /// its own with shared propagation, so binds made beneath it later reach the jailed
+    /// VMM's mount namespace (a slave of it).
+    fn share_subtree(&self, dir: &Path) -> Result<(), MountError>;
     /// Mounts one of containerd's rootfs mounts on `target` (a path the guest cannot write:
     /// `<bundle>/rootfs`). A read-only bind is made read-only by a remount.
     fn mount(&self, m: &RootfsMount, target: &Path) -> Result<(), MountError>;
@@ -89,7 +93,7 @@ impl Mounter for HostMounter {
         let err = |source_err| MountError::Bind {
             source_path: source.to_path_buf(),
             target: root.join(rel),
-            source: source_err,
+            source: Box::new(source_err),
         };
         let opts = BindOptions {
             readonly,
@@ -108,7 +112,7 @@ impl Mounter for HostMounter {
             Err(SafeMountError::NotBeneathRoot { .. }) => Ok(0),
             Err(source) => Err(MountError::Unmount {
                 root: root.to_path_buf(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -116,16 +120,34 @@ impl Mounter for HostMounter {
     fn unmount_all_beneath(&self, root: &Path) -> Result<usize, MountError> {
         safe_mount::unmount_all_beneath(root).map_err(|source| MountError::Unmount {
             root: root.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 
     fn mounts_beneath(&self, root: &Path) -> Result<Vec<PathBuf>, MountError> {
         let entries = safe_mount::mounts_beneath(root).map_err(|source| MountError::Unmount {
             root: root.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(entries.into_iter().map(|e| e.mount_point).collect())
+    }
+
+    fn share_subtree(&self, dir: &Path) -> Result<(), MountError> {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        let fail = |reason: String| MountError::Mount {
+            fstype: "bind".into(),
+            source_name: dir.display().to_string(),
+            target: dir.to_path_buf(),
+            reason,
+        };
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| fail(e.to_string()))?;
+        let flags = MsFlags::MS_SHARED;
+        if let Err(e) = mount(None::<&str>, dir, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+            return Err(fail(format!("making it shared: {e}")));
+        }
+        Ok(())
     }
 
     fn mount(&self, m: &RootfsMount, target: &Path) -> Result<(), MountError> {

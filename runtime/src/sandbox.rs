@@ -169,10 +169,22 @@ impl Sandbox {
                 });
             }
         }
+        if opts.config.hypervisor.jail && opts.backend.runs_in_pod_cgroup() {
+            // The jailed VMM sees the runtime's later binds under shared/ only through mount
+            // propagation: make shared/ a shared mount before it copies the mount table.
+            if let Err(source) = opts.mounter.share_subtree(&paths.shared()) {
+                early_cleanup();
+                return Err(SandboxError::Share(ShareError::Mount {
+                    container: opts.id.clone(),
+                    source,
+                }));
+            }
+        }
         let req = LaunchRequest {
             sandbox_id: &opts.id,
             paths: &paths,
             config: &opts.config,
+            cgroup: opts.cgroup.as_ref(),
         };
         let vm = match opts.backend.launch(&req) {
             Ok(vm) => vm,
@@ -197,15 +209,7 @@ impl Sandbox {
             cleanup_vm(vm.as_ref());
             return Err(e.into());
         }
-        if let Some(cg) = &opts.cgroup {
-            if let Err(source) = cg.add_process(vm.process().pid()) {
-                cleanup_vm(vm.as_ref());
-                return Err(SandboxError::Cgroup {
-                    sandbox: opts.id.clone(),
-                    source,
-                });
-            }
-        }
+
         let vm_gone = Arc::new(AtomicBool::new(false));
         {
             let flag = Arc::clone(&vm_gone);

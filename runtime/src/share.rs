@@ -424,6 +424,9 @@ mod tests {
         fn mount(&self, _m: &crate::rootfs::RootfsMount, _t: &Path) -> Result<(), MountError> {
             Ok(())
         }
+        fn share_subtree(&self, _dir: &Path) -> Result<(), MountError> {
+            Ok(())
+        }
     }
 
     struct Fixture {

@@ -385,20 +385,38 @@ pub fn guest_args(config: &Config) -> Vec<OsString> {
     args
 }
 
-/// Host-side flags: the VM's sockets, console and shared directory.
-pub fn host_args(config: &Config, vsock: &Path, console: &Path, shared: &Path) -> Vec<OsString> {
+/// Host-side flags: the VM's sockets, console and shared directory, and the empty directory
+/// its jail is built on (used when `hypervisor.jail`; created here).
+pub fn host_args(
+    config: &Config,
+    vsock: &Path,
+    console: &Path,
+    shared: &Path,
+    jail: &Path,
+) -> std::io::Result<Vec<OsString>> {
     let mut args: Vec<OsString> = vec![
         "--vsock-uds".into(),
         vsock.into(),
         "--console".into(),
         console.into(),
+        "--console-max-bytes".into(),
+        config.runtime.console_log_max_bytes.to_string().into(),
         "--shared-dir".into(),
         format!("{SHARED_FS_TAG}={}", shared.display()).into(),
     ];
     if !config.hypervisor.seccomp {
         args.push("--no-seccomp".into());
     }
-    args
+    if config.hypervisor.jail {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(jail)?;
+        args.push("--jail".into());
+        args.push(jail.into());
+    }
+    Ok(args)
 }
 
 /// The real tool: `vessel-vmm snapshot-create` and `vessel-vmm snapshot-check`.
@@ -428,12 +446,16 @@ impl SnapshotTool for VmmSnapshotTool {
             .arg("--ready-timeout-secs")
             .arg(timeout.as_secs().to_string())
             .args(guest_args(config))
-            .args(host_args(
-                config,
-                &work.join("vsock.sock"),
-                &console,
-                &shared,
-            ))
+            .args(
+                host_args(
+                    config,
+                    &work.join("vsock.sock"),
+                    &console,
+                    &shared,
+                    &work.join("jail"),
+                )
+                .map_err(|e| format!("preparing the jail dir: {e}"))?,
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

@@ -94,6 +94,10 @@ impl SandboxPaths {
     pub fn shared(&self) -> PathBuf {
         self.dir.join("shared")
     }
+    /// The empty directory the VMM's jail is built on.
+    pub fn jail(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
     pub fn container_shared(&self, container_id: &str) -> Result<PathBuf, StateError> {
         validate_id(container_id)?;
         Ok(self.shared().join(container_id))

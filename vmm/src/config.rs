@@ -70,6 +70,9 @@ pub struct VmConfig {
     /// `None`: the default for the host ([`default_boot_entry`]).
     pub boot_entry: Option<BootEntry>,
     pub console: ConsoleConfig,
+    /// A console file is cut back to empty (with a marker line) when it would grow past
+    /// this: what a guest prints cannot fill the host's disk or tmpfs. `None`: no cap.
+    pub console_max_bytes: Option<u64>,
     pub vsock: Option<VsockConfig>,
     /// virtio-fs shares, one device each, on the bus after vsock.
     pub shared_dirs: Vec<SharedDirConfig>,
@@ -90,6 +93,7 @@ impl Default for VmConfig {
             vcpus: 1,
             boot_entry: None,
             console: ConsoleConfig::Stdout,
+            console_max_bytes: None,
             vsock: None,
             shared_dirs: Vec::new(),
             seccomp: true,

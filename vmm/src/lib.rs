@@ -14,11 +14,13 @@
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod console;
 pub mod cpu_policy;
 pub mod devices;
 pub mod error;
 pub mod exit;
 mod fs_wiring;
+pub mod jail;
 pub mod kvm;
 pub mod log_limit;
 pub mod seccomp;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
+use vessel_vmm::jail::{Access, JailSpec};
 use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
 use vessel_vmm::{
     BootEntry, ConsoleConfig, HostKindChoice, RunningVm, SharedDirConfig, Vm, VmConfig, VmmError,
@@ -103,6 +104,9 @@ struct BootArgs {
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
+    /// Cut the --console file back to empty when it would grow past this many bytes.
+    #[arg(long, requires = "console")]
+    console_max_bytes: Option<u64>,
     /// Kernel entry: pvh or linux64 (default: chosen for the host).
     #[arg(long)]
     boot_entry: Option<BootEntry>,
@@ -118,6 +122,11 @@ struct BootArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
+    /// Run jailed (see `vessel_vmm::jail`): a pid namespace of its own, a mount namespace
+    /// holding only what the VM needs built on this empty directory, new ipc/uts/net
+    /// namespaces, capped limits, only the capabilities virtio-fs needs, no_new_privs.
+    #[arg(long, value_name = "EMPTY_DIR")]
+    jail: Option<PathBuf>,
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -176,6 +185,7 @@ fn config_from(args: &BootArgs) -> VmConfig {
             .console
             .clone()
             .map_or(ConsoleConfig::Stdout, ConsoleConfig::File),
+        console_max_bytes: args.console_max_bytes,
         vsock: args.vsock_uds.clone().map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid.unwrap_or(DEFAULT_VSOCK_CID),
             uds_path,
@@ -210,6 +220,74 @@ fn expectations_from(args: &BootArgs) -> RestoreExpectations {
     }
 }
 
+/// What the VMM needs inside its jail, for this configuration.
+fn jail_spec(
+    dir: &std::path::Path,
+    cfg: &VmConfig,
+    snapshot: Option<(&std::path::Path, Access)>,
+) -> JailSpec {
+    let mut spec = JailSpec {
+        dir: dir.to_path_buf(),
+        virtio_fs: !cfg.shared_dirs.is_empty(),
+        ..Default::default()
+    };
+    let parent = |p: &std::path::Path| p.parent().map(std::path::Path::to_path_buf);
+    spec.bind(cfg.kernel.clone(), Access::ReadOnly);
+    if let Some(initrd) = &cfg.initrd {
+        spec.bind(initrd.clone(), Access::ReadOnly);
+    }
+    if let Some((snap, access)) = snapshot {
+        // A snapshot to create may not exist yet: its directory's parent holds it.
+        let path = if access == Access::Writable {
+            parent(snap).unwrap_or_else(|| snap.to_path_buf())
+        } else {
+            snap.to_path_buf()
+        };
+        spec.bind(path, access);
+    }
+    if let ConsoleConfig::File(f) = &cfg.console {
+        if let Some(d) = parent(f) {
+            spec.bind(d, Access::Writable);
+        }
+    }
+    if let Some(v) = &cfg.vsock {
+        if let Some(d) = parent(&v.uds_path) {
+            spec.bind(d, Access::Writable);
+        }
+    }
+    for d in &cfg.shared_dirs {
+        spec.bind(d.path.clone(), Access::Writable);
+    }
+    if let Some(d) = cfg.rip_profile.as_deref().and_then(parent) {
+        spec.bind(d, Access::Writable);
+    }
+    spec
+}
+
+/// Enters the jail when `--jail` was given: host facts first (the jail hides /sys), then the
+/// pid namespace (the parent waits outside), then the rest. No thread may exist yet.
+fn jail_if_asked(
+    args: &BootArgs,
+    cfg: &mut VmConfig,
+    snapshot: Option<(&std::path::Path, Access)>,
+) -> anyhow::Result<()> {
+    let Some(dir) = &args.jail else {
+        return Ok(());
+    };
+    if cfg.host_kind == HostKindChoice::Auto {
+        let kind = vessel_vmm::cpu_policy::HostProfile::detect(
+            HostKindChoice::Auto,
+            &vessel_vmm::cpu_policy::SysfsProbe,
+        )
+        .kind;
+        cfg.host_kind = HostKindChoice::Force(kind);
+    }
+    let spec = jail_spec(dir, cfg, snapshot);
+    vessel_vmm::jail::fork_into_pid_namespace()?;
+    vessel_vmm::jail::enter(&spec)?;
+    Ok(())
+}
+
 /// Waits for the VM, with the main thread under the VMM filter, and maps its end to a status.
 fn run_vm(vm: RunningVm, seccomp: bool) -> anyhow::Result<ExitCode> {
     vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
@@ -230,9 +308,11 @@ fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
     if args.boot_entry.is_some() {
         anyhow::bail!("--boot-entry cannot be used with --restore (the snapshot decides)");
     }
+    let mut host = config_from(args);
+    jail_if_asked(args, &mut host, Some((&dir, Access::ReadOnly)))?;
     let cfg = RestoreConfig {
         snapshot_dir: dir,
-        host: config_from(args),
+        host,
         expect: expectations_from(args),
     };
     match Vm::restore(cfg) {
@@ -246,7 +326,12 @@ fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
-    let config = config_from(&args.boot);
+    let mut config = config_from(&args.boot);
+    jail_if_asked(
+        &args.boot,
+        &mut config,
+        Some((&args.snapshot_dir, Access::Writable)),
+    )?;
     let uds = config.vsock.as_ref().map(|v| v.uds_path.clone());
     if args.delay_secs.is_none() && uds.is_none() {
         anyhow::bail!("snapshot-create needs --vsock-uds (to wait for the agent) or --delay-secs");
@@ -327,7 +412,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::SnapshotCheck(args)), _) => Ok(snapshot_check(&args)),
         (None, Some(dir)) => restore(dir, &cli.boot),
         (None, None) => {
-            let vm = Vm::start(config_from(&cli.boot)).context("starting the VM")?;
+            let mut cfg = config_from(&cli.boot);
+            jail_if_asked(&cli.boot, &mut cfg, None)?;
+            let vm = Vm::start(cfg).context("starting the VM")?;
             run_vm(vm, !cli.boot.no_seccomp)
         }
     }

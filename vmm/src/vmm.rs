@@ -118,7 +118,10 @@ impl Vm {
         };
 
         // Devices.
-        let serial = SerialDevice::new(serial_irq(&vm)?, console_output(&config.console)?);
+        let serial = SerialDevice::new(
+            serial_irq(&vm)?,
+            console_output(&config.console, config.console_max_bytes)?,
+        );
         let (io_bus, serial) = legacy_bus(serial, &exit)?;
         let virtio = virtio_bus(&vm, devices)?;
         let slots = virtio.slots.clone();
@@ -338,21 +341,29 @@ pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
     Ok(running)
 }
 
-pub(crate) fn console_output(console: &ConsoleConfig) -> Result<ConsoleOutput, VmmError> {
+pub(crate) fn console_output(
+    console: &ConsoleConfig,
+    max_bytes: Option<u64>,
+) -> Result<ConsoleOutput, VmmError> {
     Ok(match console {
         ConsoleConfig::Stdout => Box::new(std::io::stdout()),
         ConsoleConfig::Discard => Box::new(std::io::sink()),
-        ConsoleConfig::File(path) => Box::new(
-            OpenOptions::new()
-                .write(true)
+        ConsoleConfig::File(path) => {
+            // Append mode, so a cut back to empty (`CappedConsole`) goes on at the new end.
+            let file = OpenOptions::new()
+                .append(true)
                 .create(true)
-                .truncate(true)
                 .open(path)
+                .and_then(|f| f.set_len(0).map(|()| f))
                 .map_err(|source| VmmError::Console {
                     path: path.clone(),
                     source,
-                })?,
-        ),
+                })?;
+            match max_bytes {
+                Some(max) => Box::new(crate::console::CappedConsole::new(file, max)),
+                None => Box::new(file),
+            }
+        }
     })
 }
 

@@ -24,6 +24,12 @@ use crate::sizing;
 const OUTPUT_GRACE: Duration = Duration::from_secs(30);
 /// Floor between two OOM events of one pod (the guest controls how often they come).
 const OOM_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+/// What the VMM may use on the host beyond guest memory (its own heap, virtio-fs buffers,
+/// page tables, the page cache it pulls in); its PSS is ~15-30 MiB measured.
+const VMM_MEMORY_OVERHEAD_MIB: u64 = 256;
+/// Tasks the VMM may have besides one per vCPU (its waiter, main, device and helper
+/// threads); a guest cannot make the VMM spawn threads, so this bounds a bug, not a guest.
+const VMM_TASKS_BASE: u64 = 32;
 /// Exit status recorded for an exec that never ran (its program could not be started).
 const EXIT_NOT_STARTED: u32 = 127;
 /// Exit status recorded when the VM is gone and the real one is unknown.
@@ -72,7 +78,11 @@ impl Pod {
         let cgroup = match cgroups_path {
             Some(path) => Some(
                 HostCgroup::for_path(&path.to_string_lossy())
-                    .map_err(|e| PodError::InvalidArgument(format!("pod {id}: {e}")))?,
+                    .map_err(|e| PodError::InvalidArgument(format!("pod {id}: {e}")))?
+                    .with_limits(
+                        (u64::from(size.memory_mib) + VMM_MEMORY_OVERHEAD_MIB) << 20,
+                        VMM_TASKS_BASE + u64::from(size.vcpus),
+                    ),
             ),
             None => None,
         };

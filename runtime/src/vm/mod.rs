@@ -66,6 +66,8 @@ pub struct LaunchRequest<'a> {
     pub sandbox_id: &'a str,
     pub paths: &'a SandboxPaths,
     pub config: &'a Config,
+    /// The pod's host cgroup, for a backend that runs in it (joined before exec).
+    pub cgroup: Option<&'a crate::host_cgroup::HostCgroup>,
 }
 
 /// The backend `[hypervisor] backend` names.

@@ -22,30 +22,32 @@ use crate::state::SandboxPaths;
 pub struct VmmBackend;
 
 /// The command line for the VMM of one sandbox (separate so it can be checked in tests).
-pub fn vmm_command(req: &LaunchRequest<'_>) -> Command {
+/// Creates the jail's empty directory when jailing.
+pub fn vmm_command(req: &LaunchRequest<'_>) -> std::io::Result<Command> {
     let mut cmd = Command::new(&req.config.hypervisor.path);
     cmd.args(guest_args(req.config))
-        .args(sandbox_host_args(req));
-    cmd
+        .args(sandbox_host_args(req)?);
+    Ok(cmd)
 }
 
 /// The command line restoring `snapshot` for one sandbox. The guest flags are checked by the
 /// VMM against the snapshot (it refuses one that does not match).
-pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> Command {
+pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> std::io::Result<Command> {
     let mut cmd = Command::new(&req.config.hypervisor.path);
     cmd.arg("--restore")
         .arg(snapshot)
         .args(guest_args(req.config))
-        .args(sandbox_host_args(req));
-    cmd
+        .args(sandbox_host_args(req)?);
+    Ok(cmd)
 }
 
-fn sandbox_host_args(req: &LaunchRequest<'_>) -> Vec<std::ffi::OsString> {
+fn sandbox_host_args(req: &LaunchRequest<'_>) -> std::io::Result<Vec<std::ffi::OsString>> {
     host_args(
         req.config,
         &req.paths.vsock(),
         &req.paths.console(),
         &req.paths.shared(),
+        &req.paths.jail(),
     )
 }
 
@@ -90,10 +92,19 @@ impl VmBackend for VmmBackend {
             source,
         })?;
         let snapshot = usable_snapshot(req);
-        let mut cmd = match &snapshot {
+        let cmd = match &snapshot {
             Some(dir) => vmm_restore_command(req, dir),
             None => vmm_command(req),
         };
+        let mut cmd = cmd.map_err(|source| VmError::Prepare {
+            sandbox: req.sandbox_id.to_string(),
+            path: req.paths.jail(),
+            source,
+        })?;
+        if let Some(cg) = req.cgroup {
+            // Before exec: every page the VMM touches, and its jailed child, are the pod's.
+            crate::host_cgroup::join_before_exec(&mut cmd, cg);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -197,8 +208,9 @@ mod tests {
             sandbox_id: "sb1",
             paths: &paths,
             config: &config,
+            cgroup: None,
         };
-        let cmd = vmm_command(&req);
+        let cmd = vmm_command(&req).unwrap();
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -219,11 +231,16 @@ mod tests {
             &sb.join("vsock.sock").display().to_string(),
             "--console",
             &sb.join("console.log").display().to_string(),
+            "--console-max-bytes",
+            "1048576",
             "--shared-dir",
             &format!("vessel={}", sb.join("shared").display()),
             "--no-seccomp",
+            "--jail",
+            &sb.join("jail").display().to_string(),
         ];
         assert_eq!(args, expect);
+        assert!(sb.join("jail").is_dir(), "the jail's empty dir is made");
         assert_eq!(cmd.get_program(), "/usr/local/bin/vessel-vmm");
     }
 
@@ -236,17 +253,16 @@ mod tests {
             sandbox_id: "sb1",
             paths: &paths,
             config: &config,
+            cgroup: None,
         };
         let args = |c: Command| -> Vec<String> {
             c.get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
         };
-        let boot = args(vmm_command(&req));
-        let restore = args(vmm_restore_command(
-            &req,
-            Path::new("/snaps/0123456789abcdef"),
-        ));
+        let boot = args(vmm_command(&req).unwrap());
+        let restore =
+            args(vmm_restore_command(&req, Path::new("/snaps/0123456789abcdef")).unwrap());
         assert_eq!(restore[..2], ["--restore", "/snaps/0123456789abcdef"]);
         assert_eq!(restore[2..], boot[..]);
     }
@@ -289,6 +305,7 @@ mod tests {
                 sandbox_id: id,
                 paths: &paths,
                 config: &config,
+                cgroup: None,
             };
             let vm = VmmBackend.launch(&req).unwrap();
             vm.process().wait_timeout(Duration::from_secs(30));
@@ -332,6 +349,7 @@ mod tests {
             sandbox_id: "sb1",
             paths: &paths,
             config: &config,
+            cgroup: None,
         };
         let err = VmmBackend.launch(&req).err().unwrap();
         assert!(
@@ -369,6 +387,7 @@ mod tests {
             sandbox_id: "sb1",
             paths: &paths,
             config: &config,
+            cgroup: None,
         };
         let vm = VmmBackend.launch(&req).unwrap();
         let err = vm

@@ -9,7 +9,7 @@
 
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xsave};
 
 const KVMIO: u64 = 0xae;
 
@@ -32,6 +32,9 @@ pub fn vcpu_ioctls() -> Vec<u64> {
         ior(0x81, size_of::<kvm_regs>()),  // KVM_GET_REGS
         ior(0x83, size_of::<kvm_sregs>()), // KVM_GET_SREGS
         iow(0x82, size_of::<kvm_regs>()),  // KVM_SET_REGS (VMM-emulated instructions)
+        // KVM_GET_XSAVE, KVM_SET_XSAVE: the guest tasks' extended state on KVM-PVM (kvm::xstate)
+        ior(0xa4, size_of::<kvm_xsave>()),
+        iow(0xa5, size_of::<kvm_xsave>()),
     ]
 }
 
@@ -43,7 +46,7 @@ pub fn vmm_ioctls() -> Vec<u64> {
 /// Syscalls common to every VMM thread: memory, locks, signals, time, thread exit.
 pub const COMMON_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_brk,
-    libc::SYS_mmap,
+    // mmap: only without PROT_EXEC (the rule in `seccomp::build`).
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -64,7 +67,8 @@ pub const COMMON_SYSCALLS: &[libc::c_long] = &[
 ];
 
 /// Extra syscalls for vCPU threads (beyond [`COMMON_SYSCALLS`]; ioctl is filtered by request).
-pub const VCPU_THREAD_SYSCALLS: &[libc::c_long] = &[libc::SYS_read];
+/// ftruncate: the serial console's file is cut back when it reaches its size limit.
+pub const VCPU_THREAD_SYSCALLS: &[libc::c_long] = &[libc::SYS_read, libc::SYS_ftruncate];
 
 /// Extra syscalls for the event-loop (device) thread and the VMM's control thread.
 pub const VMM_THREAD_SYSCALLS: &[libc::c_long] = &[

@@ -99,16 +99,19 @@ fn build(
         rules.entry(nr).or_insert(conditional);
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules(ioctls)?);
-    // glibc grows per-thread malloc arenas with mprotect; never allow making memory executable.
-    rules.insert(
-        libc::SYS_mprotect,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            2,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )?])?],
-    );
+    // glibc grows per-thread malloc arenas with mprotect, threads and buffers come from mmap:
+    // never allow making memory executable, by either (the prot argument is arg 2 of both).
+    for nr in [libc::SYS_mprotect, libc::SYS_mmap] {
+        rules.insert(
+            nr,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )?])?],
+        );
+    }
     // Rust's std checks fds with fcntl(F_GETFD) in debug builds (OwnedFd sanity checks).
     rules
         .entry(libc::SYS_fcntl)
@@ -435,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn mprotect_may_not_make_memory_executable() {
+    fn mprotect_and_mmap_may_not_make_memory_executable() {
         let filters = compile(SeccompAction::Errno(libc::EPERM as u32)).expect("compile");
         let results = std::thread::spawn(move || {
             // SAFETY: anonymous private mapping of one page, unmapped below.
@@ -457,11 +460,39 @@ mod tests {
             let rwx = unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) };
             // SAFETY: unmapping the page mapped above.
             unsafe { libc::munmap(page, 4096) };
-            (rw, rwx)
+            // SAFETY: anonymous private mappings of one page each, unmapped below if made.
+            let exec = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            // SAFETY: as above.
+            let data = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            let exec_refused = exec == libc::MAP_FAILED;
+            let data_made = data != libc::MAP_FAILED;
+            if data_made {
+                // SAFETY: unmapping the page mapped just above.
+                unsafe { libc::munmap(data, 4096) };
+            }
+            (rw, rwx, exec_refused, data_made)
         })
         .join()
         .expect("thread");
-        assert_eq!(results, (0, -1));
+        assert_eq!(results, (0, -1, true, true));
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Vm {
         let exit = new_exit_signal()?;
         let serial = SerialDevice::restore(
             serial_irq(&vm)?,
-            console_output(&config.console)?,
+            console_output(&config.console, config.console_max_bytes)?,
             &m.serial,
         )
         .map_err(SnapshotError::Serial)?;
