@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vessel_tests::containerd::mounts_under;
@@ -309,6 +309,14 @@ fn scenarios(handler: &str) {
                 program_of(info.pid)
             ),
         );
+        if let Some(v) = &vessel {
+            jailed_vmm_is_confined(
+                &mut c,
+                info.pid,
+                &v.state_root().join("k8s.io").join(&pod.id),
+                &expected_cgroup,
+            );
+        }
     }
 
     // Three containers: web (httpd on localhost, ignores SIGTERM), idle (exec target),
@@ -736,4 +744,101 @@ fn compromised_guest_cannot_redirect_binds(
             format!("{name}: cleanup did not follow the symlink"),
         );
     }
+}
+
+/// The VMM runs jailed: the task pid is the jail's waiter, its one child the VMM proper, in
+/// pid/mount/net namespaces of its own, holding only the virtio-fs capabilities, with
+/// no_new_privs and a seccomp filter on every thread, seeing none of the host's files but
+/// what the VM needs, in the pod's cgroup with the VMM's memory limit.
+fn jailed_vmm_is_confined(c: &mut Checks, task_pid: u32, sandbox_dir: &Path, pod_cgroup: &str) {
+    let children = std::fs::read_to_string(format!("/proc/{task_pid}/task/{task_pid}/children"))
+        .unwrap_or_default();
+    let kids: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    c.check(
+        kids.len() == 1,
+        format!("the jail's waiter has one child, the VMM: {kids:?}"),
+    );
+    let Some(&vmm) = kids.first() else { return };
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    // CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_SETGID, CAP_SETUID.
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        c.check(
+            field(set) == "00000000000000cf",
+            format!(
+                "jailed VMM {set} only the virtio-fs capabilities: {}",
+                field(set)
+            ),
+        );
+    }
+    c.check(
+        field("NoNewPrivs:") == "1",
+        format!("jailed VMM NoNewPrivs: {}", field("NoNewPrivs:")),
+    );
+    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|t| {
+                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                    let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                    let mode = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Seccomp:"))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default();
+                    (comm.trim().to_string(), mode)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    c.check(
+        !threads.is_empty() && threads.iter().all(|(_, m)| m == "2"),
+        format!("every VMM thread runs under a seccomp filter: {threads:?}"),
+    );
+    for ns in ["pid", "mnt", "net", "ipc", "uts"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        let jailed = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).ok();
+        c.check(
+            jailed.is_some() && jailed != host,
+            format!("jailed VMM has its own {ns} namespace ({jailed:?} vs host {host:?})"),
+        );
+    }
+    let root = PathBuf::from(format!("/proc/{vmm}/root"));
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    for host_path in ["/etc/passwd", "/usr/bin", "/root", "/var/lib"] {
+        c.check(
+            !inside(Path::new(host_path)).exists(),
+            format!("the jail does not show the host's {host_path}"),
+        );
+    }
+    c.check(
+        inside(&sandbox_dir.join("vsock.sock")).exists(),
+        format!(
+            "the jail holds the pod's vsock socket {}",
+            sandbox_dir.display()
+        ),
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap_or_default();
+    c.check(
+        cgroup_path_of(&cgroup, "memory").as_deref() == Some(pod_cgroup),
+        format!("the jailed VMM is in the pod's cgroup {pod_cgroup}: {cgroup:?}"),
+    );
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{pod_cgroup}/memory.limit_in_bytes"
+    ))
+    .unwrap_or_default();
+    let limit: u64 = limit.trim().parse().unwrap_or(u64::MAX);
+    c.check(
+        limit < 1 << 40,
+        format!("the pod's VMM cgroup has a memory limit: {limit}"),
+    );
 }
