@@ -283,8 +283,14 @@ fn jail_if_asked(
         cfg.host_kind = HostKindChoice::Force(kind);
     }
     let spec = jail_spec(dir, cfg, snapshot);
+    let started = std::time::Instant::now();
     vessel_vmm::jail::fork_into_pid_namespace()?;
     vessel_vmm::jail::enter(&spec)?;
+    log::info!(
+        "jailed in {:?} ({} paths bound)",
+        started.elapsed(),
+        spec.binds.len() + 2
+    );
     Ok(())
 }
 
