@@ -266,7 +266,7 @@ mod tests {
         .unwrap();
         ev.publish(topics::TASK_EXIT_EVENT_TOPIC, exit("a"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while got.lock().unwrap().len() < 1 && Instant::now() < deadline {
+        while got.lock().unwrap().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         *down.lock().unwrap() = true;

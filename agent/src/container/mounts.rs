@@ -418,7 +418,7 @@ mod tests {
                 symlink(&outside, &evil).unwrap();
                 let mut n = 0u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let from = if n % 2 == 0 { &evil } else { &real };
+                    let from = if n.is_multiple_of(2) { &evil } else { &real };
                     let _ = fs::rename(from, &swap);
                     let _ = fs::rename(&swap, from);
                     n += 1;
