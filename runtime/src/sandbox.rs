@@ -461,7 +461,11 @@ impl Sandbox {
             return Ok(());
         }
         let timeout = self.config.shutdown_timeout();
-        if !self.vm_gone.load(Ordering::SeqCst) {
+        // A VM's containers die with it, and nothing of the guest is worth saving (virtio-fs
+        // writes go through at once): kill it. Asking the agent first costs seconds on an
+        // emulating host — long enough for containerd to give up on the Delete. Processes of
+        // the host-agent backend outlive their agent, so it is asked to remove them.
+        if !self.vm.kill_ends_everything() && !self.vm_gone.load(Ordering::SeqCst) {
             if let Err(e) = self.agent.destroy_sandbox(timeout) {
                 log::info!("sandbox {}: DestroySandbox: {e}", self.id);
             }

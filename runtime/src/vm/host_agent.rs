@@ -105,6 +105,10 @@ impl VmInstance for HostAgentInstance {
         self.paths.dir().join("pod")
     }
 
+    fn kill_ends_everything(&self) -> bool {
+        false
+    }
+
     fn diagnostics(&self) -> String {
         standard_diagnostics(&self.paths)
     }

@@ -104,6 +104,11 @@ pub trait VmInstance: Send + Sync {
     fn guest_pod_dir(&self) -> PathBuf;
     /// Console and VMM log tails, for error messages.
     fn diagnostics(&self) -> String;
+    /// Killing the process ends everything of the sandbox (a VM: its guest processes die
+    /// with it); false when processes outlive it (the host agent's containers).
+    fn kill_ends_everything(&self) -> bool {
+        true
+    }
 }
 
 /// Retries `attempt` until it succeeds, the child exits or `deadline` passes.

@@ -47,6 +47,9 @@ pub struct TaskService {
     pods: Pods,
     events: Arc<dyn EventSink>,
     exit: Arc<ExitSignal>,
+    /// containerd asked us to shut down while tasks were left: exit once the last is
+    /// deleted (containerd may not ask again, e.g. after a slow Delete it gave up on).
+    shutdown_asked: std::sync::atomic::AtomicBool,
 }
 
 /// The runtime's exits and OOMs as containerd events.
@@ -95,6 +98,7 @@ impl TaskService {
             pods,
             events: deps.events,
             exit: deps.exit,
+            shutdown_asked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -254,6 +258,14 @@ impl Task for TaskService {
                     ..Default::default()
                 }),
             );
+        }
+        if self.pods.is_idle()
+            && self
+                .shutdown_asked
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            log::info!("Delete: no task left after an earlier Shutdown, exiting");
+            self.exit.signal();
         }
         deleted.cleanup.map_err(|e| fail("Delete", e))?;
         Ok(DeleteResponse {
@@ -420,7 +432,12 @@ impl Task for TaskService {
             log::info!("Shutdown: no task left, exiting");
             self.exit.signal();
         } else {
-            log::info!("Shutdown: {} task(s) left, staying", self.pods.len());
+            log::info!(
+                "Shutdown: {} task(s) left, staying until they are deleted",
+                self.pods.len()
+            );
+            self.shutdown_asked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(Empty::new())
     }
