@@ -1,20 +1,22 @@
-//! A workaround for KVM-PVM hosts, where the guest kernel cannot switch AVX state.
+//! `GLIBC_TUNABLES` from the guest kernel's command line, handed on to containers.
 //!
-//! On KVM-PVM the guest kernel's code runs through KVM's instruction emulator, which has no
-//! XSAVE/XRSTOR, so the guest kernel boots with `noxsave` and switches only the legacy
-//! FXSAVE state between its processes. Guest user code runs natively, though, and the CPU's
-//! CPUID and XCR0 there are the host's: programs see AVX/AVX2 as usable, and the upper
-//! halves of the YMM registers then leak from one guest process into the next. glibc's
-//! string functions copy through YMM registers, so data was corrupted (1 MiB of `seq`
-//! output arrived with the right length and wrong bytes) and the agent itself died of
-//! SIGSEGV now and then.
+//! History: on KVM-PVM the guest kernel boots with `noxsave` (its instruction emulator has no
+//! XSAVE/XRSTOR) and switched only the legacy FXSAVE state (x87, XMM0-15) between its
+//! processes, while guest user code runs natively and sees the host's CPUID and XCR0 (AVX,
+//! AVX2, AVX-512 usable). YMM/ZMM upper halves, ZMM16-31 and the AVX-512 mask registers then
+//! leaked from one guest process into the next. The VMM used to put
+//! `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,...` on the kernel command line, which the
+//! kernel gives PID 1 (the agent) as an environment variable and this module handed on to
+//! every container process. That list missed AVX-512, which glibc 2.36 prefers for `memcpy`
+//! and `memset` (`__memmove_avx512_unaligned_erms`, through ZMM16-31), so busybox processes
+//! in containers still died of SIGSEGV; and programs that pick their own code (Go, OpenSSL,
+//! Rust's `is_x86_feature_detected!`) were never covered.
 //!
-//! The VMM puts `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,...` on the kernel command line on
-//! PVM hosts; the kernel hands it to PID 1 (the agent) as an environment variable, and the
-//! agent passes it on to its setup children and to every container process (merged with a
-//! `GLIBC_TUNABLES` the spec sets). That covers glibc; programs that detect AVX themselves
-//! (Go's runtime, OpenSSL, Rust's `is_x86_feature_detected!`) are not covered — a real fix
-//! needs the guest's YMM state switched (see guest-kernel/README.md).
+//! Now the VMM switches that state for the guest kernel (`vessel_vmm::kvm::xstate`,
+//! guest-kernel patch 0004) and puts no `GLIBC_TUNABLES` on the command line. What is left
+//! here is the plumbing, kept as a debugging aid: a `GLIBC_TUNABLES=...` given with the VMM's
+//! `--cmdline` still reaches the agent's setup children and every container process (merged
+//! with a `GLIBC_TUNABLES` the spec sets).
 
 pub const VAR: &str = "GLIBC_TUNABLES";
 

@@ -143,8 +143,25 @@ pub const PVM_REMOVED_KVM_FEATURES: &[&str] = &[
     "kvm_pv_sched_yield",
 ];
 
-/// CPUID leaves emptied on PVM: 0xd describes XSAVE state, which the guest must not use.
-pub const PVM_ZEROED_LEAVES: &[u32] = &[0xd];
+/// CPUID leaves emptied on PVM. Leaf 0xd (XSAVE state components) stays as KVM offers it:
+/// the guest kernel never reads it (`noxsave`, and `xsave` is removed), but KVM takes the
+/// guest's XCR0 bits from it, and only those travel through KVM_GET_XSAVE / KVM_SET_XSAVE,
+/// which switch the guest tasks' AVX and AVX-512 state (see [`PVM_XSTATE_PORT_OPTION`]).
+pub const PVM_ZEROED_LEAVES: &[u32] = &[];
+
+/// I/O port of the VMM's extended-state switching (`kvm::xstate`), as the guest kernel's
+/// `vessel.xstate_port=` option (guest-kernel patch 0004).
+///
+/// Why: the guest kernel runs with `noxsave` (the emulator has no XSAVE) and switches only
+/// the FXSAVE state (x87, XMM0-15) between its tasks, but guest user code runs natively and
+/// sees the host's CPUID and XCR0 (user-mode CPUID and XGETBV are not intercepted on
+/// KVM-PVM: a guest process reads AVX, AVX2, AVX-512F and XCR0 = 0xe7 whatever this table
+/// and the guest kernel say; a guest kernel that set XCR0 = x87|SSE changed nothing). glibc
+/// 2.36 then copies through ZMM16-31 (`__memmove_avx512_unaligned_erms`, `__memset_avx512_*`)
+/// and YMM/ZMM/opmask registers leaked between guest tasks: busybox processes in containers
+/// died of SIGSEGV. With this option the guest kernel asks the VMM to save and restore that
+/// state with each FXSAVE/FXRSTOR of a task.
+pub const PVM_XSTATE_PORT_OPTION: &str = "vessel.xstate_port=0xe40";
 
 /// Command-line options for PVM (before `clearcpuid=`).
 ///
@@ -158,13 +175,10 @@ pub const PVM_ZEROED_LEAVES: &[u32] = &[0xd];
 ///   kvmclock is restored with the snapshot (KVM_SET_CLOCK), so time continues as if the VM
 ///   had been paused. The vDSO serves kvm-clock too (1000 `clock_gettime` in ~30 us either
 ///   way, measured in the guest here).
-/// * `GLIBC_TUNABLES=...`: not a kernel option; the kernel passes it to the guest's PID 1 as
-///   an environment variable. `noxsave` leaves the guest kernel switching only FXSAVE state
-///   between its processes while user code sees the host's AVX (CPUID and XCR0 are not
-///   virtualized in user mode here), so YMM upper halves leak between guest processes and
-///   corrupted data copied by glibc's AVX string functions. The agent hands the variable on
-///   to every container process (`agent/src/fpu_workaround.rs`). Names of glibc >= 2.33
-///   and the older `_Usable` ones; glibc ignores names it does not know.
+/// * `vessel.xstate_port=`: see [`PVM_XSTATE_PORT_OPTION`]. (Before it, a
+///   `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,...` word here kept glibc off AVX; it missed
+///   AVX-512, which glibc 2.36 prefers for `memcpy`/`memset`, and programs that pick their own
+///   code. It is gone: the state is switched now.)
 pub const PVM_CMDLINE: &[&str] = &[
     "noxsave",
     "nopti",
@@ -172,12 +186,8 @@ pub const PVM_CMDLINE: &[&str] = &[
     "rodata=off",
     "noreplace-smp",
     "clocksource=kvm-clock",
-    PVM_GLIBC_TUNABLES,
+    PVM_XSTATE_PORT_OPTION,
 ];
-
-/// See [`PVM_CMDLINE`].
-pub const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,\
--AVX_Fast_Unaligned_Load,-AVX_Usable,-AVX2_Usable,-FMA_Usable";
 
 /// Which kind of KVM we run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +248,8 @@ pub struct HostProfile {
     pub removed_features: Vec<CpuFeature>,
     pub zeroed_leaves: Vec<u32>,
     pub cmdline: Vec<String>,
-    /// Let the VMM complete instructions the in-kernel emulator lacks (`exits::VMM_EMULATED`).
+    /// Let the VMM complete instructions the in-kernel emulator lacks (`exits::VMM_EMULATED`),
+    /// and switch the guest tasks' extended register state for it (`kvm::xstate`).
     pub vmm_emulation: bool,
 }
 
@@ -467,8 +478,8 @@ mod tests {
         assert_eq!(entries[2].ebx, u32::MAX, "subleaf 1 untouched");
         assert_eq!(
             (entries[3].eax, entries[3].ebx),
-            (0, 0),
-            "xsave leaf zeroed"
+            (7, 0x340),
+            "XSAVE leaf kept: KVM takes the guest's XCR0 bits from it"
         );
         assert_eq!(entries[4].ebx, 0x4b4d_564b, "KVM signature leaf kept");
         // KVM paravirt features: clocksource kept, PV IPIs/unhalt/TLB flush/yield hidden.
@@ -488,6 +499,10 @@ mod tests {
         p.filter_cpuid(&mut entries);
         assert_eq!(entries[0].ecx, u32::MAX);
         assert!(p.cmdline.is_empty());
+        assert!(
+            !p.vmm_emulation,
+            "no extended-state switching on hardware KVM"
+        );
     }
 
     #[test]
@@ -495,16 +510,12 @@ mod tests {
         let p = HostProfile::for_kind(HostKind::Pvm);
         assert_eq!(&p.cmdline[..3], &["noxsave", "nopti", "mitigations=off"]);
         assert!(p.cmdline.iter().any(|o| o == "clocksource=kvm-clock"));
-        // One command-line word the kernel passes to PID 1 as an environment variable.
-        let tunables = p
-            .cmdline
-            .iter()
-            .find(|o| o.starts_with("GLIBC_TUNABLES="))
-            .expect("GLIBC_TUNABLES on PVM");
-        assert!(tunables.starts_with("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,"));
+        // The guest kernel's option naming the VMM's extended-state port (kvm::xstate).
+        let port = format!("vessel.xstate_port={:#x}", crate::kvm::xstate::XSTATE_PORT);
+        assert!(p.cmdline.contains(&port), "{:?}", p.cmdline);
         assert!(
-            !tunables.contains(' ') && !tunables.contains('"'),
-            "{tunables}"
+            !p.cmdline.iter().any(|o| o.starts_with("GLIBC_TUNABLES=")),
+            "no glibc workaround in containers' environment"
         );
         let clear = p.cmdline.last().expect("clearcpuid");
         assert!(

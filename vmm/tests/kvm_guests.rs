@@ -333,3 +333,44 @@ fn fwait_runs_on_every_host() {
     assert_eq!(reason, ExitReason::GuestReset, "{reason}");
     assert_eq!(g.console_output(), b"F");
 }
+
+/// The VMM's extended-state switching (`kvm::xstate`) as the guest kernel uses it on KVM-PVM,
+/// with images at 0x200000 (A) and 0x201000 (B) (the port value is `gpa >> 6`):
+/// ```text
+///     mov dx, 0xe40 ; mov eax, 0x8000 ; out dx, eax     ; save into A
+///     mov rdi, 0x200240 ; mov ecx, 256 ; mov al, 0x5a ; rep stosb   ; A's YMM_Hi128 area
+///     mov rbx, 0x200200 ; or byte ptr [rbx], 4          ; XSTATE_BV |= YMM
+///     mov dx, 0xe44 ; mov eax, 0x8000 ; out dx, eax     ; restore from A
+///     mov dx, 0xe40 ; mov eax, 0x8040 ; out dx, eax     ; save into B
+///     mov rsi, 0x201240 ; mov ecx, 256
+/// 1:  lodsb ; cmp al, 0x5a ; jne 2f ; loop 1b           ; B's YMM_Hi128 = A's
+///     mov rbx, 0x201200 ; test byte ptr [rbx], 4 ; jz 2f
+///     mov al, 'X' ; jmp 3f
+/// 2:  mov al, 'B'
+/// 3:  mov dx, 0x3f8 ; out dx, al ; mov al, 0xfe ; out 0x64, al ; hlt
+/// ```
+const XSTATE_ROUND_TRIP: &[u8] = &[
+    0x66, 0xba, 0x40, 0x0e, 0xb8, 0x00, 0x80, 0x00, 0x00, 0xef, 0x48, 0xc7, 0xc7, 0x40, 0x02, 0x20,
+    0x00, 0xb9, 0x00, 0x01, 0x00, 0x00, 0xb0, 0x5a, 0xf3, 0xaa, 0x48, 0xc7, 0xc3, 0x00, 0x02, 0x20,
+    0x00, 0x80, 0x0b, 0x04, 0x66, 0xba, 0x44, 0x0e, 0xb8, 0x00, 0x80, 0x00, 0x00, 0xef, 0x66, 0xba,
+    0x40, 0x0e, 0xb8, 0x40, 0x80, 0x00, 0x00, 0xef, 0x48, 0xc7, 0xc6, 0x40, 0x12, 0x20, 0x00, 0xb9,
+    0x00, 0x01, 0x00, 0x00, 0xac, 0x3c, 0x5a, 0x75, 0x12, 0xe2, 0xf9, 0x48, 0xc7, 0xc3, 0x00, 0x12,
+    0x20, 0x00, 0xf6, 0x03, 0x04, 0x74, 0x04, 0xb0, 0x58, 0xeb, 0x02, 0xb0, 0x42, 0x66, 0xba, 0xf8,
+    0x03, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+];
+
+/// A guest's YMM upper halves go through the VMM's save/restore ports and come back (the
+/// KVM-PVM profile is forced, so this runs the same on hardware KVM, seccomp filters on).
+#[test]
+fn extended_state_round_trips_through_the_vmm() {
+    let g = TestGuest::new(XSTATE_ROUND_TRIP, false);
+    let mut config = g.config(BootEntry::Linux64);
+    config.host_kind = vessel_vmm::HostKindChoice::Force(vessel_vmm::HostKind::Pvm);
+    let reason = run(&g, config, vec![]);
+    assert_eq!(reason, ExitReason::GuestReset, "{reason}");
+    assert_eq!(
+        g.console_output(),
+        b"X",
+        "'B': the image saved after the restore lacks the YMM state"
+    );
+}

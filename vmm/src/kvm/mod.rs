@@ -4,3 +4,4 @@ pub mod exits;
 pub mod profile;
 pub mod vcpu;
 pub mod vm;
+pub mod xstate;

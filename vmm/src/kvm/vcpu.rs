@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::exits::{build_report, internal_error_data, vmm_emulation};
 use super::profile::RipHistogram;
 use super::vm::{ioctl_err, KvmError};
+use super::xstate;
 use crate::arch::msr::{boot_msr_entries, set_lint};
 use crate::arch::regs::{boot_fpu, boot_regs, setup_sregs, BootEntry, RegsError};
 use crate::cpu_policy::set_vcpu_topology;
@@ -29,6 +31,7 @@ use crate::log_limit::LogLimiter;
 
 static UNHANDLED_IO: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
 static VMM_EMULATION_LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(60));
+static XSTATE_LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(60));
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -148,10 +151,38 @@ pub struct VcpuRunner {
     pub seccomp: Option<Arc<BpfProgram>>,
     /// Records the RIP each time the vCPU is kicked (sampling profiler), if set.
     pub rip_samples: Option<RipHistogram>,
-    /// Complete instructions KVM's emulator lacks (see `exits::VMM_EMULATED`) in the VMM.
+    /// Complete instructions KVM's emulator lacks (see `exits::VMM_EMULATED`) in the VMM, and
+    /// switch the guest tasks' extended register state for its FXSAVE-only kernel
+    /// (`xstate`: the XSAVE/XRSTOR the emulator lacks).
     pub vmm_emulation: bool,
     /// How many instructions the VMM completed so far.
     pub vmm_emulated: u64,
+}
+
+/// The extended-state switching of one vCPU (see [`xstate`]).
+struct XstateSwitch {
+    /// XCR0 bits KVM offers the guest (its CPUID leaf 0xd): all a restore may load.
+    supported: u64,
+    saves: u64,
+    restores: u64,
+    failures: u64,
+}
+
+impl XstateSwitch {
+    fn new(fd: &VcpuFd) -> XstateSwitch {
+        let leaf = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).ok().and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0xd && e.index == 0)
+                .map(|e| (e.eax, e.edx))
+        });
+        XstateSwitch {
+            supported: xstate::supported_xcr0(leaf),
+            saves: 0,
+            restores: 0,
+            failures: 0,
+        }
+    }
 }
 
 /// What one KVM_RUN exit asks the loop to do.
@@ -168,6 +199,8 @@ impl VcpuRunner {
         let index = self.index;
         let immediate_exit: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+        // Before the seccomp filter: it does not allow KVM_GET_CPUID2.
+        let mut xstate = self.vmm_emulation.then(|| XstateSwitch::new(&self.fd));
         if let Some(filter) = &self.seccomp {
             if let Err(e) = seccompiler::apply_filter(filter) {
                 self.exit.request(ExitReason::VcpuFailed {
@@ -182,7 +215,7 @@ impl VcpuRunner {
         // Also leave as soon as the VM is stopping (e.g. the guest's own i8042 reset), rather
         // than running on until the VMM kicks us.
         while !self.stop.load(Ordering::Acquire) && !self.exit.is_requested() {
-            match self.run_once() {
+            match self.run_once(xstate.as_mut()) {
                 Step::Continue => {}
                 Step::Interrupted => {
                     if !self.stop.load(Ordering::Acquire) {
@@ -205,6 +238,14 @@ impl VcpuRunner {
             self.complete_pending_io();
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        if let Some(xs) = xstate.filter(|xs| xs.saves + xs.restores > 0) {
+            log::info!(
+                "vcpu{index}: guest extended register state: {} saves, {} restores, {} failed",
+                xs.saves,
+                xs.restores,
+                xs.failures
+            );
+        }
         if !own_stop {
             // Stopped by the VM stopping (host stop, signal, guest reset, another vCPU): say
             // where the guest was, which is what one needs to find a guest that hangs.
@@ -236,7 +277,7 @@ impl VcpuRunner {
         }
     }
 
-    fn run_once(&mut self) -> Step {
+    fn run_once(&mut self, xstate: Option<&mut XstateSwitch>) -> Step {
         let index = self.index;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
@@ -264,6 +305,11 @@ impl VcpuRunner {
                 Step::Continue
             }
             VcpuExit::IoOut(port, data) => {
+                if let (Some(xs), Some(op)) = (xstate, xstate::Op::for_port(port)) {
+                    let gpa = xstate::image_gpa(data);
+                    self.switch_xstate(xs, op, gpa);
+                    return Step::Continue;
+                }
                 if !self.io_bus.write(u64::from(port), data) {
                     crate::log_limited!(
                         UNHANDLED_IO,
@@ -320,6 +366,55 @@ impl VcpuRunner {
                 vcpu: index,
                 message: format!("unexpected exit {other:?}"),
             }),
+        }
+    }
+
+    /// One save or restore of a guest task's extended register state (see [`xstate`]).
+    fn switch_xstate(&mut self, xs: &mut XstateSwitch, op: xstate::Op, gpa: Option<u64>) {
+        let index = self.index;
+        let result = gpa
+            .ok_or_else(|| "not a 4-byte write".to_string())
+            .and_then(|gpa| {
+                let ext = GuestAddress(gpa.wrapping_add(xstate::LEGACY_SIZE as u64));
+                let vcpu = self
+                    .fd
+                    .get_xsave()
+                    .map_err(|e| format!("KVM_GET_XSAVE: {e}"))?;
+                match op {
+                    xstate::Op::Save => {
+                        xs.saves += 1;
+                        self.mem
+                            .write_slice(&xstate::saved_extension(&vcpu), ext)
+                            .map_err(|e| format!("image at {gpa:#x}: {e}"))
+                    }
+                    xstate::Op::Restore => {
+                        xs.restores += 1;
+                        let mut image = [0u8; xstate::EXTENSION_SIZE];
+                        let read = self.mem.read_slice(&mut image, ext);
+                        // An unreadable image resets the extended state (`restored` with
+                        // nothing to take).
+                        let taken = if read.is_ok() { &image[..] } else { &[][..] };
+                        let new = xstate::restored(&vcpu, taken, xs.supported);
+                        // SAFETY: `new` is a complete legacy 4 KiB `kvm_xsave`; KVM_SET_XSAVE
+                        // reads exactly that much (KVM_SET_XSAVE2 is never used here).
+                        unsafe { self.fd.set_xsave(&new) }
+                            .map_err(|e| format!("KVM_SET_XSAVE: {e}"))?;
+                        read.map_err(|e| format!("image at {gpa:#x}: {e}"))
+                    }
+                }
+            });
+        if let Err(e) = result {
+            xs.failures += 1;
+            crate::log_limited!(
+                XSTATE_LOG,
+                log::Level::Warn,
+                "vcpu{index}: guest extended register state {op:?} failed: {e}"
+            );
+        } else if xs.saves + xs.restores == 1 {
+            log::info!(
+                "vcpu{index}: switching the guest tasks' extended register state (XCR0 bits {:#x})",
+                xs.supported
+            );
         }
     }
 
