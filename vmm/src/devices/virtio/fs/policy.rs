@@ -18,6 +18,17 @@
 //! | SETXATTR `security.capability` | `EPERM` (REMOVEXATTR of it gets `EPERM` from the host kernel: no `CAP_SETFCAP`) |
 //! | FALLOCATE | like a write: clears `S_ISUID`/`S_ISGID` of the file first |
 //! | GETXATTR, LISTXATTR with a buffer over 64 KiB | `E2BIG` (the backend would allocate it) |
+//! | OPEN, CREATE with `O_PATH` | `EINVAL` (a guest kernel never sends it: `O_PATH` opens do not reach FUSE) |
+//! | READ, WRITE | the handle's flags from its OPEN/CREATE, not the request's; an unknown handle: `EBADF` |
+//!
+//! Why READ and WRITE flags are pinned: `fuse-backend-rs` 0.14 (`PassthroughFs::read`/`write`)
+//! wraps the handle's fd in a `File` and, when the request's flags differ from the handle's,
+//! calls `fcntl(F_SETFL)`; when that fails (an `O_PATH` fd, `O_DIRECT` on tmpfs) the early
+//! return drops the `File` and closes the fd while the handle map keeps its number. The next
+//! file the VMM opens reuses the number and the guest reads and writes it through its stale
+//! handle (found by the `virtio_fs` fuzz target). With the open flags passed back, the backend
+//! never calls `F_SETFL`; the cost is that a guest `fcntl(F_SETFL)` on an open file (say
+//! `O_NONBLOCK`, meaningless for regular files) does not reach the host fd.
 //!
 //! Setgid directories stay possible (chmod g+s, or inherited from a setgid parent as Linux
 //! does): on a directory the bit only makes new entries inherit its group, it grants nothing
@@ -38,8 +49,10 @@
 //! Setuid/setgid in the mode of CREATE, MKDIR and chmod have this wrapper only (root with
 //! `CAP_FOWNER` may set them on any file).
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions};
@@ -120,14 +133,46 @@ pub(super) fn rename_flags(flags: u32) -> Result<u32, i32> {
     Ok(flags)
 }
 
+/// Whether OPEN/CREATE flags may reach the backend (`O_PATH` may not).
+pub(super) fn open_flags_allowed(flags: u32) -> bool {
+    flags & libc::O_PATH as u32 == 0
+}
+
 /// `PassthroughFs` under the policy (see the module documentation).
 pub(crate) struct PolicyFs {
     inner: PassthroughFs<()>,
+    /// The flags each open file handle was opened with: what READ and WRITE pass on. One entry
+    /// per handle the backend holds (each one a host fd, so bounded by RLIMIT_NOFILE).
+    handle_flags: Mutex<HashMap<u64, u32>>,
 }
 
 impl PolicyFs {
     pub(super) fn new(inner: PassthroughFs<()>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            handle_flags: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn handle_flags(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        // A panic elsewhere cannot leave the map half-written: keep serving.
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The flags `handle` was opened with; `EBADF` for a handle this wrapper did not open.
+    fn pinned_flags(&self, handle: u64) -> io::Result<u32> {
+        self.handle_flags()
+            .get(&handle)
+            .copied()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    fn remember(&self, handle: Option<u64>, flags: u32) {
+        if let Some(h) = handle {
+            self.handle_flags().insert(h, flags);
+        }
     }
 
     /// Clears setuid/setgid of a regular file about to be modified.
@@ -153,7 +198,9 @@ impl FileSystem for PolicyFs {
     }
 
     fn destroy(&self) {
-        self.inner.destroy()
+        // The backend drops every handle here.
+        self.inner.destroy();
+        self.handle_flags().clear();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -284,7 +331,13 @@ impl FileSystem for PolicyFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        if !open_flags_allowed(flags) {
+            denied!("virtio-fs: guest open with O_PATH refused");
+            return Err(errno(libc::EINVAL));
+        }
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.remember(opened.0, flags);
+        Ok(opened)
     }
 
     fn create(
@@ -294,9 +347,16 @@ impl FileSystem for PolicyFs {
         name: &CStr,
         mut args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        if !open_flags_allowed(args.flags) {
+            denied!("virtio-fs: guest create with O_PATH refused");
+            return Err(errno(libc::EINVAL));
+        }
         args.mode = create_mode(apply_umask(args.mode, args.umask));
         args.umask = 0;
-        self.inner.create(ctx, parent, name, args)
+        let flags = args.flags;
+        let created = self.inner.create(ctx, parent, name, args)?;
+        self.remember(created.1, flags);
+        Ok(created)
     }
 
     fn read(
@@ -308,8 +368,9 @@ impl FileSystem for PolicyFs {
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.pinned_flags(handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -324,9 +385,10 @@ impl FileSystem for PolicyFs {
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.pinned_flags(handle)?;
         // The host kernel clears setuid/setgid: this thread has no CAP_FSETID.
         self.inner.write(
             ctx,
@@ -376,8 +438,13 @@ impl FileSystem for PolicyFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let released =
+            self.inner
+                .release(ctx, inode, flags, handle, flush, flock_release, lock_owner);
+        if released.is_ok() {
+            self.handle_flags().remove(&handle);
+        }
+        released
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
