@@ -6,7 +6,7 @@
 //!   seccomp, cgroups v1/v2), created by re-executing the agent as a setup child.
 //! * [`reaper`]: the one place children are reaped; [`stdio`]: lossless output streams;
 //!   [`oom`]: OOM-kill events; [`network`]: rtnetlink; [`pod`]: the pod's shared namespaces.
-//! * [`fpu_workaround`]: KVM-PVM's leaking AVX state, kept away from glibc.
+//! * [`fpu_workaround`]: a `GLIBC_TUNABLES` from the kernel command line, handed on to containers.
 //! * [`sys`]: the only module with `unsafe`.
 
 pub mod agent;
@@ -14,6 +14,11 @@ pub mod container;
 pub mod error;
 pub mod fpu_workaround;
 pub mod freshness;
+/// Entry point of the `seccomp_compile` fuzz target in `fuzz/` (tests and the `fuzzing`
+/// feature only).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod init;
 pub mod logger;
 pub mod network;

@@ -20,6 +20,10 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 mod fs_wiring;
+/// Entry points of the fuzz targets in `fuzz/` (tests and the `fuzzing` feature only).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod jail;
 pub mod kvm;
 pub mod log_limit;

@@ -141,7 +141,8 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<(CompiledSeccomp, Vec<String>),
             });
         }
         // runc: conditions on the same argument become separate (ORed) rules.
-        let mut seen = [0u8; 6];
+        // Counted in usize: a u8 wrapped at 256 conditions on one argument (and ANDed them).
+        let mut seen = [0usize; 6];
         conds.iter().for_each(|c| seen[c.index as usize] += 1);
         let rule_sets: Vec<Vec<Cond>> = if seen.iter().any(|&n| n > 1) {
             conds.iter().map(|c| vec![*c]).collect()

@@ -268,3 +268,32 @@ fn large_allowlist_fits() {
         RET_ALLOW
     );
 }
+
+/// Found by reading the compiler for the `seccomp_compile` fuzz target: conditions were
+/// counted per argument in a `u8`, so 256 conditions on one argument overflowed (a panic
+/// with overflow checks; in release builds the count wrapped to 0 and the rule's conditions
+/// were ANDed instead of ORed: the syscall was allowed for none of the listed values).
+#[test]
+fn many_conditions_on_one_argument_stay_ored() {
+    let args: Vec<String> = (0..256)
+        .map(|v| format!(r#"{{"index":0,"value":{v},"op":"SCMP_CMP_EQ"}}"#))
+        .collect();
+    let p = profile(&format!(
+        r#"{{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{{"names":["personality"],
+            "action":"SCMP_ACT_ALLOW","args":[{}]}}]}}"#,
+        args.join(",")
+    ));
+    let (c, _) = compile(&p).unwrap();
+    let r = |a: u64| {
+        run(
+            &c.program,
+            AUDIT_ARCH_X86_64,
+            nr("personality"),
+            [a, 0, 0, 0, 0, 0],
+        )
+    };
+    for v in [0, 1, 8, 255] {
+        assert_eq!(r(v), RET_ALLOW, "personality({v})");
+    }
+    assert_eq!(r(256), RET_ERRNO | 1);
+}

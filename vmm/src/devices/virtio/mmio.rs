@@ -382,7 +382,9 @@ impl MmioTransport {
     }
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m` even if a thread panicked holding it: device state stays usable (a guest must
+/// not be able to wedge the VMM through one panic). The one such helper of the VMM.
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
