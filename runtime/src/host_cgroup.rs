@@ -35,8 +35,13 @@ pub enum HostCgroupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cgroup {path} still has tasks {waited:?} after its VMM exited")]
-    Busy { path: PathBuf, waited: Duration },
+    #[error("cgroup {path} still has tasks {waited:?} after its VMM exited: {tasks:?}")]
+    Busy {
+        path: PathBuf,
+        waited: Duration,
+        /// `tid (comm) state` of each task left.
+        tasks: Vec<String>,
+    },
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostCgroupError {
@@ -345,6 +350,27 @@ fn create_cpuset_dirs(mount: &Path, dir: &Path) -> Result<(), HostCgroupError> {
     Ok(())
 }
 
+/// `tid (comm) state` of the tasks in cgroup `dir` (diagnostics).
+fn tasks_of(dir: &Path) -> Vec<String> {
+    let tasks = std::fs::read_to_string(dir.join("tasks"))
+        .or_else(|_| std::fs::read_to_string(dir.join("cgroup.threads")))
+        .unwrap_or_default();
+    tasks
+        .split_whitespace()
+        .take(16)
+        .map(|tid| {
+            let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap_or_default();
+            // "tid (comm) S ...": comm may hold spaces and parentheses.
+            let comm = stat
+                .split_once('(')
+                .and_then(|(_, r)| r.rsplit_once(')'))
+                .map_or(("?", ""), |(c, rest)| (c, rest.trim_start()));
+            let state = comm.1.split_whitespace().next().unwrap_or("?");
+            format!("{tid} ({}) {state}", comm.0)
+        })
+        .collect()
+}
+
 /// Removes the leaf directories `dirs` (a recorded [`HostCgroup::dirs`]), retrying while the
 /// kernel still counts exiting tasks; a missing one is fine.
 pub fn remove_dirs(dirs: &[PathBuf], wait: Duration) -> Result<(), HostCgroupError> {
@@ -365,6 +391,7 @@ pub fn remove_dirs(dirs: &[PathBuf], wait: Duration) -> Result<(), HostCgroupErr
                     return Err(HostCgroupError::Busy {
                         path: dir.clone(),
                         waited: wait,
+                        tasks: tasks_of(dir),
                     })
                 }
                 Err(e) => return Err(io_err("removing", dir)(e)),

@@ -32,6 +32,9 @@ enum Backend {
 struct VesselEnv {
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// Appended to container ids: the VM and host-agent twins of a scenario run at the same
+    /// time, and a container's default cgroupsPath (`/<namespace>/<id>`) is host-wide.
+    suffix: &'static str,
 }
 
 impl VesselEnv {
@@ -80,7 +83,20 @@ impl VesselEnv {
             ),
         )
         .unwrap();
-        VesselEnv { dir, config }
+        let suffix = match backend {
+            Backend::Vmm => "-vm",
+            Backend::HostAgent => "-ha",
+        };
+        VesselEnv {
+            dir,
+            config,
+            suffix,
+        }
+    }
+
+    /// A container id of this backend's own (see `suffix`).
+    fn id(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
     }
 
     fn state_root(&self) -> PathBuf {
@@ -312,6 +328,9 @@ fn need_vm() {
 }
 
 fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
+    let v_echo = env.id("v-echo");
+    let v_exit = env.id("v-exit");
+    let v_stdin = env.id("v-stdin");
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -319,7 +338,7 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-echo",
+        v_echo.as_str(),
         "echo",
         "hello from vessel",
     ]);
@@ -331,7 +350,7 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-exit",
+        v_exit.as_str(),
         "sh",
         "-c",
         "echo out; echo err >&2; exit 7",
@@ -347,7 +366,7 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
                 "--runtime",
                 VESSEL,
                 BUSYBOX_REF,
-                "v-stdin",
+                v_stdin.as_str(),
                 "cat",
             ],
             b"piped input\n",
@@ -358,6 +377,7 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
 }
 
 fn scenario_exec_and_tty(env: VesselEnv) {
+    let v_exec = env.id("v-exec");
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -365,7 +385,7 @@ fn scenario_exec_and_tty(env: VesselEnv) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-exec",
+        v_exec.as_str(),
         "sleep",
         "1000",
     ]);
@@ -375,7 +395,7 @@ fn scenario_exec_and_tty(env: VesselEnv) {
         "exec",
         "--exec-id",
         "e1",
-        "v-exec",
+        v_exec.as_str(),
         "sh",
         "-c",
         "echo exec-out; exit 4",
@@ -388,7 +408,7 @@ fn scenario_exec_and_tty(env: VesselEnv) {
         "-t",
         "--exec-id",
         "e2",
-        "v-exec",
+        v_exec.as_str(),
         "sh",
         "-c",
         "test -t 0 && echo in-tty; test -t 1 && echo out-tty",
@@ -408,7 +428,7 @@ fn scenario_exec_and_tty(env: VesselEnv) {
         "exec",
         "--exec-id",
         "e3",
-        "v-exec",
+        v_exec.as_str(),
         "/no/such/binary",
     ]);
     assert!(!out.success(), "{}", describe(&out, &ctrd));
@@ -422,7 +442,7 @@ fn scenario_exec_and_tty(env: VesselEnv) {
         "exec",
         "--exec-id",
         "e4",
-        "v-exec",
+        v_exec.as_str(),
         "echo",
         "still-here",
     ]);
@@ -432,6 +452,8 @@ fn scenario_exec_and_tty(env: VesselEnv) {
 }
 
 fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: VesselEnv) {
+    let v_done = env.id("v-done");
+    let v_kill = env.id("v-kill");
     let ctrd = env.containerd();
     let run = ctrd
         .ctr_spawn(&[
@@ -440,7 +462,7 @@ fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: Vessel
             "--runtime",
             VESSEL,
             BUSYBOX_REF,
-            "v-kill",
+            v_kill.as_str(),
             "sleep",
             "1000",
         ])
@@ -453,7 +475,7 @@ fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: Vessel
         "task never ran: {}",
         ctrd.log_tail()
     );
-    let out = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "v-kill"]);
+    let out = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", v_kill.as_str()]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
     let done = run.wait_with_output().unwrap();
     assert_eq!(done.status.code(), Some(137), "ctr run: {done:?}");
@@ -464,7 +486,7 @@ fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: Vessel
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-done",
+        v_done.as_str(),
         "true",
     ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
@@ -472,7 +494,7 @@ fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: Vessel
         .ctr(&["task", "ls"])
         .stdout
         .contains("STOPPED")));
-    let out = ctrd.ctr(&["task", "kill", "v-done"]);
+    let out = ctrd.ctr(&["task", "kill", v_done.as_str()]);
     assert!(!out.success());
     assert!(
         out.stderr.contains("not found"),
@@ -490,6 +512,7 @@ fn scenario_kill_reports_signal_exit_and_kill_of_exited_is_not_found(env: Vessel
 }
 
 fn scenario_one_mib_of_output_arrives_intact(env: VesselEnv) {
+    let v_big = env.id("v-big");
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -497,7 +520,7 @@ fn scenario_one_mib_of_output_arrives_intact(env: VesselEnv) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-big",
+        v_big.as_str(),
         "seq",
         "1",
         "200000",
@@ -523,13 +546,14 @@ fn scenario_one_mib_of_output_arrives_intact(env: VesselEnv) {
 }
 
 fn scenario_write_lands_in_the_snapshot(env: VesselEnv) {
+    let v_write = env.id("v-write");
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-write",
+        v_write.as_str(),
         "sh",
         "-c",
         "echo written-in-vm > /marker.txt; sync",
@@ -549,7 +573,7 @@ fn scenario_write_lands_in_the_snapshot(env: VesselEnv) {
         std::fs::read_to_string(&found[0]).unwrap(),
         "written-in-vm\n"
     );
-    let out = ctrd.ctr(&["containers", "delete", "v-write"]);
+    let out = ctrd.ctr(&["containers", "delete", v_write.as_str()]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
     assert_nothing_left(&env, &ctrd);
 }
@@ -558,6 +582,7 @@ fn scenario_write_lands_in_the_snapshot(env: VesselEnv) {
 /// The host-agent twin runs 20; a VM run costs ~20 s a cycle on KVM-PVM, so the VM runs 6 —
 /// still more than the fd slack below, so a leak of one fd per cycle shows.
 fn scenario_create_delete_cycles_leak_nothing(env: VesselEnv, cycles: usize) {
+    let v_warm = env.id("v-warm");
     let ctrd = env.containerd();
     let pid = ctrd.pid().unwrap();
     // One cycle first so containerd's lazily opened fds exist before counting.
@@ -567,14 +592,14 @@ fn scenario_create_delete_cycles_leak_nothing(env: VesselEnv, cycles: usize) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-warm",
+        v_warm.as_str(),
         "true",
     ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
     let fds_before = fd_count(pid);
     let mounts_before = vessel_tests::containerd::mounts_under(Path::new("/")).len();
     for i in 0..cycles {
-        let id = format!("v-cycle-{i}");
+        let id = env.id(&format!("v-cycle-{i}"));
         let out = ctrd.ctr(&[
             "run",
             "--rm",
@@ -673,6 +698,7 @@ fn host_agent_twenty_create_delete_cycles_leak_nothing() {
 /// The machine dies under a running task (SIGKILL to the VMM / host agent): the task's exit is
 /// reported (255), delete works, and nothing is left behind.
 fn scenario_machine_crash_is_reported_and_cleaned_up(env: VesselEnv) {
+    let v_crash = env.id("v-crash");
     let ctrd = env.containerd();
     let run = ctrd
         .ctr_spawn(&[
@@ -681,7 +707,7 @@ fn scenario_machine_crash_is_reported_and_cleaned_up(env: VesselEnv) {
             "--runtime",
             VESSEL,
             BUSYBOX_REF,
-            "v-crash",
+            v_crash.as_str(),
             "sleep",
             "1000",
         ])
@@ -744,6 +770,7 @@ fn host_agent_machine_crash_is_reported_and_cleaned_up() {
 /// delete`, which must kill the machine, unmount and remove the sandbox's state from the state
 /// file alone.
 fn scenario_killed_shim_is_cleaned_up_by_delete(env: VesselEnv) {
+    let v_orphan = env.id("v-orphan");
     let ctrd = env.containerd();
     let out = ctrd.ctr(&[
         "run",
@@ -751,7 +778,7 @@ fn scenario_killed_shim_is_cleaned_up_by_delete(env: VesselEnv) {
         "--runtime",
         VESSEL,
         BUSYBOX_REF,
-        "v-orphan",
+        v_orphan.as_str(),
         "sleep",
         "1000",
     ]);
