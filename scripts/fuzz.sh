@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-all=(virtio_mmio vsock virtio_fs snapshot_manifest seccomp_compile)
+all=(virtio_mmio vsock virtio_net virtio_fs snapshot_manifest seccomp_compile)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 

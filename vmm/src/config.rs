@@ -30,6 +30,15 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The guest's NIC (virtio-net). The device itself is part of what the guest sees (a snapshot
+/// has it or not); the tap behind it is this VM's host side.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetConfig {
+    /// An fd this process inherited, open on a tap (`IFF_TAP | IFF_NO_PI`, no vnet header)
+    /// in the pod's network namespace. `None`: frames from the guest are dropped.
+    pub tap_fd: Option<std::os::fd::RawFd>,
+}
+
 /// A host directory shared with the guest over virtio-fs; the guest mounts it with
 /// `mount -t virtiofs <tag> <dir>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +85,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-fs shares, one device each, on the bus after vsock.
     pub shared_dirs: Vec<SharedDirConfig>,
+    /// A NIC, on the bus after the shares.
+    pub net: Option<NetConfig>,
     /// Per-thread seccomp filters (turn off only to debug).
     pub seccomp: bool,
     pub host_kind: HostKindChoice,
@@ -96,6 +107,7 @@ impl Default for VmConfig {
             console_max_bytes: None,
             vsock: None,
             shared_dirs: Vec::new(),
+            net: None,
             seccomp: true,
             host_kind: HostKindChoice::Auto,
             rip_profile: None,

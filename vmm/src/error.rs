@@ -57,6 +57,10 @@ pub enum VmmError {
     TooManyDevices(usize),
     #[error("vsock device: {0}")]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
+    #[error("virtio-net device: {0}")]
+    Tap(#[from] crate::devices::virtio::net::TapError),
+    #[error("virtio-net device: {0}")]
+    Net(std::io::Error),
     #[error("virtio-fs device: {0}")]
     Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error("snapshot: {0}")]

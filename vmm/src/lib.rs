@@ -27,6 +27,7 @@ pub mod fuzz_api;
 pub mod jail;
 pub mod kvm;
 pub mod log_limit;
+mod net_wiring;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

@@ -101,6 +101,14 @@ struct BootArgs {
     /// the guest asks for security.capability before every write).
     #[arg(long, requires = "shared_dirs")]
     shared_dir_xattr: bool,
+    /// Give the guest a NIC (virtio-net). Part of what the guest sees: a snapshot made with
+    /// it must be restored with it.
+    #[arg(long)]
+    net: bool,
+    /// The NIC's host end: an inherited fd open on a tap (IFF_TAP | IFF_NO_PI, no vnet
+    /// header). Without it the NIC drops what the guest sends.
+    #[arg(long, requires = "net", value_name = "FD")]
+    net_tap_fd: Option<i32>,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
@@ -198,6 +206,9 @@ fn config_from(args: &BootArgs) -> VmConfig {
                 ..d.clone()
             })
             .collect(),
+        net: args.net.then_some(vessel_vmm::config::NetConfig {
+            tap_fd: args.net_tap_fd,
+        }),
         seccomp: !args.no_seccomp,
         host_kind: args.host_kind,
         rip_profile: args.profile_rips.clone(),

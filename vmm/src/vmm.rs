@@ -193,6 +193,9 @@ pub(crate) fn configured_devices(config: &VmConfig) -> Result<Vec<VirtioDeviceHa
     for dir in &config.shared_dirs {
         devices.push(crate::fs_wiring::create(dir)?);
     }
+    if let Some(net) = &config.net {
+        devices.push(crate::net_wiring::create(net)?);
+    }
     Ok(devices)
 }
 

@@ -16,6 +16,9 @@ const TARGETS: &[Target] = &[
     ("vsock", |d| {
         vsock::run(d);
     }),
+    ("virtio_net", |d| {
+        net::run(d);
+    }),
     ("virtio_fs", |d| {
         fs::run(d);
     }),
@@ -28,6 +31,7 @@ fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
     match target {
         "virtio_mmio" => mmio::seeds(),
         "vsock" => vsock::seeds(),
+        "virtio_net" => net::seeds(),
         "virtio_fs" => fs::seeds(),
         "snapshot_manifest" => snapshot::seeds(),
         _ => unreachable!("unknown target {target}"),
@@ -76,6 +80,20 @@ fn corpus_virtio_mmio() {
 #[test]
 fn corpus_vsock() {
     replay("vsock");
+}
+
+#[test]
+fn corpus_virtio_net() {
+    replay("virtio_net");
+}
+
+#[test]
+fn net_seeds_move_frames_both_ways_and_survive_hostile_rings() {
+    let s = net::run(&seed(net::seeds(), "both-ways"));
+    assert_eq!((s.frames_to_guest, s.frames_to_host), (2, 1), "{s:?}");
+    let s = net::run(&seed(net::seeds(), "hostile"));
+    assert_eq!(s.resets, 1, "{s:?}");
+    assert!(s.frames_to_guest >= 1, "traffic after the reset: {s:?}");
 }
 
 #[test]

@@ -25,10 +25,11 @@
 pub mod fs;
 pub mod input;
 pub mod mmio;
+pub mod net;
 pub mod snapshot;
 pub mod vsock;
 
-mod driver;
+pub(crate) mod driver;
 
 #[cfg(test)]
 mod corpus_tests;

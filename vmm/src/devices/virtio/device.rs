@@ -16,6 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 /// Guest memory as devices see it.
 pub type GuestMemory = GuestMemoryMmap<()>;
 
+/// `VIRTIO_F_VERSION_1`: the device speaks virtio 1.x (every device here offers it; the
+/// transport refuses a driver that does not accept it).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
 /// `InterruptStatus` bit: a used buffer was added to a queue.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// `InterruptStatus` bit: the device configuration changed.

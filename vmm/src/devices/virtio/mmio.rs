@@ -11,7 +11,7 @@ use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
-use super::device::{GuestMemory, VirtioDevice, VIRTIO_MMIO_INT_CONFIG};
+use super::device::{GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
 use crate::devices::bus::BusDevice;
 use crate::log_limit::LogLimiter;
 
@@ -51,8 +51,6 @@ pub const STATUS_DRIVER_OK: u32 = 0x04;
 pub const STATUS_FEATURES_OK: u32 = 0x08;
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
-
-pub const VIRTIO_F_VERSION_1: u32 = 32;
 
 static GUEST_ERRORS: LogLimiter = LogLimiter::new(10, Duration::from_secs(10));
 
@@ -317,7 +315,7 @@ impl MmioTransport {
         let mut new_status = value;
         if added & STATUS_FEATURES_OK != 0 {
             let acked = lock(&self.device).acked_features();
-            if acked & (1u64 << VIRTIO_F_VERSION_1) == 0 {
+            if acked & VIRTIO_F_VERSION_1 == 0 {
                 // Legacy drivers are not supported: refuse FEATURES_OK (the driver reads it back).
                 guest_warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
                 new_status &= !STATUS_FEATURES_OK;

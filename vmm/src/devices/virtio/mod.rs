@@ -1,6 +1,8 @@
 //! Virtio devices and the MMIO transport.
 
+pub(crate) mod chain;
 pub mod device;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;

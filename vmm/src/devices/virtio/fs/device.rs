@@ -21,12 +21,10 @@ use super::{
 };
 use crate::devices::virtio::device::{
     check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
-    VIRTIO_MMIO_INT_VRING,
+    VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
 };
 use crate::log_limit::LogLimiter;
 
-/// `VIRTIO_F_VERSION_1`.
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Size of `struct virtio_fs_config`: tag[36] + le32 num_request_queues.
 const CONFIG_SPACE_LEN: usize = TAG_LEN + 4;
 

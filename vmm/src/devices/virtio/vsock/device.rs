@@ -13,7 +13,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::device::{
     check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
-    VIRTIO_MMIO_INT_VRING,
+    VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
 };
 #[cfg(test)]
 use super::connection::Timeouts;
@@ -25,8 +25,6 @@ use super::{NUM_QUEUES, QUEUE_MAX_SIZE, RXQ_INDEX, TXQ_INDEX};
 
 /// Virtio device ID of vsock.
 const VIRTIO_ID_VSOCK: u32 = 19;
-/// `VIRTIO_F_VERSION_1`.
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Period of the timer that enforces connection deadlines (only armed while one is pending).
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
 

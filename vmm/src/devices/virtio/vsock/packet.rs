@@ -6,8 +6,8 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as GuestMemoryTrait};
 
+use super::super::chain::{SegmentError, Segments};
 use super::super::device::GuestMemory;
 
 /// Size of `struct virtio_vsock_hdr`.
@@ -100,136 +100,14 @@ impl PacketHeader {
 /// Why a descriptor chain could not be used. The chain is still returned to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ChainError {
-    #[error("descriptor chain is empty or broken (loop, longer than the queue, bad index)")]
-    Broken,
-    #[error("{} chain has a {} descriptor", if *.want_writable { "RX" } else { "TX" }, if *.want_writable { "read-only" } else { "write-only" })]
-    WrongDirection { want_writable: bool },
-    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
-    OutsideMemory { addr: u64, len: u32 },
+    #[error(transparent)]
+    Chain(#[from] SegmentError),
     #[error("chain holds {0} bytes, less than a {HDR_LEN}-byte header")]
     TooShort(usize),
     #[error("payload length {0} exceeds the {MAX_PAYLOAD}-byte limit")]
     PayloadTooLarge(u32),
     #[error("payload length {len} exceeds the {have} bytes the chain holds after the header")]
     PayloadBeyondChain { len: u32, have: usize },
-    #[error("guest memory access failed")]
-    Memory,
-}
-
-/// The buffers of one descriptor chain, all of one direction, all inside guest memory.
-#[derive(Debug, Default)]
-pub(crate) struct Segments {
-    segs: Vec<(GuestAddress, usize)>,
-    total: usize,
-}
-
-impl Segments {
-    /// Walks `chain`, requiring every descriptor to be device-writable (`writable`) or
-    /// device-readable (`!writable`) and to lie inside guest memory.
-    pub(crate) fn collect<M>(
-        chain: DescriptorChain<M>,
-        mem: &GuestMemory,
-        writable: bool,
-    ) -> Result<Self, ChainError>
-    where
-        M: Deref<Target = GuestMemory>,
-    {
-        let mut out = Segments::default();
-        let mut last_has_next = true;
-        for desc in chain {
-            last_has_next = desc.has_next();
-            if desc.is_write_only() != writable {
-                return Err(ChainError::WrongDirection {
-                    want_writable: writable,
-                });
-            }
-            let len = desc.len();
-            if len == 0 {
-                continue;
-            }
-            let addr = desc.addr();
-            let in_memory =
-                addr.checked_add(u64::from(len)).is_some() && mem.check_range(addr, len as usize);
-            if !in_memory {
-                return Err(ChainError::OutsideMemory {
-                    addr: addr.raw_value(),
-                    len,
-                });
-            }
-            out.segs.push((addr, len as usize));
-            // Cannot overflow: the chain iterator stops before 2^32 bytes in total.
-            out.total += len as usize;
-        }
-        // The chain iterator silently stops on a loop (after queue-size descriptors), on a `next`
-        // index outside the table and on an unreadable descriptor; in all those cases the last
-        // descriptor it yielded still says "more follows".
-        if last_has_next {
-            return Err(ChainError::Broken);
-        }
-        Ok(out)
-    }
-
-    /// Total bytes of the chain.
-    pub(crate) fn len(&self) -> usize {
-        self.total
-    }
-
-    /// Copies `buf.len()` bytes starting at chain offset `offset` into `buf`.
-    pub(crate) fn read_at(
-        &self,
-        mem: &GuestMemory,
-        offset: usize,
-        buf: &mut [u8],
-    ) -> Result<(), ChainError> {
-        self.for_each_piece(offset, buf.len(), |addr, range| {
-            mem.read_slice(&mut buf[range], addr)
-                .map_err(|_| ChainError::Memory)
-        })
-    }
-
-    /// Copies `buf` into the chain starting at chain offset `offset`.
-    pub(crate) fn write_at(
-        &self,
-        mem: &GuestMemory,
-        offset: usize,
-        buf: &[u8],
-    ) -> Result<(), ChainError> {
-        self.for_each_piece(offset, buf.len(), |addr, range| {
-            mem.write_slice(&buf[range], addr)
-                .map_err(|_| ChainError::Memory)
-        })
-    }
-
-    /// Calls `f(guest_addr, buf_range)` for each piece of the chain covering
-    /// `[offset, offset + len)`.
-    fn for_each_piece(
-        &self,
-        offset: usize,
-        len: usize,
-        mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), ChainError>,
-    ) -> Result<(), ChainError> {
-        if offset.checked_add(len).is_none_or(|end| end > self.total) {
-            return Err(ChainError::Memory);
-        }
-        let mut skip = offset;
-        let mut done = 0;
-        for &(addr, seg_len) in &self.segs {
-            if done == len {
-                break;
-            }
-            if skip >= seg_len {
-                skip -= seg_len;
-                continue;
-            }
-            let n = (seg_len - skip).min(len - done);
-            // `skip < seg_len` and the segment was checked to be inside guest memory.
-            let at = addr.unchecked_add(skip as u64);
-            f(at, done..done + n)?;
-            done += n;
-            skip = 0;
-        }
-        Ok(())
-    }
 }
 
 /// Reads a TX chain: returns its header and copies the payload of RW packets into `payload`
@@ -295,14 +173,14 @@ impl RxBuffer {
         mem: &GuestMemory,
         hdr: &PacketHeader,
     ) -> Result<(), ChainError> {
-        self.segs.write_at(mem, 0, &hdr.to_bytes())
+        Ok(self.segs.write_at(mem, 0, &hdr.to_bytes())?)
     }
 
     pub(crate) fn write_payload(&self, mem: &GuestMemory, data: &[u8]) -> Result<(), ChainError> {
         if data.len() > self.payload_capacity() {
-            return Err(ChainError::Memory);
+            return Err(SegmentError::Memory.into());
         }
-        self.segs.write_at(mem, HDR_LEN, data)
+        Ok(self.segs.write_at(mem, HDR_LEN, data)?)
     }
 }
 
