@@ -24,6 +24,7 @@ pub mod logger;
 pub mod network;
 pub mod oom;
 pub mod pod;
+pub mod pod_network;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

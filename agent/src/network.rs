@@ -256,17 +256,22 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(name.into(), mac.into()))
     }
 
-    /// Sets the link up, with an MTU and name if given.
+    /// Sets the link up, with an MTU, name and MAC address if given (the kernel renames
+    /// before it sets the link up, so a link that is down can be renamed here).
     pub fn set_link(
         &mut self,
         index: i32,
         mtu: Option<u32>,
         name: Option<&str>,
+        mac: Option<&[u8; 6]>,
     ) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, self.next_seq());
         m.bytes(&ifinfomsg(index, IFF_UP, IFF_UP));
         if let Some(mtu) = mtu {
             m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        if let Some(mac) = mac {
+            m.attr(IFLA_ADDRESS, mac);
         }
         if let Some(n) = name {
             let mut b = n.as_bytes().to_vec();
@@ -399,7 +404,7 @@ impl Netlink {
 pub fn loopback_up() -> Result<(), NetlinkError> {
     let mut nl = Netlink::open()?;
     let lo = nl.find_link("lo", "")?;
-    nl.set_link(lo.index, None, None)
+    nl.set_link(lo.index, None, None, None)
 }
 
 pub fn parse_dest(s: &str) -> Result<Option<(IpAddr, u8)>, NetlinkError> {
@@ -425,6 +430,27 @@ pub fn parse_dest(s: &str) -> Result<Option<(IpAddr, u8)>, NetlinkError> {
         return Err(invalid());
     }
     Ok(Some((ip, prefix)))
+}
+
+/// `aa:bb:cc:dd:ee:ff` (either case).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], NetlinkError> {
+    let invalid = || NetlinkError::Invalid {
+        what: "MAC address",
+        value: s.to_string(),
+    };
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next().ok_or_else(invalid)?;
+        if p.len() != 2 {
+            return Err(invalid());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| invalid())?;
+    }
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok(out)
 }
 
 pub fn parse_ip(what: &'static str, s: &str) -> Result<Option<IpAddr>, NetlinkError> {

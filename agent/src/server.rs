@@ -10,7 +10,6 @@ use vessel_protocol::agent::*;
 use vessel_protocol::agent_ttrpc::Agent;
 
 use crate::error::{RequestError, RequestResult};
-use crate::network::{self, Netlink, RouteSpec};
 use crate::sandbox::{PodPlacement, Sandbox, StorageSpec};
 use crate::stdio::{ReadOutcome, StdioError};
 
@@ -128,87 +127,6 @@ impl AgentService {
         }
         Ok(resp)
     }
-
-    fn update_interface_inner(&self, req: &UpdateInterfaceRequest) -> RequestResult<Interface> {
-        let iface = req
-            .interface
-            .as_ref()
-            .ok_or_else(|| RequestError::invalid("interface is missing"))?;
-        if iface.addresses.len() > 64 || iface.name.len() > 15 {
-            return Err(RequestError::invalid(
-                "interface name over 15 bytes or over 64 addresses",
-            ));
-        }
-        let net_err = |e: network::NetlinkError| match e {
-            network::NetlinkError::Invalid { .. } => RequestError::invalid(e.to_string()),
-            network::NetlinkError::NoSuchLink(..) => RequestError::not_found(e.to_string()),
-            _ => RequestError::internal(e.to_string()),
-        };
-        let mut want = Vec::new();
-        for a in &iface.addresses {
-            let ip = network::parse_ip("address", &a.address)
-                .map_err(net_err)?
-                .ok_or_else(|| RequestError::invalid("empty address"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            if a.prefix_len > max {
-                return Err(RequestError::invalid(format!(
-                    "prefix length {} for {}",
-                    a.prefix_len, a.address
-                )));
-            }
-            want.push((ip, a.prefix_len as u8));
-        }
-        let mut nl = Netlink::open().map_err(net_err)?;
-        let link = nl.find_link(&iface.name, &iface.hw_addr).map_err(net_err)?;
-        let rename =
-            (!iface.name.is_empty() && iface.name != link.name).then_some(iface.name.as_str());
-        let mtu = (iface.mtu > 0).then_some(iface.mtu);
-        nl.set_link(link.index, mtu, rename).map_err(net_err)?;
-        nl.set_addresses(link.index, &want).map_err(net_err)?;
-        let now = nl
-            .links()
-            .map_err(net_err)?
-            .into_iter()
-            .find(|l| l.index == link.index)
-            .unwrap_or(link);
-        let mut out = Interface::new();
-        out.name = now.name;
-        out.hw_addr = now.mac;
-        out.mtu = now.mtu;
-        for (ip, prefix) in nl.addresses(now.index).map_err(net_err)? {
-            let mut a = IPAddress::new();
-            a.address = ip.to_string();
-            a.prefix_len = prefix as u32;
-            out.addresses.push(a);
-        }
-        Ok(out)
-    }
-
-    fn update_routes_inner(&self, req: &UpdateRoutesRequest) -> RequestResult<UpdateRoutesRequest> {
-        if req.routes.len() > 256 {
-            return Err(RequestError::invalid("at most 256 routes"));
-        }
-        let inv = |e: network::NetlinkError| RequestError::invalid(e.to_string());
-        let mut specs = Vec::new();
-        for r in &req.routes {
-            specs.push(RouteSpec {
-                dest: network::parse_dest(&r.dest).map_err(inv)?,
-                gateway: network::parse_ip("gateway", &r.gateway).map_err(inv)?,
-                device: (!r.device.is_empty()).then(|| r.device.clone()),
-                source: network::parse_ip("source", &r.source).map_err(inv)?,
-            });
-        }
-        let mut nl = Netlink::open().map_err(|e| RequestError::internal(e.to_string()))?;
-        // Routes through a gateway need the gateway's link route first: add direct ones first.
-        let (direct, via): (Vec<_>, Vec<_>) = specs.iter().partition(|s| s.gateway.is_none());
-        for s in direct.into_iter().chain(via) {
-            nl.add_route(s).map_err(|e| match e {
-                network::NetlinkError::NoSuchLink(..) => RequestError::not_found(e.to_string()),
-                _ => RequestError::internal(format!("route {s:?}: {e}")),
-            })?;
-        }
-        Ok(req.clone())
-    }
 }
 
 impl Agent for AgentService {
@@ -229,13 +147,16 @@ impl Agent for AgentService {
             entropy: req.entropy,
             realtime_ns: req.realtime_ns,
         };
-        let r = self.sandbox.create_sandbox(
-            &req.sandbox_id,
-            &req.hostname,
-            &storages(&req.storages),
-            &req.dns,
-            &fresh,
-        );
+        let r = self
+            .sandbox
+            .create_sandbox(
+                &req.sandbox_id,
+                &req.hostname,
+                &storages(&req.storages),
+                &req.dns,
+                &fresh,
+            )
+            .and_then(|()| crate::pod_network::configure_pod(&req.interfaces, &req.routes));
         reply("CreateSandbox", r.map(|_| Empty::new()))
     }
 
@@ -529,7 +450,10 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: UpdateInterfaceRequest,
     ) -> ttrpc::Result<Interface> {
-        reply("UpdateInterface", self.update_interface_inner(&req))
+        reply(
+            "UpdateInterface",
+            crate::pod_network::update_interface(&req),
+        )
     }
 
     fn update_routes(
@@ -537,7 +461,10 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: UpdateRoutesRequest,
     ) -> ttrpc::Result<UpdateRoutesRequest> {
-        reply("UpdateRoutes", self.update_routes_inner(&req))
+        reply(
+            "UpdateRoutes",
+            crate::pod_network::update_routes(&req.routes).map(|()| req),
+        )
     }
 
     fn get_oom_event(

@@ -2,7 +2,9 @@
 //! per runtime handler (vessel vs runc), interleaved.
 //!
 //! Each iteration and runtime: RunPodSandbox; CreateContainer + StartContainer of the first
-//! container (`sleep inf`); ExecSync of `/bin/true` in it; StopPodSandbox + RemovePodSandbox.
+//! container (busybox `httpd` serving from the pod's /dev/shm); ExecSync of `/bin/true` in it;
+//! from the host, [`HTTP_REQUESTS`] GETs of a small page at the pod's IP (p50 and p99 of their
+//! latency) and one GET of [`BLOB_BYTES`] (throughput); StopPodSandbox + RemovePodSandbox.
 //! The containerd is the test harness's ([`vessel_tests::cri::CriContainerd`]: CRI enabled,
 //! its own CNI bridge and /24, pause and busybox images built locally).
 
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use vessel_tests::cri::{
-    container_config, CriContainerd, CriOptions, RUNC_HANDLER, VESSEL_HANDLER,
+    container_config, http_fetch, CriContainerd, CriOptions, RUNC_HANDLER, VESSEL_HANDLER,
 };
 
 use crate::ctr::Runtime;
@@ -23,12 +25,29 @@ pub const METRIC_RUN_POD: &str = "RunPodSandbox";
 pub const METRIC_FIRST_CONTAINER: &str = "CreateContainer+StartContainer (first container)";
 pub const METRIC_EXEC: &str = "ExecSync /bin/true";
 pub const METRIC_TEARDOWN: &str = "StopPodSandbox+RemovePodSandbox";
-const METRICS: [&str; 4] = [
+pub const METRIC_HTTP_P50: &str = "host→pod HTTP GET, p50 of the pod's requests";
+pub const METRIC_HTTP_P99: &str = "host→pod HTTP GET, p99 of the pod's requests";
+pub const METRIC_HTTP_THROUGHPUT: &str = "host←pod HTTP GET of 8 MiB";
+const METRICS: [&str; 7] = [
     METRIC_RUN_POD,
     METRIC_FIRST_CONTAINER,
     METRIC_EXEC,
+    METRIC_HTTP_P50,
+    METRIC_HTTP_P99,
+    METRIC_HTTP_THROUGHPUT,
     METRIC_TEARDOWN,
 ];
+/// Units of [`METRICS`].
+const UNITS: [&str; 7] = ["ms", "ms", "ms", "ms", "ms", "MB/s", "ms"];
+/// Small GETs per pod.
+pub const HTTP_REQUESTS: usize = 20;
+/// The bounded transfer.
+pub const BLOB_BYTES: usize = 8 << 20;
+const HTTP_PORT: u16 = 8080;
+/// The first container: a page and a blob in the pod's /dev/shm (memory, in the guest for
+/// vessel), served by busybox httpd on every address.
+const HTTPD: &str = "mkdir -p /dev/shm/www && echo ok > /dev/shm/www/i && \
+    head -c 8388608 /dev/zero > /dev/shm/www/blob && exec httpd -f -p 8080 -h /dev/shm/www";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CriResult {
@@ -87,7 +106,7 @@ fn one_pod(
     handler: &str,
     name: &str,
     exec_timeout_s: i64,
-) -> Result<[f64; 4], String> {
+) -> Result<[f64; 7], String> {
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     let client = cri.client();
     let t = Instant::now();
@@ -103,12 +122,12 @@ fn one_pod(
             .map_err(|e| format!("{e:#}"))?;
         Ok(ms(t))
     };
-    let steps = (|| -> Result<(f64, f64), String> {
+    let steps = (|| -> Result<(f64, f64, [f64; 3]), String> {
         let t = Instant::now();
         let id = client
             .create_container(
                 &pod.id,
-                &container_config("c0", &["sleep", "inf"]),
+                &container_config("c0", &["sh", "-c", HTTPD]),
                 &pod.config,
             )
             .and_then(|id| client.start_container(&id).map(|_| id))
@@ -125,12 +144,59 @@ fn one_pod(
                 String::from_utf8_lossy(&r.stderr)
             ));
         }
-        Ok((first, ms(t)))
+        let exec = ms(t);
+        Ok((first, exec, http(cri, &pod.id)?))
     })();
     let down = teardown(&pod.id);
-    let (first, exec) = steps?;
+    let (first, exec, [p50, p99, mbps]) = steps?;
     let down = down.map_err(|e| format!("StopPodSandbox+RemovePodSandbox: {e}"))?;
-    Ok([run_pod, first, exec, down])
+    Ok([run_pod, first, exec, p50, p99, mbps, down])
+}
+
+/// From the host to the pod's IP: p50 and p99 (ms) of [`HTTP_REQUESTS`] small GETs, then the
+/// throughput (MB/s) of one [`BLOB_BYTES`] GET. Waits (untimed) until the server answers.
+fn http(cri: &CriContainerd, pod_id: &str) -> Result<[f64; 3], String> {
+    let ip = cri
+        .client()
+        .pod_sandbox_status(pod_id, false)
+        .map_err(|e| format!("PodSandboxStatus: {e:#}"))?
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    cri.check_route(&ip)
+        .map_err(|e| format!("pod IP {ip:?}: {e:#}"))?;
+    let timeout = std::time::Duration::from_secs(30);
+    let get = |path: &str, limit: u64| http_fetch(&ip, HTTP_PORT, path, timeout, limit);
+    let ready = Instant::now();
+    loop {
+        match get("/blob", 1 << 24) {
+            Ok(b) if b.len() > BLOB_BYTES => break,
+            Ok(_) | Err(_) if ready.elapsed() < std::time::Duration::from_secs(300) => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Ok(b) => return Err(format!("GET /blob: {} bytes", b.len())),
+            Err(e) => return Err(format!("GET /blob: {e:#}")),
+        }
+    }
+    let mut lat = Vec::with_capacity(HTTP_REQUESTS);
+    for _ in 0..HTTP_REQUESTS {
+        let t = Instant::now();
+        let body = get("/i", 4096).map_err(|e| format!("GET /i: {e:#}"))?;
+        if !body.ends_with(b"ok\n") {
+            return Err(format!("GET /i: {:?}", String::from_utf8_lossy(&body)));
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    let t = Instant::now();
+    let blob = get("/blob", 1 << 24).map_err(|e| format!("GET /blob: {e:#}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if blob.len() <= BLOB_BYTES {
+        return Err(format!("GET /blob: {} bytes", blob.len()));
+    }
+    Ok([pick(0.5), pick(0.99), BLOB_BYTES as f64 / 1e6 / secs])
 }
 
 /// Runs the schedule. A runtime that fails stops being measured (its error is kept in each
@@ -142,7 +208,8 @@ pub fn measure(spec: &CriSpec<'_>) -> CriResult {
         .map(|r| {
             METRICS
                 .iter()
-                .map(|m| Series::new(&r.name, m, "ms"))
+                .zip(UNITS)
+                .map(|(m, u)| Series::new(&r.name, m, u))
                 .collect()
         })
         .collect();
@@ -272,6 +339,7 @@ fn finish(spec: &CriSpec<'_>, series: Vec<Vec<Series>>, notes: Vec<String>) -> C
             "RunPodSandbox (pause image, CNI bridge, handler runc|vessel)".into(),
             "CreateContainer + StartContainer: busybox `sleep inf`".into(),
             "ExecSync [\"/bin/true\"] in it (exit code 0 checked)".into(),
+            format!("host → pod IP:{HTTP_PORT}: {HTTP_REQUESTS} × GET of a 3-byte page (p50, p99), 1 × GET of {} MiB (MB/s)", BLOB_BYTES >> 20),
             "StopPodSandbox + RemovePodSandbox".into(),
         ],
         schedule: spec
@@ -386,10 +454,10 @@ mod tests {
     #[test]
     fn ratios_table_and_json() {
         let r = result();
-        assert_eq!(r.series.len(), 8);
+        assert_eq!(r.series.len(), 14);
         assert_eq!(r.series[0].metric, METRIC_RUN_POD);
         assert_eq!(r.series[1].runtime, "runc");
-        assert_eq!(r.ratios.len(), 4);
+        assert_eq!(r.ratios.len(), 7);
         // p50: 15000 / 200
         assert_eq!(r.ratios[0].p50, Some(75.0));
         // No runc samples for ExecSync: no ratio, never a zero.
@@ -409,7 +477,7 @@ mod tests {
         assert!(text.contains("note: a note"));
         let json = serde_json::to_string(&r).unwrap();
         let back: CriResult = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.series.len(), 8);
+        assert_eq!(back.series.len(), 14);
     }
 
     #[test]
@@ -431,7 +499,7 @@ mod tests {
             shim_dir: None,
             work: Path::new("/nonexistent/vessel-bench"),
         });
-        assert_eq!(r.series.len(), 4);
+        assert_eq!(r.series.len(), 7);
         for s in &r.series {
             assert!(s.summary.is_none());
             assert!(

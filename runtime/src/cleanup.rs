@@ -24,6 +24,12 @@ pub enum CleanupError {
     Mount { dir: PathBuf, source: MountError },
     #[error("sandbox dir {dir}: still mounted after unmount: {left:?}; not removing it")]
     StillMounted { dir: PathBuf, left: Vec<PathBuf> },
+    #[error("sandbox dir {dir}: undoing the pod's network wiring")]
+    Network {
+        dir: PathBuf,
+        #[source]
+        source: crate::network::NetworkError,
+    },
     #[error("sandbox dir {dir}: removing the pod's cgroup")]
     Cgroup {
         dir: PathBuf,
@@ -113,6 +119,13 @@ pub fn cleanup_sandbox_dir(
     let left = mounter.mounts_beneath(&dir).map_err(merr(&dir))?;
     if !left.is_empty() {
         return Err(CleanupError::StillMounted { dir, left });
+    }
+    if let Some(rec) = state.as_ref().and_then(|s| s.network.as_ref()) {
+        // After the VMM is gone (its tap fd with it).
+        crate::network::unwire(rec).map_err(|source| CleanupError::Network {
+            dir: dir.clone(),
+            source,
+        })?;
     }
     if let Some(s) = &state {
         crate::host_cgroup::remove_dirs(&s.cgroup, wait).map_err(|source| {

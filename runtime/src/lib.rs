@@ -22,6 +22,7 @@ pub mod config;
 pub mod grouping;
 pub mod host_cgroup;
 pub mod mounts;
+pub mod network;
 pub mod pod;
 pub mod rootfs;
 pub mod safe_mount;

@@ -2,6 +2,7 @@
 //! Every path out of [`Sandbox::start`] that fails, and [`Sandbox::stop`], release every host
 //! resource: the VMM process, mounts, sockets and the state directory.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,48 @@ use crate::share::{apply_share, plan_container_share, release_share, ShareError}
 use crate::state::{RecordedMount, SandboxPaths, SandboxStateFile, StateError};
 use crate::vm::{ExitInfo, LaunchRequest, VmBackend, VmError, VmInstance};
 
+/// Wires the pod's network namespace to the VM's NIC when there is one to wire: what will be
+/// made is recorded in `state` (and its file) first, so cleanup undoes it whatever fails.
+fn wire_network(
+    opts: &SandboxOptions,
+    paths: &SandboxPaths,
+    state: &mut SandboxStateFile,
+) -> Result<Option<crate::network::PodNetwork>, SandboxError> {
+    let Some(netns) = &opts.netns else {
+        return Ok(None);
+    };
+    if !opts.backend.has_nic() {
+        log::info!(
+            "sandbox {}: the machine has no NIC; network namespace {} is not wired",
+            opts.id,
+            netns.display()
+        );
+        return Ok(None);
+    }
+    let net_err = |source| SandboxError::Network {
+        sandbox: opts.id.clone(),
+        source,
+    };
+    let guest = crate::network::discover(netns).map_err(net_err)?;
+    let record = crate::network::NetworkRecord {
+        netns: netns.clone(),
+        veth: guest.name.clone(),
+        tap: crate::network::TAP_NAME.to_string(),
+    };
+    state.network = Some(record.clone());
+    state.write(&paths.state_file())?;
+    let tap = crate::network::connect(netns, &guest.name, guest.mtu).map_err(net_err)?;
+    log::info!(
+        "sandbox {}: network {}: {} ({}) ↔ tap {}",
+        opts.id,
+        netns.display(),
+        guest.name,
+        crate::network::mac_string(&guest.mac),
+        crate::network::TAP_NAME
+    );
+    Ok(Some(crate::network::PodNetwork { record, tap, guest }))
+}
+
 /// Per-attempt bound on the agent's health check while waiting for it.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -36,6 +79,12 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Cleanup(#[from] CleanupError),
+    #[error("sandbox {sandbox}: wiring the pod's network")]
+    Network {
+        sandbox: String,
+        #[source]
+        source: crate::network::NetworkError,
+    },
     #[error("sandbox {sandbox}: placing the VMM in the pod's cgroup")]
     Cgroup {
         sandbox: String,
@@ -79,6 +128,9 @@ pub struct SandboxOptions {
     pub cgroup: Option<HostCgroup>,
     /// A CRI pod: the agent mounts the pod's shm tmpfs (see [`Sandbox::guest_pod_shm`]).
     pub pod_shm: bool,
+    /// The pod's network namespace on the host (CNI's, from the sandbox spec): wired to the
+    /// VM's NIC (`crate::network`). `None`: the guest has `lo` only.
+    pub netns: Option<PathBuf>,
 }
 
 /// Size of a pod's /dev/shm, as containerd's CRI gives a runc pod.
@@ -110,6 +162,8 @@ pub struct Sandbox {
     state: Mutex<SandboxStateFile>,
     vm_gone: Arc<AtomicBool>,
     stopped: AtomicBool,
+    /// The pod's interface in the guest, when its network is wired.
+    network: Option<crate::network::GuestInterface>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -180,13 +234,24 @@ impl Sandbox {
                 }));
             }
         }
+        let pod_net = match wire_network(&opts, &paths, &mut state) {
+            Ok(n) => n,
+            Err(e) => {
+                early_cleanup();
+                return Err(e);
+            }
+        };
         let req = LaunchRequest {
             sandbox_id: &opts.id,
             paths: &paths,
             config: &opts.config,
             cgroup: opts.cgroup.as_ref(),
+            tap: pod_net.as_ref().map(|n| n.tap.as_fd()),
         };
-        let vm = match opts.backend.launch(&req) {
+        let launched = opts.backend.launch(&req);
+        // The VMM holds the tap now (or nothing does, and it is gone).
+        let network = pod_net.map(|n| n.guest);
+        let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
                 early_cleanup();
@@ -240,12 +305,18 @@ impl Sandbox {
                 ..Default::default()
             });
         }
+        let (interfaces, routes) = network
+            .as_ref()
+            .map(crate::network::agent_interface)
+            .map_or((Vec::new(), Vec::new()), |(i, r)| (vec![i], r));
         let create = pb::CreateSandboxRequest {
             sandbox_id: opts.id.clone(),
             hostname: opts.hostname.clone(),
             storages,
             entropy: host_entropy(),
             realtime_ns: realtime_ns(),
+            interfaces,
+            routes,
             ..Default::default()
         };
         if let Err(source) = agent.create_sandbox(&create) {
@@ -269,7 +340,14 @@ impl Sandbox {
             state: Mutex::new(state),
             vm_gone,
             stopped: AtomicBool::new(false),
+            network,
         })
+    }
+
+    /// Whether the pod's network is wired to the VM's NIC (the guest's root network
+    /// namespace then is the pod's).
+    pub fn has_network(&self) -> bool {
+        self.network.is_some()
     }
 
     pub(crate) fn agent(&self) -> &Agent {

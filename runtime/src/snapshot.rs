@@ -116,7 +116,7 @@ pub fn snapshot_key(config: &Config) -> Result<String, SnapshotStoreError> {
         ));
     }
     text.push_str(&format!(
-        "memory {}\nvcpus {}\nparams {}\ndevices vsock:{VSOCK_CID} fs:{SHARED_FS_TAG}\n",
+        "memory {}\nvcpus {}\nparams {}\ndevices vsock:{VSOCK_CID} fs:{SHARED_FS_TAG} net\n",
         h.memory_mib, h.vcpus, h.kernel_params
     ));
     Ok(format!("{:016x}", fnv1a(text.as_bytes())))
@@ -382,6 +382,8 @@ pub fn guest_args(config: &Config) -> Vec<OsString> {
         args.push(flag.into());
         args.push(value);
     }
+    // Every VM has its NIC (snapshots too): pods with a network attach a tap to it.
+    args.push("--net".into());
     args
 }
 

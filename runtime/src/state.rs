@@ -194,6 +194,10 @@ pub struct SandboxStateFile {
     /// hierarchy), recorded before the VMM starts; removed at cleanup.
     #[serde(default)]
     pub cgroup: Vec<PathBuf>,
+    /// What was made in the pod's network namespace (recorded before it exists); undone at
+    /// cleanup.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRecord>,
     pub created_unix_secs: u64,
 }
 
@@ -205,6 +209,7 @@ impl SandboxStateFile {
             vmm: None,
             mounts: Vec::new(),
             cgroup: Vec::new(),
+            network: None,
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

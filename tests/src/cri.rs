@@ -645,6 +645,37 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// `GET <path>` over HTTP/1.0 to `ip:port` from the host (this process), bounded by
+/// `timeout`; the response (headers and body).
+pub fn http_get(ip: &str, port: u16, path: &str, timeout: Duration) -> Result<String> {
+    http_fetch(ip, port, path, timeout, 1 << 20).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// `GET <path>` over HTTP/1.0 to `ip:port`; the whole response (at most `limit` bytes), each
+/// read and write bounded by `timeout`.
+pub fn http_fetch(
+    ip: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}")
+        .parse()
+        .with_context(|| format!("address {ip}:{port}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    s.take(limit)
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading from {addr}"))?;
+    Ok(out)
+}
+
 /// A process's command line (`/proc/<pid>/cmdline`, NULs as spaces).
 pub fn cmdline_of(pid: u32) -> String {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -2,9 +2,11 @@
 //! CreateContainer, ExecSync, ...), for the `vessel` runtime handler and, as the control,
 //! `runc`. One pod per runtime serves every scenario (a VM pod's operations cost tens of
 //! seconds each on KVM-PVM): three containers share net/uts/ipc and talk over localhost, CRI
-//! log files, exit codes, ExecSync, ContainerStats, StopContainer escalating to SIGKILL, and
-//! nothing left after StopPodSandbox + RemovePodSandbox (processes, mounts, vessel state,
-//! cgroups). vessel only: the sandbox task (the VMM) runs in the pod's cgroup.
+//! log files, exit codes, ExecSync, ContainerStats, StopContainer escalating to SIGKILL, the
+//! pod's network from the host and from a second pod (CNI bridge; vessel: veth ↔ tap ↔
+//! virtio-net), its DNS config, and nothing left after StopPodSandbox + RemovePodSandbox
+//! (processes, mounts, vessel state, cgroups). vessel only: the sandbox task (the VMM) runs in
+//! the pod's cgroup.
 //!
 //! Needs root, `containerd`, `runc`, `busybox-static`, `containernetworking-plugins`; for
 //! vessel also /dev/kvm, `cargo build --workspace --bins` and the guest kernel + initrd
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use vessel_tests::containerd::mounts_under;
 use vessel_tests::cri::{
-    cgroup_path_of, cmdline_of, eventually, log_messages, parse_log, parse_sandbox_info,
+    cgroup_path_of, cmdline_of, eventually, http_get, log_messages, parse_log, parse_sandbox_info,
     processes_mentioning, ContainerState, CriContainerd, Pod, PodSandboxState, VesselConfigSpec,
     VesselTestConfig, RUNC_HANDLER, VESSEL_HANDLER,
 };
@@ -322,8 +324,9 @@ fn scenarios(handler: &str) {
     // Three containers: web (httpd on localhost, ignores SIGTERM), idle (exec target),
     // client (fetches over localhost, prints 1..1000, exits 3).
     let web_script = format!(
-        "{PRINT_IDENTITY}; mkdir -p /tmp/www && echo {TOKEN} > /tmp/www/index.html; \
-         httpd -f -p 127.0.0.1:{PORT} -h /tmp/www & echo WEB-READY; trap '' TERM; exec sleep inf"
+        "{PRINT_IDENTITY}; sed 's/^/RESOLV /' /etc/resolv.conf; \
+         mkdir -p /tmp/www && echo {TOKEN} > /tmp/www/index.html; \
+         httpd -f -p {PORT} -h /tmp/www & echo WEB-READY; trap '' TERM; exec sleep inf"
     );
     let client_script = format!(
         "{PRINT_IDENTITY}; i=0; while [ $i -lt {} ]; do \
@@ -466,6 +469,9 @@ fn scenarios(handler: &str) {
             client_out.iter().take_while(|l| l.as_str() != "1").collect::<Vec<_>>()
         ),
     );
+
+    // 9. The pod's network from outside the pod (vessel: CNI's veth ↔ tap ↔ virtio-net).
+    pod_network_from_outside(&mut c, &cri, &pod, &ip, &web_out, &b, handler);
 
     // 1. Shared net/uts/ipc and the pod's hostname.
     let web_id = identity(&web_out);
@@ -646,6 +652,98 @@ fn scenarios(handler: &str) {
         format!("nothing left of the pod: {left:#?}"),
     );
     c.finish(&cri);
+}
+
+/// The pod's network as its users see it: the DNS config CRI gave the pod is in its
+/// containers' `/etc/resolv.conf`; the host fetches web's page at the pod's IP; a container
+/// of a second pod fetches it too.
+fn pod_network_from_outside(
+    c: &mut Checks,
+    cri: &CriContainerd,
+    pod: &Pod,
+    ip: &str,
+    web_out: &[String],
+    b: &Bounds,
+    handler: &str,
+) {
+    let dns = pod.config.dns_config.clone().unwrap_or_default();
+    let resolv: Vec<&str> = web_out
+        .iter()
+        .filter_map(|l| l.strip_prefix("RESOLV "))
+        .collect();
+    let has = |want: &str| {
+        resolv
+            .iter()
+            .any(|l| l.split_whitespace().eq(want.split_whitespace()))
+    };
+    c.check(
+        !dns.servers.is_empty()
+            && dns.servers.iter().all(|s| has(&format!("nameserver {s}")))
+            && has(&format!("search {}", dns.searches.join(" "))),
+        format!("the pod's resolv.conf is CRI's DNS config {dns:?}: {resolv:?}"),
+    );
+
+    let timeout = Duration::from_secs(u64::from(b.fetch_timeout_s));
+    let fetched = c.time("host GET pod IP", || {
+        let mut last = String::new();
+        for _ in 0..b.fetch_tries {
+            match http_get(ip, PORT, "/index.html", timeout) {
+                Ok(body) if body.contains(TOKEN) => return Ok(body),
+                Ok(body) => last = format!("answer without the page: {body:?}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(last)
+    });
+    c.check(
+        fetched.is_ok(),
+        format!("the host fetched web's page at the pod IP {ip}:{PORT}: {fetched:?}"),
+    );
+
+    let peer_name = format!("cri-peer-{handler}");
+    let peer = match c.time("RunPodSandbox(peer)", || cri.run_pod(&peer_name, handler)) {
+        Ok(p) => p,
+        Err(e) => {
+            c.check(false, format!("RunPodSandbox(peer): {e:#}"));
+            return;
+        }
+    };
+    let script = format!(
+        "i=0; while [ $i -lt {} ]; do timeout {} wget -qO- http://{ip}:{PORT}/index.html && break; \
+         i=$((i+1)); sleep 1; done; echo PEER-TRIES $i",
+        b.fetch_tries, b.fetch_timeout_s
+    );
+    let fetch = c.time("CreateContainer+StartContainer(peer fetch)", || {
+        cri.create_and_start(&peer, "fetch", &["sh", "-c", &script])
+    });
+    match fetch {
+        Ok(id) => {
+            let exited = cri.client().wait_exited(&id, b.exit_wait);
+            let (out, err) = read_log(c, &peer, "fetch");
+            c.check(
+                exited.is_ok() && out.iter().any(|l| l == TOKEN),
+                format!(
+                    "a container of a second pod fetched web's page at {ip}:{PORT}: {exited:?} {out:?} {err:?}"
+                ),
+            );
+        }
+        Err(e) => {
+            c.check(false, format!("peer fetch container: {e:#}"));
+        }
+    }
+    let stopped = c.time("StopPodSandbox(peer)", || {
+        cri.client().stop_pod_sandbox(&peer.id)
+    });
+    c.check(
+        stopped.is_ok(),
+        format!("StopPodSandbox(peer): {stopped:?}"),
+    );
+    let removed = cri.client().remove_pod_sandbox(&peer.id);
+    c.check(
+        removed.is_ok(),
+        format!("RemovePodSandbox(peer): {removed:?}"),
+    );
 }
 
 /// The control: every scenario passes with runc.

@@ -95,6 +95,7 @@ impl Pod {
             mounter: Arc::clone(&deps.mounter),
             cgroup,
             pod_shm: !standalone,
+            netns: namespaces::host_netns(spec),
         })
         .map_err(|e| PodError::sandbox(format!("create {id}: starting the pod's VM"), e))?;
         let pod = Arc::new(Pod {
@@ -154,11 +155,12 @@ impl Pod {
             },
         };
         let mut guest_spec = spec.clone();
-        let shared = namespaces::translate(&mut guest_spec, id, role)
+        let wired = self.sandbox.has_network();
+        let shared = namespaces::translate(&mut guest_spec, id, role, wired)
             .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
-        if let Some(netns) = &shared.host_netns {
+        if let (Some(netns), false) = (&shared.host_netns, wired) {
             log::info!(
-                "pod {}: container {id}: host network namespace {} (the guest has lo only)",
+                "pod {}: container {id}: host network namespace {} not wired (the guest has lo only)",
                 self.id,
                 netns.display()
             );

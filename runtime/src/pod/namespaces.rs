@@ -18,7 +18,9 @@
 //!   missing entries inherit the guest's, nothing is shared.
 //!
 //! The CNI netns path of a sandbox is kept ([`Translated::host_netns`]): it is where the pod's
-//! network lives on the host.
+//! network lives on the host. When the runtime wired it to the VM's NIC (`crate::network`),
+//! the NIC is in the guest's root network namespace, so the pod's first container gets no
+//! network namespace of its own: it stays in the guest's (Kata's rule), and members join it.
 
 use std::path::PathBuf;
 
@@ -122,12 +124,25 @@ fn parse_proc_ns(path: &std::path::Path) -> Option<(u32, String)> {
     Some((pid.parse().ok()?, name.to_string()))
 }
 
+/// The host network namespace a pod's first container names (CNI's), if any.
+pub fn host_netns(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
 /// Rewrites `spec`'s namespaces for the guest (see the module docs) and says what the agent
-/// must share.
+/// must share. `wired`: the pod's network reached the guest's root network namespace.
 pub fn translate(
     spec: &mut Spec,
     container: &str,
     role: NsRole,
+    wired: bool,
 ) -> Result<Translated, NamespaceError> {
     let mut out = Translated {
         pod_sandbox: role == NsRole::Sandbox,
@@ -159,6 +174,10 @@ pub fn translate(
             NsRole::Standalone | NsRole::Sandbox => {
                 if typ == LinuxNamespaceType::Network {
                     out.host_netns = Some(path);
+                    if wired {
+                        // The guest's own namespace, where the pod's NIC is.
+                        continue;
+                    }
                 }
                 ns.set_path(None);
                 kept.push(ns);
@@ -233,7 +252,7 @@ mod tests {
     #[test]
     fn sandbox_gets_new_namespaces_and_keeps_the_cni_netns() {
         let mut s = pod_sandbox_spec();
-        let t = translate(&mut s, "pause", NsRole::Sandbox).unwrap();
+        let t = translate(&mut s, "pause", NsRole::Sandbox, false).unwrap();
         assert!(t.pod_sandbox);
         assert!(t.pod_namespaces.is_empty());
         assert_eq!(t.host_netns, Some(PathBuf::from("/var/run/netns/cni-1234")));
@@ -246,6 +265,28 @@ mod tests {
     }
 
     #[test]
+    fn a_wired_sandbox_stays_in_the_guests_network_namespace() {
+        let mut s = pod_sandbox_spec();
+        assert_eq!(
+            host_netns(&s),
+            Some(PathBuf::from("/var/run/netns/cni-1234"))
+        );
+        let t = translate(&mut s, "pause", NsRole::Sandbox, true).unwrap();
+        assert_eq!(t.host_netns, Some(PathBuf::from("/var/run/netns/cni-1234")));
+        let kinds: Vec<String> = paths(&s).into_iter().map(|(k, _)| k).collect();
+        assert!(
+            !kinds.iter().any(|k| k == "net"),
+            "no network namespace of its own: {kinds:?}"
+        );
+        assert_eq!(kinds.len(), 4, "the others stay new: {kinds:?}");
+        // Without a path (ctr run's default) there is nothing to wire: a new namespace.
+        let mut plain = spec(serde_json::json!([{"type": "network"}, {"type": "mount"}]));
+        assert_eq!(host_netns(&plain), None);
+        translate(&mut plain, "c1", NsRole::Standalone, false).unwrap();
+        assert_eq!(paths(&plain).len(), 2);
+    }
+
+    #[test]
     fn members_join_the_pods_namespaces() {
         let mut s = spec(serde_json::json!([
             {"type": "pid", "path": "/proc/4242/ns/pid"},
@@ -254,7 +295,7 @@ mod tests {
             {"type": "mount"},
             {"type": "network", "path": "/proc/4242/ns/net"}
         ]));
-        let t = translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }).unwrap();
+        let t = translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }, false).unwrap();
         assert!(!t.pod_sandbox);
         assert_eq!(
             t.pod_namespaces,
@@ -274,7 +315,7 @@ mod tests {
             {"type": "mount"},
             {"type": "network", "path": "/proc/4242/ns/net"}
         ]));
-        let t = translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }).unwrap();
+        let t = translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }, false).unwrap();
         assert_eq!(t.pod_namespaces.len(), 3);
         assert!(!t.pod_namespaces.contains(&PodNamespace::POD_NAMESPACE_PID));
     }
@@ -291,7 +332,8 @@ mod tests {
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                 {"type": typ, "path": path}
             ]));
-            let err = translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }).unwrap_err();
+            let err =
+                translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }, false).unwrap_err();
             assert!(
                 matches!(err, NamespaceError::NotOfPod { .. }),
                 "{path}: {err}"
@@ -303,7 +345,7 @@ mod tests {
             {"type": "mount", "path": "/proc/4242/ns/mnt"}
         ]));
         assert!(matches!(
-            translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }),
+            translate(&mut s, "app", NsRole::Member { pod_task_pid: 4242 }, false),
             Err(NamespaceError::Unsupported { .. })
         ));
     }
@@ -316,23 +358,28 @@ mod tests {
                 {"type": "pid"}, {"type": "ipc"}, {"type": "mount"}
             ]))
         };
-        let err = translate(&mut host_net(), "pause", NsRole::Sandbox).unwrap_err();
+        let err = translate(&mut host_net(), "pause", NsRole::Sandbox, false).unwrap_err();
         assert!(
             err.to_string().contains("hostNetwork") && err.to_string().contains("VM"),
             "{err}"
         );
-        let err =
-            translate(&mut host_net(), "app", NsRole::Member { pod_task_pid: 1 }).unwrap_err();
+        let err = translate(
+            &mut host_net(),
+            "app",
+            NsRole::Member { pod_task_pid: 1 },
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, NamespaceError::NodeNamespace { .. }));
         // ctr run --net-host: the guest's own network namespace, as before.
-        let t = translate(&mut host_net(), "c1", NsRole::Standalone).unwrap();
+        let t = translate(&mut host_net(), "c1", NsRole::Standalone, false).unwrap();
         assert_eq!(t, Translated::default());
     }
 
     #[test]
     fn standalone_drops_paths_and_shares_nothing() {
         let mut s = pod_sandbox_spec();
-        let t = translate(&mut s, "c1", NsRole::Standalone).unwrap();
+        let t = translate(&mut s, "c1", NsRole::Standalone, false).unwrap();
         assert!(!t.pod_sandbox);
         assert!(t.pod_namespaces.is_empty());
         assert_eq!(t.host_netns, Some(PathBuf::from("/var/run/netns/cni-1234")));

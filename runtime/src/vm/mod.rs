@@ -68,6 +68,8 @@ pub struct LaunchRequest<'a> {
     pub config: &'a Config,
     /// The pod's host cgroup, for a backend that runs in it (joined before exec).
     pub cgroup: Option<&'a crate::host_cgroup::HostCgroup>,
+    /// The tap of the pod's network, for the VM's NIC (kept open until the VMM is spawned).
+    pub tap: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The backend `[hypervisor] backend` names.
@@ -87,6 +89,10 @@ pub trait VmBackend: Send + Sync {
     /// Whether the machine's process belongs in the pod's host cgroup (`cgroupsPath`).
     fn runs_in_pod_cgroup(&self) -> bool {
         true
+    }
+    /// Whether the machine has a NIC a pod's network can be wired to.
+    fn has_nic(&self) -> bool {
+        false
     }
 }
 

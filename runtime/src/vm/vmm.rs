@@ -42,13 +42,19 @@ pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> std::io:
 }
 
 fn sandbox_host_args(req: &LaunchRequest<'_>) -> std::io::Result<Vec<std::ffi::OsString>> {
-    host_args(
+    let mut args = host_args(
         req.config,
         &req.paths.vsock(),
         &req.paths.console(),
         &req.paths.shared(),
         &req.paths.jail(),
-    )
+    )?;
+    if let Some(tap) = req.tap {
+        use std::os::fd::AsRawFd;
+        args.push("--net-tap-fd".into());
+        args.push(tap.as_raw_fd().to_string().into());
+    }
+    Ok(args)
 }
 
 /// The snapshot to restore this sandbox from, made now if needed; `None` (cold boot) when
@@ -68,6 +74,10 @@ fn usable_snapshot(req: &LaunchRequest<'_>) -> Option<PathBuf> {
 }
 
 impl VmBackend for VmmBackend {
+    fn has_nic(&self) -> bool {
+        true
+    }
+
     fn launch(&self, req: &LaunchRequest<'_>) -> Result<Box<dyn VmInstance>, VmError> {
         let h = &req.config.hypervisor;
         for (what, path) in [
@@ -104,6 +114,11 @@ impl VmBackend for VmmBackend {
         if let Some(cg) = req.cgroup {
             // Before exec: every page the VMM touches, and its jailed child, are the pod's.
             crate::host_cgroup::join_before_exec(&mut cmd, cg);
+        }
+        if let Some(tap) = req.tap {
+            use std::os::fd::AsRawFd;
+            // The VMM inherits the tap under the number `--net-tap-fd` names.
+            crate::sys::keep_fd_across_exec(&mut cmd, tap.as_raw_fd());
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -209,6 +224,7 @@ mod tests {
             paths: &paths,
             config: &config,
             cgroup: None,
+            tap: None,
         };
         let cmd = vmm_command(&req).unwrap();
         let args: Vec<String> = cmd
@@ -227,6 +243,7 @@ mod tests {
             "128",
             "--vcpus",
             "1",
+            "--net",
             "--vsock-uds",
             &sb.join("vsock.sock").display().to_string(),
             "--console",
@@ -242,6 +259,19 @@ mod tests {
         assert_eq!(args, expect);
         assert!(sb.join("jail").is_dir(), "the jail's empty dir is made");
         assert_eq!(cmd.get_program(), "/usr/local/bin/vessel-vmm");
+        // A pod network: the tap's fd number, which the child inherits.
+        let tap = std::fs::File::open("/dev/null").unwrap();
+        let with_tap = LaunchRequest {
+            tap: Some(std::os::fd::AsFd::as_fd(&tap)),
+            ..req
+        };
+        let args: Vec<String> = vmm_command(&with_tap)
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tap).to_string();
+        assert_eq!(args[args.len() - 2..], ["--net-tap-fd".to_string(), fd]);
     }
 
     #[test]
@@ -254,6 +284,7 @@ mod tests {
             paths: &paths,
             config: &config,
             cgroup: None,
+            tap: None,
         };
         let args = |c: Command| -> Vec<String> {
             c.get_args()
@@ -306,6 +337,7 @@ mod tests {
                 paths: &paths,
                 config: &config,
                 cgroup: None,
+                tap: None,
             };
             let vm = VmmBackend.launch(&req).unwrap();
             vm.process().wait_timeout(Duration::from_secs(30));
@@ -350,6 +382,7 @@ mod tests {
             paths: &paths,
             config: &config,
             cgroup: None,
+            tap: None,
         };
         let err = VmmBackend.launch(&req).err().unwrap();
         assert!(
@@ -388,6 +421,7 @@ mod tests {
             paths: &paths,
             config: &config,
             cgroup: None,
+            tap: None,
         };
         let vm = VmmBackend.launch(&req).unwrap();
         let err = vm
