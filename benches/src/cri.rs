@@ -337,7 +337,7 @@ fn finish(spec: &CriSpec<'_>, series: Vec<Vec<Series>>, notes: Vec<String>) -> C
     CriResult {
         commands: vec![
             "RunPodSandbox (pause image, CNI bridge, handler runc|vessel)".into(),
-            "CreateContainer + StartContainer: busybox `sleep inf`".into(),
+            "CreateContainer + StartContainer: busybox `httpd` serving a page and 8 MiB from the pod's /dev/shm".into(),
             "ExecSync [\"/bin/true\"] in it (exit code 0 checked)".into(),
             format!("host → pod IP:{HTTP_PORT}: {HTTP_REQUESTS} × GET of a 3-byte page (p50, p99), 1 × GET of {} MiB (MB/s)", BLOB_BYTES >> 20),
             "StopPodSandbox + RemovePodSandbox".into(),

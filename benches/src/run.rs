@@ -265,7 +265,9 @@ fn vessel_settings(cli: &Cli, tools: &Tools, work: &Path) -> VesselSettings {
         initrd: tools.initrd.clone().unwrap_or_default(),
         memory_mib: cli.mem_mib,
         vcpus: cli.vcpus,
-        state_root: work.join("vessel-state"),
+        // Short: a CRI sandbox id is 64 characters, and the vsock socket path under it must
+        // fit a Unix socket address (107 bytes).
+        state_root: work.join("state"),
         // The runtime gives up a little before the harness would kill ctr.
         agent_timeout_secs: cli.vessel_timeout.saturating_sub(30).max(30),
         snapshot_dir: work.join("snapshots"),
