@@ -8,10 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{require_kvm, run, wait, TestGuest};
-use vessel_vmm::devices::virtio::device::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice};
+use vessel_vmm::devices::virtio::device::{ActivateError, DeviceCore, GuestMemory, VirtioDevice};
 use vessel_vmm::{BootEntry, ExitReason, VirtioDeviceHandle, Vm};
-use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 
 /// 64-bit guest entered through the linux64 path (long mode, our GDT and page tables,
 /// RSI = zero page, RSP = boot stack):
@@ -151,7 +149,7 @@ fn mmio_reads_virtio_magic_and_unmapped_reads_all_ones() {
     assert_eq!(g.console_output(), b"virt\x2aU\xff\x00\n");
     // The QueueNotify write went to queue 0's eventfd (KVM ioeventfd, datamatch 0).
     let dev = device.lock().expect("lock");
-    assert_eq!(dev.events[0].read().expect("queue 0 notified"), 1);
+    assert_eq!(dev.core.queue_evts[0].read().expect("queue 0 notified"), 1);
 }
 
 #[test]
@@ -196,20 +194,13 @@ fn pvh_entry_needs_the_elf_note() {
 
 /// A virtio device with one queue that never does anything (device id 42).
 struct NullDevice {
-    queues: Vec<Queue>,
-    events: Vec<EventFd>,
-    irq: IrqTrigger,
-    acked: u64,
+    core: DeviceCore,
 }
 
 impl NullDevice {
     fn new() -> Self {
-        use virtio_queue::QueueT;
         Self {
-            queues: vec![Queue::new(16).expect("queue")],
-            events: vec![EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")],
-            irq: IrqTrigger::new().expect("irq"),
-            acked: 0,
+            core: DeviceCore::new(1, 16, 1 << 32).expect("device core"),
         }
     }
 }
@@ -218,26 +209,11 @@ impl VirtioDevice for NullDevice {
     fn device_type(&self) -> u32 {
         42
     }
-    fn avail_features(&self) -> u64 {
-        1 << 32
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
-    fn acked_features(&self) -> u64 {
-        self.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
-    }
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.events
-    }
-    fn interrupt_trigger(&self) -> &IrqTrigger {
-        &self.irq
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
     fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

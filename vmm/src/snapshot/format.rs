@@ -17,8 +17,9 @@ use crate::config::{MAX_MEM_MIB, MIN_MEM_MIB};
 use crate::devices::legacy::serial::SerialSnapshot;
 use crate::devices::virtio::mmio::VirtioSnapshot;
 
-/// Bumped whenever the layout of `vm.json` or `memory.bin` changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout of `vm.json` or `memory.bin` changes incompatibly (2: device
+/// state typed and tagged, `{"device": "vsock", ...}`).
+pub const FORMAT_VERSION: u32 = 2;
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const MANIFEST_FILE: &str = "vm.json";
 pub const MEMORY_FILE: &str = "memory.bin";

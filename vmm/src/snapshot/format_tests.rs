@@ -116,7 +116,9 @@ pub(crate) fn sample(kernel: &Path) -> Manifest {
                 next_used: 16,
                 event_idx: false,
             }],
-            device: Some(serde_json::json!({"local_port_last": 1073741825u32})),
+            device: Some(crate::devices::virtio::device::DeviceState::Vsock {
+                local_port_last: 1073741825,
+            }),
         }],
     }
 }

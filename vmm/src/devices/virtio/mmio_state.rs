@@ -63,7 +63,8 @@ pub struct VirtioSnapshot {
     pub ring_configs: Vec<RingConfigSnapshot>,
     pub queues: Vec<QueueSnapshot>,
     /// [`VirtioDevice::save_state`].
-    pub device: Option<serde_json::Value>,
+    #[serde(default)]
+    pub device: Option<crate::devices::virtio::device::DeviceState>,
 }
 
 /// The device's type and configuration space: what identifies it to the guest.

@@ -1,17 +1,13 @@
 //! Register semantics of the virtio-mmio transport, on real guest memory with a dummy device.
 
 use super::*;
-use crate::devices::virtio::device::{ActivateError, IrqTrigger, VIRTIO_MMIO_INT_VRING};
+use crate::devices::virtio::device::{ActivateError, DeviceCore, VIRTIO_MMIO_INT_VRING};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 1 << 20;
 
 struct Dummy {
-    queues: Vec<Queue>,
-    events: Vec<EventFd>,
-    irq: IrqTrigger,
-    acked: u64,
+    core: DeviceCore,
     activated: bool,
     config: [u8; 8],
     resettable: bool,
@@ -21,16 +17,7 @@ struct Dummy {
 impl Dummy {
     fn new() -> Self {
         Self {
-            queues: vec![
-                Queue::new(256).expect("queue"),
-                Queue::new(256).expect("queue"),
-            ],
-            events: vec![
-                EventFd::new(libc::EFD_NONBLOCK).expect("evt"),
-                EventFd::new(libc::EFD_NONBLOCK).expect("evt"),
-            ],
-            irq: IrqTrigger::new().expect("irq"),
-            acked: 0,
+            core: DeviceCore::new(2, 256, (1 << 32) | 0b101).expect("core"),
             activated: false,
             config: *b"\x03\0\0\0\0\0\0\0",
             resettable: true,
@@ -43,26 +30,11 @@ impl VirtioDevice for Dummy {
     fn device_type(&self) -> u32 {
         19
     }
-    fn avail_features(&self) -> u64 {
-        (1 << 32) | 0b101
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
-    fn acked_features(&self) -> u64 {
-        self.acked
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
-    }
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.events
-    }
-    fn interrupt_trigger(&self) -> &IrqTrigger {
-        &self.irq
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let Ok(off) = usize::try_from(offset) else {
@@ -164,7 +136,7 @@ fn full_negotiation_activates_the_device() {
         rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK,
         STATUS_FEATURES_OK
     );
-    assert_eq!(dev.lock().expect("lock").acked, (1 << 32) | 1);
+    assert_eq!(dev.lock().expect("lock").core.acked_features, (1 << 32) | 1);
     setup_queue(&mut t, 0, 0x10000);
     setup_queue(&mut t, 1, 0x20000);
     assert_eq!(rd(&mut t, REG_QUEUE_READY), 1);
@@ -176,8 +148,8 @@ fn full_negotiation_activates_the_device() {
     );
     let d = dev.lock().expect("lock");
     assert!(d.activated);
-    assert_eq!(d.queues[1].desc_table(), 0x20000);
-    assert_eq!(d.queues[1].size(), 16);
+    assert_eq!(d.core.queues[1].desc_table(), 0x20000);
+    assert_eq!(d.core.queues[1].size(), 16);
 }
 
 #[test]
@@ -186,11 +158,11 @@ fn driver_cannot_ack_features_the_device_lacks() {
     wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
     wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     wr(&mut t, REG_DRIVER_FEATURES, u32::MAX);
-    assert_eq!(dev.lock().expect("lock").acked, 0b101);
+    assert_eq!(dev.lock().expect("lock").core.acked_features, 0b101);
     // Feature writes before DRIVER or after FEATURES_OK are ignored.
     let (mut t2, dev2) = setup();
     wr(&mut t2, REG_DRIVER_FEATURES, 1);
-    assert_eq!(dev2.lock().expect("lock").acked, 0);
+    assert_eq!(dev2.lock().expect("lock").core.acked_features, 0);
 }
 
 #[test]
@@ -296,7 +268,7 @@ fn failed_activation_sets_needs_reset() {
 #[test]
 fn interrupt_status_and_ack() {
     let (mut t, dev) = setup();
-    let trigger = dev.lock().expect("lock").irq.clone();
+    let trigger = dev.lock().expect("lock").core.irq.clone();
     trigger.trigger(VIRTIO_MMIO_INT_VRING).expect("trigger");
     trigger.trigger(VIRTIO_MMIO_INT_CONFIG).expect("trigger");
     assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 3);
@@ -311,8 +283,11 @@ fn queue_notify_signals_the_queue_event() {
     wr(&mut t, REG_QUEUE_NOTIFY, 1);
     wr(&mut t, REG_QUEUE_NOTIFY, 77);
     let d = dev.lock().expect("lock");
-    assert_eq!(d.events[1].read().expect("evt"), 1);
-    assert!(d.events[0].read().is_err(), "queue 0 must not be signalled");
+    assert_eq!(d.core.queue_evts[1].read().expect("evt"), 1);
+    assert!(
+        d.core.queue_evts[0].read().is_err(),
+        "queue 0 must not be signalled"
+    );
 }
 
 #[test]
@@ -393,9 +368,10 @@ fn snapshot_state_round_trips_into_a_fresh_transport() {
     );
     {
         let mut d = dev.lock().expect("lock");
-        d.queues[1].set_next_avail(7);
-        d.queues[1].set_next_used(5);
-        d.irq
+        d.core.queues[1].set_next_avail(7);
+        d.core.queues[1].set_next_used(5);
+        d.core
+            .irq
             .irq_status
             .store(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
     }
@@ -421,8 +397,11 @@ fn snapshot_state_round_trips_into_a_fresh_transport() {
     assert_eq!(rd(&mut fresh, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
     let d = fresh_dev.lock().expect("lock");
     assert!(d.activated, "re-activated");
-    assert_eq!(d.acked, (1 << 32) | 1);
-    assert_eq!((d.queues[1].next_avail(), d.queues[1].next_used()), (7, 5));
+    assert_eq!(d.core.acked_features, (1 << 32) | 1);
+    assert_eq!(
+        (d.core.queues[1].next_avail(), d.core.queues[1].next_used()),
+        (7, 5)
+    );
 }
 
 #[test]

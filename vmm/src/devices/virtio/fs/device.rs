@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuse_backend_rs::passthrough::Config;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{new_server, passthrough_config, FsServer};
@@ -20,8 +20,7 @@ use super::{
     NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_MAX_SIZE, REQUESTS_PER_ROUND, TAG_LEN, VIRTIO_ID_FS,
 };
 use crate::devices::virtio::device::{
-    check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
+    read_config_bytes, ActivateError, DeviceCore, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::log_limit::LogLimiter;
 
@@ -57,12 +56,7 @@ pub struct Fs {
     /// The guest has talked FUSE to the current server (it mounted the share): its inodes
     /// and handles live in the backend, which a snapshot does not save.
     in_session: bool,
-    acked_features: u64,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-    irq: IrqTrigger,
-    pub(super) activate_evt: EventFd,
-    mem: Option<GuestMemory>,
+    pub(super) core: DeviceCore,
     /// Queue eventfds are registered with the event manager.
     pub(super) subscribed: bool,
     stats: FsStats,
@@ -88,13 +82,9 @@ impl Fs {
         config_space[..tag.len()].copy_from_slice(tag.as_bytes());
         config_space[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
 
-        let queues = (0..NUM_QUEUES)
-            .map(|_| Queue::new(QUEUE_MAX_SIZE))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(FsError::Queue)?;
-        let queue_evts = (0..NUM_QUEUES)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
+        // No notification suppression (EVENT_IDX), no indirect descriptors: the queue is
+        // large enough for the biggest request.
+        let core = DeviceCore::new(NUM_QUEUES, QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1)
             .map_err(FsError::EventFd)?;
         Ok(Self {
             tag: tag.to_string(),
@@ -104,12 +94,7 @@ impl Fs {
             server,
             server_used: false,
             in_session: false,
-            acked_features: 0,
-            queues,
-            queue_evts,
-            irq: IrqTrigger::new().map_err(FsError::EventFd)?,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
-            mem: None,
+            core,
             subscribed: false,
             stats: FsStats::default(),
         })
@@ -129,7 +114,7 @@ impl Fs {
     }
 
     pub(super) fn queue_evt(&self, index: usize) -> &EventFd {
-        &self.queue_evts[index]
+        &self.core.queue_evts[index]
     }
 
     /// Called on the event thread when the driver (re)activated the device: a driver that
@@ -153,10 +138,10 @@ impl Fs {
     /// Handles up to [`REQUESTS_PER_ROUND`] chains of queue `index`, then interrupts the
     /// guest if any were used. Returns true if the queue may have more.
     pub(super) fn process_queue(&mut self, index: usize) -> bool {
-        let Some(mem) = self.mem.as_ref() else {
+        let Some(mem) = self.core.mem.as_ref() else {
             return false;
         };
-        let Some(queue) = self.queues.get_mut(index) else {
+        let Some(queue) = self.core.queues.get_mut(index) else {
             return false;
         };
         // Only a thread without CAP_MKNOD/CAP_FSETID/CAP_SETFCAP may serve: the host kernel
@@ -216,7 +201,7 @@ impl Fs {
             }
         }
         if used {
-            if let Err(e) = self.irq.trigger(VIRTIO_MMIO_INT_VRING) {
+            if let Err(e) = self.core.signal_used() {
                 guest_warn!("virtio-fs {}: raising interrupt: {e}", self.tag);
             }
         }
@@ -229,34 +214,12 @@ impl VirtioDevice for Fs {
         VIRTIO_ID_FS
     }
 
-    fn avail_features(&self) -> u64 {
-        // No notification suppression (EVENT_IDX), no indirect descriptors: the queue is
-        // large enough for the biggest request.
-        VIRTIO_F_VERSION_1
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
 
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn interrupt_trigger(&self) -> &IrqTrigger {
-        &self.irq
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -271,19 +234,8 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, mem: GuestMemory) -> Result<(), ActivateError> {
-        if self.mem.is_some() {
-            return Err(ActivateError::Backend("virtio-fs already activated".into()));
-        }
-        check_queues(&self.queues, NUM_QUEUES, &mem)?;
-        self.mem = Some(mem);
         // The event thread registers the queue eventfds and starts the FUSE session.
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Backend(format!("signalling virtio-fs activation: {e}")))
-    }
-
-    fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.core.activate(mem, "virtio-fs")
     }
 
     fn snapshot_blocker(&self) -> Option<String> {
@@ -300,8 +252,7 @@ impl VirtioDevice for Fs {
     fn reset(&mut self) -> bool {
         // The transport resets the queues; requests in flight are forgotten with them. The
         // next activation starts a new FUSE session on the event thread.
-        self.mem = None;
-        self.acked_features = 0;
+        self.core.reset();
         true
     }
 }
@@ -311,7 +262,7 @@ impl std::fmt::Debug for Fs {
         f.debug_struct("Fs")
             .field("tag", &self.tag)
             .field("shared_dir", &self.shared_dir)
-            .field("activated", &self.mem.is_some())
+            .field("core", &self.core)
             .field("stats", &self.stats)
             .finish()
     }

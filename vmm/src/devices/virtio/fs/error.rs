@@ -25,9 +25,7 @@ pub enum FsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("creating virtio-fs queue: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("creating virtio-fs eventfd: {0}")]
+    #[error("creating virtio-fs queues or eventfds: {0}")]
     EventFd(std::io::Error),
 }
 

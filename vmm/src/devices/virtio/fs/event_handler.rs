@@ -21,7 +21,7 @@ use super::{privileges, NUM_QUEUES};
 
 impl Fs {
     fn on_activate(&mut self, ops: &mut EventOps) {
-        if let Err(e) = self.activate_evt.read() {
+        if let Err(e) = self.core.activate_evt.read() {
             if e.kind() != io::ErrorKind::WouldBlock {
                 log::warn!("virtio-fs {}: reading activate event: {e}", self.tag());
             }
@@ -74,7 +74,7 @@ impl MutEventSubscriber for Fs {
                 self.tag()
             );
         }
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.core.activate_evt, EventSet::IN)) {
             log::error!(
                 "virtio-fs {}: cannot poll the activate event; the device will not work: {e}",
                 self.tag()
@@ -84,7 +84,7 @@ impl MutEventSubscriber for Fs {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
+        if fd == self.core.activate_evt.as_raw_fd() {
             self.on_activate(ops);
             return;
         }

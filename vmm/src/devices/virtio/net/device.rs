@@ -5,13 +5,12 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::chain::{SegmentError, Segments};
 use super::super::device::{
-    check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
+    read_config_bytes, ActivateError, DeviceCore, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use super::tap::Tap;
 use super::{
@@ -95,12 +94,7 @@ pub(super) struct RxRound {
 
 /// A virtio-net device with an optional tap backend.
 pub struct Net {
-    acked_features: u64,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-    irq: IrqTrigger,
-    pub(super) activate_evt: EventFd,
-    mem: Option<GuestMemory>,
+    pub(super) core: DeviceCore,
     pub(super) tap: Option<Tap>,
     /// The tap fd is in the event loop's interest list.
     pub(super) tap_polled: bool,
@@ -124,23 +118,16 @@ const METRICS_LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(6
 impl Net {
     /// A NIC whose host end is `tap` (`None`: frames from the guest are dropped).
     pub fn new(tap: Option<Tap>) -> io::Result<Net> {
-        let queues = (0..NUM_QUEUES)
-            .map(|_| Queue::new(QUEUE_MAX_SIZE).map_err(|e| io::Error::other(e.to_string())))
-            .collect::<io::Result<Vec<_>>>()?;
-        let queue_evts = (0..NUM_QUEUES)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()?;
         // One byte past the largest frame: a longer one shows as cut.
         let mut rx_buf = vec![0u8; NET_HDR_LEN + MAX_FRAME + 1];
         // num_buffers = 1 (no mergeable buffers: every frame in one buffer).
         rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
         Ok(Net {
-            acked_features: 0,
-            queues,
-            queue_evts,
-            irq: IrqTrigger::new()?,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            mem: None,
+            core: DeviceCore::new(
+                NUM_QUEUES,
+                QUEUE_MAX_SIZE,
+                VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU,
+            )?,
             tap,
             tap_polled: false,
             subscribed: false,
@@ -159,7 +146,7 @@ impl Net {
     }
 
     pub(super) fn queue_evt(&self, index: usize) -> &EventFd {
-        &self.queue_evts[index]
+        &self.core.queue_evts[index]
     }
 
     /// Counts `n` notifies of queue `q` (what its eventfd read returned), less the device's
@@ -185,7 +172,7 @@ impl Net {
     /// Raises the used-buffer interrupt.
     pub(super) fn signal_used(&self) {
         inc(&self.metrics.interrupts);
-        if let Err(e) = self.irq.trigger(VIRTIO_MMIO_INT_VRING) {
+        if let Err(e) = self.core.signal_used() {
             inc(&self.metrics.internal_errors);
             net_warn!("virtio-net: raising interrupt: {e}");
         }
@@ -194,10 +181,10 @@ impl Net {
     /// Sends up to [`BURST`] TX chains to the tap. Returns (used ring changed, more chains
     /// may be waiting).
     pub(super) fn process_tx(&mut self) -> (bool, bool) {
-        let Some(mem) = self.mem.as_ref() else {
+        let Some(mem) = self.core.mem.as_ref() else {
             return (false, false);
         };
-        let queue = &mut self.queues[TXQ_INDEX];
+        let queue = &mut self.core.queues[TXQ_INDEX];
         let mut used = false;
         for _ in 0..BURST {
             let chain = match queue.iter(mem) {
@@ -253,10 +240,10 @@ impl Net {
     /// Delivers up to [`BURST`] frames from the tap into RX buffers.
     pub(super) fn process_rx(&mut self) -> RxRound {
         let mut round = RxRound::default();
-        let (Some(mem), Some(tap)) = (self.mem.as_ref(), self.tap.as_ref()) else {
+        let (Some(mem), Some(tap)) = (self.core.mem.as_ref(), self.tap.as_ref()) else {
             return round;
         };
-        let queue = &mut self.queues[RXQ_INDEX];
+        let queue = &mut self.core.queues[RXQ_INDEX];
         for _ in 0..BURST {
             let len = match self.rx_len {
                 Some(len) => len,
@@ -374,32 +361,12 @@ impl VirtioDevice for Net {
         VIRTIO_ID_NET
     }
 
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
 
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn interrupt_trigger(&self) -> &IrqTrigger {
-        &self.irq
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -412,32 +379,15 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, mem: GuestMemory) -> Result<(), ActivateError> {
-        if self.mem.is_some() {
-            return Err(ActivateError::Backend(
-                "virtio-net already activated".into(),
-            ));
-        }
-        check_queues(&self.queues, NUM_QUEUES, &mem)?;
-        self.mem = Some(mem);
-        // The event loop thread registers the queue and tap fds when it sees this.
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Backend(format!("signalling virtio-net activation: {e}")))
-    }
-
-    fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        // The event loop registers the queue and tap fds when the core signals it.
+        self.core.activate(mem, "virtio-net")
     }
 
     fn reset(&mut self) -> bool {
         // The tap stays; what was in flight is lost, as on a real NIC's reset. The event
         // loop stops polling the tap when it next fires on an inactive device.
-        self.mem = None;
+        self.core.reset();
         self.rx_len = None;
-        self.acked_features = 0;
-        for q in &mut self.queues {
-            q.reset();
-        }
         true
     }
 }
@@ -446,7 +396,7 @@ impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Net")
             .field("tap", &self.tap.as_ref().map(Tap::name))
-            .field("activated", &self.mem.is_some())
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }

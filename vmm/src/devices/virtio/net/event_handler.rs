@@ -36,7 +36,7 @@ impl Net {
     }
 
     fn on_activate(&mut self, ops: &mut EventOps) {
-        if let Err(e) = self.activate_evt.read() {
+        if let Err(e) = self.core.activate_evt.read() {
             log::warn!("virtio-net: reading activate event: {e}");
         }
         if !self.subscribed {
@@ -77,19 +77,16 @@ impl Net {
     }
 
     fn drain(&mut self, q: usize) {
-        match self.queue_evt(q).read() {
+        match self.core.drain_queue_evt(q) {
             Ok(n) => self.count_kicks(q, n),
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                log::warn!("virtio-net: reading queue {q} event: {e}");
-            }
-            Err(_) => {}
+            Err(e) => log::warn!("virtio-net: reading queue {q} event: {e}"),
         }
     }
 }
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.core.activate_evt, EventSet::IN)) {
             log::error!(
                 "virtio-net: cannot poll the activate event; the device will not work: {e}"
             );
@@ -98,7 +95,7 @@ impl MutEventSubscriber for Net {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
+        if fd == self.core.activate_evt.as_raw_fd() {
             self.on_activate(ops);
             return;
         }

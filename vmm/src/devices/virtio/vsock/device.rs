@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::super::device::{
-    check_queues, read_config_bytes, ActivateError, GuestMemory, IrqTrigger, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
+    read_config_bytes, ActivateError, DeviceCore, DeviceState, GuestMemory, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 #[cfg(test)]
 use super::connection::Timeouts;
@@ -34,12 +34,7 @@ pub struct Vsock {
     uds_path: PathBuf,
     /// (device, inode) of the socket file we bound, so `Drop` only unlinks our own.
     bound_file: Option<(u64, u64)>,
-    acked_features: u64,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-    irq: IrqTrigger,
-    pub(super) activate_evt: EventFd,
-    mem: Option<GuestMemory>,
+    pub(super) core: DeviceCore,
     pub(super) muxer: Muxer,
     metrics: Arc<VsockMetrics>,
     pub(super) timer: TimerFd,
@@ -72,13 +67,8 @@ impl Vsock {
             .ok()
             .map(|m| (m.dev(), m.ino()));
 
-        let queues = (0..NUM_QUEUES)
-            .map(|_| Queue::new(QUEUE_MAX_SIZE))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(VsockError::Queue)?;
-        let queue_evts = (0..NUM_QUEUES)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
+        // No EVENT_IDX (we interrupt on every used-ring change), no IN_ORDER, no SEQPACKET.
+        let core = DeviceCore::new(NUM_QUEUES, QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1)
             .map_err(VsockError::EventFd)?;
         let metrics = Arc::new(VsockMetrics::default());
         Ok(Self {
@@ -86,12 +76,7 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, uds_path.clone(), listener, metrics.clone()),
             uds_path,
             bound_file,
-            acked_features: 0,
-            queues,
-            queue_evts,
-            irq: IrqTrigger::new().map_err(VsockError::EventFd)?,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
-            mem: None,
+            core,
             metrics,
             timer: TimerFd::new()
                 .map_err(|e| VsockError::EventFd(std::io::Error::from_raw_os_error(e.errno())))?,
@@ -127,7 +112,7 @@ impl Vsock {
     /// Moves everything that can move: TX chains to the muxer, pending packets to RX buffers;
     /// then interrupts the guest if a used ring changed and keeps the timer in step.
     pub(super) fn pump(&mut self, reg: &mut dyn FdRegistry) {
-        if self.mem.is_none() {
+        if self.core.mem.is_none() {
             return;
         }
         let mut used = self.process_tx(reg);
@@ -142,7 +127,7 @@ impl Vsock {
             used |= self.process_tx(reg);
         }
         if used {
-            if let Err(e) = self.irq.trigger(VIRTIO_MMIO_INT_VRING) {
+            if let Err(e) = self.core.signal_used() {
                 VsockMetrics::inc(&self.metrics.internal_errors);
                 limited_warn!(self.log, "vsock: raising interrupt: {e}");
             }
@@ -152,10 +137,10 @@ impl Vsock {
 
     /// Handles every available TX chain. Returns whether the used ring changed.
     fn process_tx(&mut self, reg: &mut dyn FdRegistry) -> bool {
-        let Some(mem) = self.mem.as_ref() else {
+        let Some(mem) = self.core.mem.as_ref() else {
             return false;
         };
-        let queue = &mut self.queues[TXQ_INDEX];
+        let queue = &mut self.core.queues[TXQ_INDEX];
         let mut used = false;
         self.tx_waiting = false;
         loop {
@@ -198,10 +183,10 @@ impl Vsock {
 
     /// Fills RX buffers while the muxer has packets. Returns whether the used ring changed.
     fn process_rx(&mut self, reg: &mut dyn FdRegistry) -> bool {
-        let Some(mem) = self.mem.as_ref() else {
+        let Some(mem) = self.core.mem.as_ref() else {
             return false;
         };
-        let queue = &mut self.queues[RXQ_INDEX];
+        let queue = &mut self.core.queues[RXQ_INDEX];
         let mut used = false;
         while self.muxer.has_pending_rx() {
             let chain = match queue.iter(mem) {
@@ -278,7 +263,7 @@ impl Vsock {
     }
 
     pub(super) fn queue_evt(&self, index: usize) -> &EventFd {
-        &self.queue_evts[index]
+        &self.core.queue_evts[index]
     }
 
     pub(super) fn log_limiter(&mut self) -> &mut LogLimiter {
@@ -291,33 +276,12 @@ impl VirtioDevice for Vsock {
         VIRTIO_ID_VSOCK
     }
 
-    fn avail_features(&self) -> u64 {
-        // No EVENT_IDX (we interrupt on every used-ring change), no IN_ORDER, no SEQPACKET.
-        VIRTIO_F_VERSION_1
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
 
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.queues
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn interrupt_trigger(&self) -> &IrqTrigger {
-        &self.irq
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -331,40 +295,30 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, mem: GuestMemory) -> Result<(), ActivateError> {
-        if self.mem.is_some() {
-            return Err(ActivateError::Backend("vsock already activated".into()));
-        }
-        check_queues(&self.queues, NUM_QUEUES, &mem)?;
-        self.mem = Some(mem);
         // The event loop thread registers the queue, listener and connection fds when it sees
         // this (we have no access to the event manager here).
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Backend(format!("signalling vsock activation: {e}")))
-    }
-
-    fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.core.activate(mem, "vsock")
     }
 
     fn snapshot_blocker(&self) -> Option<String> {
         self.muxer.snapshot_blocker()
     }
 
-    fn save_state(&self) -> Option<serde_json::Value> {
+    fn save_state(&self) -> Option<DeviceState> {
         // The guest CID is in the config space (checked by the snapshot); connections are
         // never saved (a snapshot waits until there are none).
-        Some(serde_json::json!({ "local_port_last": self.muxer.local_port_last() }))
+        Some(DeviceState::Vsock {
+            local_port_last: self.muxer.local_port_last(),
+        })
     }
 
-    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let port = state
-            .get("local_port_last")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(|| format!("vsock state without a valid local_port_last: {state}"))?;
-        self.muxer.set_local_port_last(port);
-        Ok(())
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Vsock { local_port_last } => {
+                self.muxer.set_local_port_last(*local_port_last);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -385,7 +339,7 @@ impl std::fmt::Debug for Vsock {
         f.debug_struct("Vsock")
             .field("guest_cid", &self.guest_cid)
             .field("uds_path", &self.uds_path)
-            .field("activated", &self.mem.is_some())
+            .field("core", &self.core)
             .field("muxer", &self.muxer)
             .finish()
     }

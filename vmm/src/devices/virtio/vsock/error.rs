@@ -14,8 +14,6 @@ pub enum VsockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("creating vsock queue: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("creating vsock event/timer fd: {0}")]
+    #[error("creating vsock queues, event or timer fds: {0}")]
     EventFd(std::io::Error),
 }

@@ -41,14 +41,14 @@ impl FdRegistry for OpsRegistry<'_, '_> {
 
 impl Vsock {
     fn on_activate(&mut self, reg: &mut dyn FdRegistry) {
-        if let Err(e) = self.activate_evt.read() {
+        if let Err(e) = self.core.activate_evt.read() {
             log::warn!("vsock: reading activate event: {e}");
         }
         if self.subscribed {
             return;
         }
         // Activation happens once: stop watching its event.
-        if let Err(e) = reg.remove(self.activate_evt.as_raw_fd()) {
+        if let Err(e) = reg.remove(self.core.activate_evt.as_raw_fd()) {
             log::warn!("vsock: unpolling activate event: {e}");
         }
         let fds = [
@@ -83,7 +83,7 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.core.activate_evt, EventSet::IN)) {
             log::error!("vsock: cannot poll the activate event; the device will not work: {e}");
         }
     }
@@ -91,7 +91,7 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
         let mut reg = OpsRegistry { ops };
-        if fd == self.activate_evt.as_raw_fd() {
+        if fd == self.core.activate_evt.as_raw_fd() {
             self.on_activate(&mut reg);
             return;
         }

@@ -28,7 +28,12 @@ fn saved_port_allocation_carries_over() {
     let mut vm = TestVm::new();
     let (_host, first) = establish(&mut vm, 1024, GUEST_BUF_ALLOC);
     let state = vm.dev.lock().unwrap().save_state().expect("state");
-    assert_eq!(state["local_port_last"], serde_json::json!(first));
+    assert_eq!(
+        state,
+        crate::devices::virtio::device::DeviceState::Vsock {
+            local_port_last: first
+        }
+    );
 
     let mut fresh = TestVm::new();
     fresh
@@ -44,14 +49,17 @@ fn saved_port_allocation_carries_over() {
         "the restored device does not reuse port {first}"
     );
 
+    // A manifest's state that is not a vsock state of ours does not even parse.
     for bad in [
-        serde_json::json!({}),
-        serde_json::json!({"local_port_last": -1}),
-        serde_json::json!({"local_port_last": u64::MAX}),
-        serde_json::json!("x"),
+        "{}",
+        r#"{"device":"vsock","local_port_last":-1}"#,
+        r#"{"device":"vsock","local_port_last":18446744073709551615}"#,
+        r#"{"device":"vsock","local_port_last":1,"extra":2}"#,
+        r#"{"device":"fs"}"#,
+        r#""x""#,
     ] {
         assert!(
-            fresh.dev.lock().unwrap().restore_state(&bad).is_err(),
+            serde_json::from_str::<crate::devices::virtio::device::DeviceState>(bad).is_err(),
             "{bad} accepted"
         );
     }
