@@ -68,13 +68,12 @@ pub struct InitConfig {
 pub enum ChildReport {
     /// Sent with the pty master attached (SCM_RIGHTS).
     Console,
-    Ready,
+    /// Set up; with how long its steps took (µs), for the agent's debug log: on an emulating
+    /// host (KVM-PVM) a create takes seconds and these say where.
+    Ready { steps: Vec<(String, u64)> },
     /// Setup failed; `invalid`: the request asked for something impossible (e.g. a missing
     /// executable) rather than the agent failing.
-    Failed {
-        invalid: bool,
-        message: String,
-    },
+    Failed { invalid: bool, message: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -208,12 +207,14 @@ pub fn child_main() -> ! {
 }
 
 fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
+    let mut steps = Steps::new();
     let cfg: ChildConfig = recv(sync)
         .map_err(|e| ChildError::io("read config", e))?
         .ok_or_else(|| ChildError::Invalid("agent closed the sync socket".into()))?;
+    steps.done("config received");
     let terminal = cfg.process.terminal().unwrap_or(false);
     let console = match &cfg.init {
-        Some(init) => setup_init(init, terminal)?,
+        Some(init) => setup_init(init, terminal, &mut steps)?,
         None => {
             for (i, kind) in cfg.join.iter().enumerate() {
                 let fd = sys::take_inherited_fd(FIRST_NS_FD + i as RawFd)
@@ -257,7 +258,9 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
     let exe = resolve_executable(args.first().map(String::as_str).unwrap_or(""), &env)?;
 
     if cfg.wait_for_start {
-        send(sync, &ChildReport::Ready).map_err(|e| ChildError::io("report ready", e))?;
+        steps.done("session, rlimits, cwd, executable");
+        let ready = ChildReport::Ready { steps: steps.0 };
+        send(sync, &ready).map_err(|e| ChildError::io("report ready", e))?;
         match recv::<AgentCommand>(sync) {
             Ok(Some(AgentCommand::Start)) => {}
             // The agent removed the container before starting it.
@@ -301,11 +304,37 @@ pub fn open_console(bind_dev_console: bool) -> Result<OwnedFd, ChildError> {
     Ok(pty.master)
 }
 
-fn setup_init(init: &InitConfig, terminal: bool) -> Result<Option<OwnedFd>, ChildError> {
+/// Step times of the setup child (µs since the previous step; the first since the process
+/// started, which includes the `execve` of the agent binary).
+struct Steps(Vec<(String, u64)>, std::time::Instant);
+
+impl Steps {
+    fn new() -> Steps {
+        let mut s = Steps(Vec::new(), std::time::Instant::now());
+        if let Some(us) = sys::process_age_us() {
+            s.0.push(("exec until main".into(), us));
+        }
+        s
+    }
+
+    fn done(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        let us = u64::try_from(now.duration_since(self.1).as_micros()).unwrap_or(u64::MAX);
+        self.0.push((what.to_string(), us));
+        self.1 = now;
+    }
+}
+
+fn setup_init(
+    init: &InitConfig,
+    terminal: bool,
+    steps: &mut Steps,
+) -> Result<Option<OwnedFd>, ChildError> {
     for (kind, path) in &init.join_namespaces {
         namespaces::join_path(*kind, path)?;
     }
     namespaces::unshare_kinds(&init.new_namespaces)?;
+    steps.done("namespaces");
     if init.new_namespaces.contains(&NsKind::Net) {
         crate::network::loopback_up().map_err(|e| {
             ChildError::io(
@@ -329,7 +358,9 @@ fn setup_init(init: &InitConfig, terminal: bool) -> Result<Option<OwnedFd>, Chil
         cgroup_style: &init.cgroup_style,
         terminal,
     };
-    rootfs::setup(&init.spec, &init.rootfs, &extras)
+    let console = rootfs::setup(&init.spec, &init.rootfs, &extras);
+    steps.done("rootfs (mounts, devices, pivot_root)");
+    console
 }
 
 fn apply_rlimits(process: &Process) -> Result<(), ChildError> {

@@ -166,10 +166,13 @@ impl Container {
                 }
             }
         }
-        if let Err(e) = spawned.wait_ready() {
-            spawned.abort();
-            return Err(e);
-        }
+        let steps = match spawned.wait_ready() {
+            Ok(s) => s,
+            Err(e) => {
+                spawned.abort();
+                return Err(e);
+            }
+        };
         let mut ns_fds = Vec::new();
         for kind in NsKind::JOIN_ORDER.iter().copied().chain([NsKind::Pid]) {
             let path = format!("/proc/{}/ns/{}", spawned.pid, kind.proc_name());
@@ -186,11 +189,16 @@ impl Container {
             exit: spawned.exit.clone(),
             streams: stdio.streams,
         });
+        let steps: Vec<String> = steps
+            .iter()
+            .map(|(what, us)| format!("{what} {:.3} s", *us as f64 / 1e6))
+            .collect();
         log::debug!(
-            "container {id}: created, init pid {} (fork {:?}, child set up {:?})",
+            "container {id}: created, init pid {} (spawn {:?}, child set up {:?}: {})",
             init.pid,
             spawned_after,
-            t0.elapsed() - spawned_after
+            t0.elapsed() - spawned_after,
+            steps.join(", ")
         );
         Ok(Container {
             id: id.to_string(),

@@ -122,10 +122,10 @@ impl Spawned {
         }
     }
 
-    /// Waits for the child to report that it is set up (CreateContainer).
-    pub fn wait_ready(&self) -> Result<(), RequestError> {
+    /// Waits for the child to report that it is set up (CreateContainer); its step times.
+    pub fn wait_ready(&self) -> Result<Vec<(String, u64)>, RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
-            Ok(Some(ChildReport::Ready)) => Ok(()),
+            Ok(Some(ChildReport::Ready { steps })) => Ok(steps),
             Ok(Some(ChildReport::Failed { invalid, message })) => {
                 Err(report_error(invalid, message))
             }
