@@ -358,8 +358,10 @@ fn setup_init(
         cgroup_style: &init.cgroup_style,
         terminal,
     };
-    let console = rootfs::setup(&init.spec, &init.rootfs, &extras);
-    steps.done("rootfs (mounts, devices, pivot_root)");
+    let console = rootfs::setup(&init.spec, &init.rootfs, &extras, &mut |what| {
+        steps.done(what)
+    });
+    steps.done("rootfs: the rest");
     console
 }
 

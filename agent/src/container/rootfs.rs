@@ -30,6 +30,7 @@ pub fn setup(
     spec: &Spec,
     rootfs: &Path,
     extras: &RootfsExtras<'_>,
+    step: &mut dyn FnMut(&str),
 ) -> Result<Option<OwnedFd>, ChildError> {
     let linux = spec.linux().as_ref();
     // Nothing we mount may propagate back to the agent's namespace.
@@ -48,10 +49,12 @@ pub fn setup(
     )
     .map_err(|e| ChildError::sys(format!("bind rootfs {}", rootfs.display()), e))?;
 
+    step("rootfs: propagation, bind");
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
         mount_one(rootfs, m, extras.cgroup_style)?;
     }
+    step("rootfs: the spec's mounts");
     let mounted = |p: &str| mounts.iter().any(|m| m.destination() == Path::new(p));
     if let Some(resolv) = extras.resolv_conf.filter(|_| !mounted("/etc/resolv.conf")) {
         let etc = secure_join(rootfs, Path::new("/etc"))?;
@@ -83,8 +86,10 @@ pub fn setup(
             .unwrap_or(&no_devices),
     )?;
     devices::create_symlinks(rootfs, mounted("/dev/pts"))?;
+    step("rootfs: resolv.conf, devices");
 
     pivot(rootfs)?;
+    step("rootfs: pivot_root");
     // Before any read-only remount: /dev/console is bound over.
     let console = if extras.terminal {
         Some(super::child::open_console(true)?)
@@ -102,6 +107,7 @@ pub fn setup(
         for (key, value) in linux.sysctl().iter().flatten() {
             write_sysctl(key, value)?;
         }
+        step("rootfs: masked and read-only paths, sysctls");
     }
     if spec
         .root()
