@@ -86,6 +86,16 @@ pub struct PodNetwork {
     pub guest: GuestInterface,
 }
 
+/// Maps a netlink failure of `step` in namespace `netns`.
+fn netlink_error(netns: &str, step: &'static str) -> impl FnOnce(NlError) -> NetworkError {
+    let netns = netns.to_string();
+    move |source| NetworkError::Netlink {
+        netns,
+        step,
+        source,
+    }
+}
+
 /// CNI's interface among a namespace's links: `eth0` if there is one, else the only link
 /// that is neither loopback nor our tap.
 pub fn pick_interface(links: &[Link]) -> Option<&Link> {
@@ -123,14 +133,7 @@ pub fn guest_routes(routes: &[Route]) -> Vec<Route> {
 pub fn discover(netns: &Path) -> Result<GuestInterface, NetworkError> {
     let shown = netns.display().to_string();
     in_netns(netns, || {
-        let nl = |step| {
-            let netns = shown.clone();
-            move |source| NetworkError::Netlink {
-                netns,
-                step,
-                source,
-            }
-        };
+        let nl = |step| netlink_error(&shown, step);
         let mut rtnl = Rtnl::open().map_err(nl("netlink socket"))?;
         let links = rtnl.links().map_err(nl("listing links"))?;
         let link = pick_interface(&links)
@@ -158,14 +161,7 @@ pub fn discover(netns: &Path) -> Result<GuestInterface, NetworkError> {
 pub fn connect(netns: &Path, veth: &str, mtu: u32) -> Result<OwnedFd, NetworkError> {
     let shown = netns.display().to_string();
     in_netns(netns, || {
-        let nl = |step| {
-            let netns = shown.clone();
-            move |source| NetworkError::Netlink {
-                netns,
-                step,
-                source,
-            }
-        };
+        let nl = |step| netlink_error(&shown, step);
         let mut rtnl = Rtnl::open().map_err(nl("netlink socket"))?;
         // A tap left by an earlier run of this pod's id (its VMM died holding it: then it
         // is gone already; persistent ones are not ours).
@@ -223,14 +219,7 @@ pub fn unwire(rec: &NetworkRecord) -> Result<(), NetworkError> {
     }
     let shown = rec.netns.display().to_string();
     let result = in_netns(&rec.netns, || {
-        let nl = |step| {
-            let netns = shown.clone();
-            move |source| NetworkError::Netlink {
-                netns,
-                step,
-                source,
-            }
-        };
+        let nl = |step| netlink_error(&shown, step);
         let mut rtnl = Rtnl::open().map_err(nl("netlink socket"))?;
         if let Some(veth) = rtnl.link_by_name(&rec.veth).map_err(nl("listing links"))? {
             match rtnl.del_ingress_qdisc(veth.index) {
