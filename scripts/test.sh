@@ -34,6 +34,10 @@ cargo fmt --all -- --check
 
 stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets' entry points (the `fuzzing` feature: what fuzz/ links; cargo-fuzz and
+# its sanitizer build are scripts/fuzz.sh's, not CI's).
+cargo clippy -p vessel-vmm -p vessel-agent --lib \
+    --features vessel-vmm/fuzzing,vessel-agent/fuzzing -- -D warnings
 
 stage "cargo test"
 # One test binary at a time (cargo's default); inside a binary, tests share the 2 cores.

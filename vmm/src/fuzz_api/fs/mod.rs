@@ -13,7 +13,6 @@
 //! (`unique`), its header length is the used length, which fits the buffers given, and an
 //! error reply is a bare header with an errno in range.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};

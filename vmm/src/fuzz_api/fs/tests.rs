@@ -3,6 +3,8 @@
 //! flags failed, and the guest then read whatever file took the number. The policy
 //! (`devices/virtio/fs/policy.rs`) refuses `O_PATH` opens and pins READ/WRITE flags.
 
+use std::path::Path;
+
 use super::*;
 
 /// A 4 KiB reply buffer, arguments in one piece.

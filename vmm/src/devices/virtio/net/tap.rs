@@ -83,8 +83,8 @@ impl Tap {
         Self::nonblocking(owned, name)
     }
 
-    /// Any frame-per-read fd (a datagram socket in tests).
-    #[cfg(test)]
+    /// Any frame-per-read fd (a datagram socket in tests and the fuzz harness).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn from_fd_unchecked(fd: OwnedFd) -> Tap {
         Self::nonblocking(fd, "test".into()).expect("non-blocking test fd")
     }
