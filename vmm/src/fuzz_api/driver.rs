@@ -109,6 +109,20 @@ impl DriverQueue {
         }
     }
 
+    /// Zeroes the rings in guest memory, as a driver does when it sets a queue up (rings
+    /// reused after a device reset must not show the last session's indices).
+    pub fn zero_rings(&self, mem: &GuestMemory) {
+        let size = u64::from(self.size);
+        for (addr, len) in [
+            (self.desc, 16 * size),
+            (self.avail, 6 + 2 * size),
+            (self.used, 6 + 8 * size),
+        ] {
+            mem.write_slice(&vec![0u8; len as usize], GuestAddress(addr))
+                .expect("rings in guest memory");
+        }
+    }
+
     /// Configures the device side of the queue as the MMIO transport does on QueueReady.
     pub fn configure(&self, q: &mut Queue) {
         q.set_size(self.size);

@@ -101,6 +101,8 @@ impl Run {
     }
 
     fn activate(&mut self) {
+        self.rx.zero_rings(&self.mem);
+        self.tx.zero_rings(&self.mem);
         let mut net = lock(&self.net);
         self.rx.configure(&mut net.queues_mut()[RXQ_INDEX]);
         self.tx.configure(&mut net.queues_mut()[TXQ_INDEX]);
@@ -252,7 +254,15 @@ impl Run {
                 }
             }
             OP_RESET => {
-                assert!(lock(&self.net).reset(), "the NIC can always be reset");
+                {
+                    // What the transport does on a status write of 0: the device, then the
+                    // queues' own state.
+                    let mut net = lock(&self.net);
+                    assert!(net.reset(), "the NIC can always be reset");
+                    for q in net.queues_mut() {
+                        virtio_queue::QueueT::reset(q);
+                    }
+                }
                 self.run_loop();
                 self.generation += 1;
                 (self.rx, self.tx) = queues(self.generation);

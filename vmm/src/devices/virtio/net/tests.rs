@@ -325,7 +325,14 @@ fn without_a_tap_frames_are_dropped() {
 #[test]
 fn reset_stops_the_device_and_it_can_start_again() {
     let mut rig = Rig::new(true);
-    assert!(rig.net.lock().unwrap().reset(), "the NIC can be reset");
+    {
+        // What the transport does on a status write of 0.
+        let mut net = rig.net.lock().unwrap();
+        assert!(net.reset(), "the NIC can be reset");
+        for q in net.queues_mut() {
+            virtio_queue::QueueT::reset(q);
+        }
+    }
     rig.host.send(&frame(60, 1)).expect("host frame");
     rig.run();
     assert!(
