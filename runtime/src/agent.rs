@@ -9,13 +9,14 @@ use std::time::Duration;
 use vessel_protocol::agent as pb;
 use vessel_protocol::agent_ttrpc::AgentClient;
 
-/// ttrpc status codes (gRPC numbering) the runtime tells apart.
+/// ttrpc status codes the runtime tells apart, as the agent's replies carry them: ttrpc's own
+/// `Code` (gRPC numbering), the one definition the agent and the shim use too.
 pub mod code {
-    pub const NOT_FOUND: i32 = 5;
-    pub const ALREADY_EXISTS: i32 = 6;
-    pub const FAILED_PRECONDITION: i32 = 9;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const UNIMPLEMENTED: i32 = 12;
+    pub const NOT_FOUND: i32 = ttrpc::Code::NOT_FOUND as i32;
+    pub const ALREADY_EXISTS: i32 = ttrpc::Code::ALREADY_EXISTS as i32;
+    pub const FAILED_PRECONDITION: i32 = ttrpc::Code::FAILED_PRECONDITION as i32;
+    pub const INVALID_ARGUMENT: i32 = ttrpc::Code::INVALID_ARGUMENT as i32;
+    pub const UNIMPLEMENTED: i32 = ttrpc::Code::UNIMPLEMENTED as i32;
 }
 
 /// Largest stdio chunk asked of the agent per read.
