@@ -350,6 +350,11 @@ impl Sandbox {
         self.network.is_some()
     }
 
+    /// Whether the machine's root network namespace is the pod's alone (a VM's).
+    pub fn network_is_the_pods(&self) -> bool {
+        self.vm.network_is_the_pods()
+    }
+
     pub(crate) fn agent(&self) -> &Agent {
         &self.agent
     }

@@ -52,14 +52,16 @@ fn main() -> anyhow::Result<()> {
     client.create_sandbox(sc::ctx(), &req)?;
     eprintln!("vm_run: CreateSandbox took {:.2?}", t.elapsed());
 
+    // The containers stay in the guest's network namespace, as the runtime has them
+    // (`vessel_runtime::pod::namespaces`).
+    let spec = |args: &[&str]| {
+        ContainerSpec::new(&guest_rootfs)
+            .args(args)
+            .without_namespace(oci_spec::runtime::LinuxNamespaceType::Network)
+    };
     for round in 0..2 {
         let t = Instant::now();
-        let c = sc::run(
-            &client,
-            "vmrun",
-            &ContainerSpec::new(&guest_rootfs).args(&cmd),
-            false,
-        )?;
+        let c = sc::run(&client, "vmrun", &spec(&cmd), false)?;
         let started = t.elapsed();
         let (out, err, status) = c.output("")?;
         eprintln!(
@@ -70,6 +72,28 @@ fn main() -> anyhow::Result<()> {
         eprint!("{err}");
         eprintln!("vm_run: exit status {status}");
     }
+    // Two execs of CMD into a running container: ExecSync's guest half.
+    let t = Instant::now();
+    let host = sc::run(&client, "vmrun-exec", &spec(&["/bin/sleep", "600"]), false)?;
+    eprintln!("vm_run: exec target running after {:.2?}", t.elapsed());
+    for round in 0..2 {
+        let exec_id = format!("exec{round}");
+        let t = Instant::now();
+        host.exec(
+            &exec_id,
+            &ContainerSpec::new(&guest_rootfs).args(&cmd),
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("ExecProcess: {e:?}"))?;
+        let started = t.elapsed();
+        let (out, _err, status) = host.output(&exec_id)?;
+        eprintln!(
+            "vm_run: exec {round}: ExecProcess {started:.2?}, until exit and output {:.2?} (status {status})",
+            t.elapsed()
+        );
+        print!("{out}");
+    }
+    drop(host);
     let _ = client.destroy_sandbox(sc::ctx(), &DestroySandboxRequest::new());
     let status = vm.wait_exit(std::time::Duration::from_secs(120))?;
     eprintln!("vm_run: VMM exit {status}");

@@ -152,6 +152,20 @@ impl ContainerSpec {
         self.spec.linux_mut().as_mut().expect("linux set above")
     }
 
+    /// Leaves a namespace kind out of the spec (the process stays in the agent's).
+    pub fn without_namespace(mut self, typ: oci_spec::runtime::LinuxNamespaceType) -> Self {
+        let linux = self.linux_mut();
+        let kept: Vec<_> = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .filter(|n| n.typ() != typ)
+            .cloned()
+            .collect();
+        linux.set_namespaces(Some(kept));
+        self
+    }
+
     pub fn args(mut self, args: &[&str]) -> Self {
         self.process_mut()
             .set_args(Some(args.iter().map(|s| s.to_string()).collect()));

@@ -92,6 +92,8 @@ pub struct VmConfig {
     pub host_kind: HostKindChoice,
     /// Sample guest RIPs every 10 ms and write the histogram here at the end (debugging).
     pub rip_profile: Option<PathBuf>,
+    /// Sample from this long after the start on (`--profile-rips-after`).
+    pub rip_profile_after: std::time::Duration,
 }
 
 impl Default for VmConfig {
@@ -111,6 +113,7 @@ impl Default for VmConfig {
             seccomp: true,
             host_kind: HostKindChoice::Auto,
             rip_profile: None,
+            rip_profile_after: std::time::Duration::ZERO,
         }
     }
 }

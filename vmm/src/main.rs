@@ -127,6 +127,9 @@ struct BootArgs {
     /// Sample guest RIPs every 10 ms; write `count rip` lines here when the VM stops.
     #[arg(long)]
     profile_rips: Option<PathBuf>,
+    /// Start sampling this many seconds after the VM starts (leave the boot out).
+    #[arg(long, default_value_t = 0, requires = "profile_rips")]
+    profile_rips_after: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -212,6 +215,7 @@ fn config_from(args: &BootArgs) -> VmConfig {
         seccomp: !args.no_seccomp,
         host_kind: args.host_kind,
         rip_profile: args.profile_rips.clone(),
+        rip_profile_after: std::time::Duration::from_secs(args.profile_rips_after),
     }
 }
 

@@ -332,12 +332,11 @@ pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
         use std::os::unix::thread::JoinHandleExt;
         let threads = running.vcpus.iter().map(|h| h.as_pthread_t()).collect();
         let filter = filters.as_ref().map(|f| f.vmm.clone());
-        let sampler =
-            Sampler::start(threads, kick_signal(), SAMPLE_INTERVAL, filter).map_err(|source| {
-                VmmError::Spawn {
-                    name: "vmm-sampler".to_string(),
-                    source,
-                }
+        let delay = running.config.rip_profile_after;
+        let sampler = Sampler::start(threads, kick_signal(), SAMPLE_INTERVAL, delay, filter)
+            .map_err(|source| VmmError::Spawn {
+                name: "vmm-sampler".to_string(),
+                source,
             })?;
         profile.sampler = Some(sampler);
     }

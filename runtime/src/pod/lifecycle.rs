@@ -155,10 +155,14 @@ impl Pod {
             },
         };
         let mut guest_spec = spec.clone();
-        let wired = self.sandbox.has_network();
-        let shared = namespaces::translate(&mut guest_spec, id, role, wired)
-            .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
-        if let (Some(netns), false) = (&shared.host_netns, wired) {
+        let shared = namespaces::translate(
+            &mut guest_spec,
+            id,
+            role,
+            self.sandbox.network_is_the_pods(),
+        )
+        .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+        if let (Some(netns), false) = (&shared.host_netns, self.sandbox.has_network()) {
             log::info!(
                 "pod {}: container {id}: host network namespace {} not wired (the guest has lo only)",
                 self.id,

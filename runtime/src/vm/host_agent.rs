@@ -109,6 +109,10 @@ impl VmInstance for HostAgentInstance {
         false
     }
 
+    fn network_is_the_pods(&self) -> bool {
+        false
+    }
+
     fn diagnostics(&self) -> String {
         standard_diagnostics(&self.paths)
     }

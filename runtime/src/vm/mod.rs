@@ -115,6 +115,12 @@ pub trait VmInstance: Send + Sync {
     fn kill_ends_everything(&self) -> bool {
         true
     }
+    /// Whether the machine's root network namespace is the pod's alone (a VM's is, so a
+    /// pod's first container stays in it: `crate::pod::namespaces`); the host agent's is
+    /// the host's.
+    fn network_is_the_pods(&self) -> bool {
+        true
+    }
 }
 
 /// Retries `attempt` until it succeeds, the child exits or `deadline` passes.

@@ -46,11 +46,13 @@ pub struct Sampler {
 
 impl Sampler {
     /// Starts kicking `threads` (pthread ids of vCPU threads that stay alive until
-    /// [`Sampler::stop`] returns) with `signal` every `interval`.
+    /// [`Sampler::stop`] returns) with `signal` every `interval`, from `delay` on (so a
+    /// profile can leave out the boot).
     pub fn start(
         threads: Vec<libc::pthread_t>,
         signal: libc::c_int,
         interval: Duration,
+        delay: Duration,
         filter: Option<BpfProgram>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -64,8 +66,12 @@ impl Sampler {
                         return;
                     }
                 }
+                let begin = std::time::Instant::now() + delay;
                 while !thread_stop.load(Ordering::Acquire) {
                     std::thread::sleep(interval);
+                    if std::time::Instant::now() < begin {
+                        continue;
+                    }
                     for t in &threads {
                         // SAFETY: the vCPU threads are joined only after `Sampler::stop` has
                         // joined this thread, so every pthread id here is alive.

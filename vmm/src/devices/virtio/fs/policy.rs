@@ -194,7 +194,10 @@ impl FileSystem for PolicyFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        // File data cached across opens, dropped when the guest sees a new mtime or size
+        // (`super::backend`: cache policy).
+        let auto_inval = capable & FsOptions::AUTO_INVAL_DATA;
+        Ok(self.inner.init(capable)? | auto_inval)
     }
 
     fn destroy(&self) {
@@ -335,9 +338,9 @@ impl FileSystem for PolicyFs {
             denied!("virtio-fs: guest open with O_PATH refused");
             return Err(errno(libc::EINVAL));
         }
-        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
-        self.remember(opened.0, flags);
-        Ok(opened)
+        let (handle, opts, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.remember(handle, flags);
+        Ok((handle, opts | OpenOptions::KEEP_CACHE, passthrough))
     }
 
     fn create(

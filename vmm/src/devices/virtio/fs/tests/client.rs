@@ -164,6 +164,11 @@ impl<'a> Client<'a> {
     }
 
     pub fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+        self.open_out(node, flags).map(|o| o.fh)
+    }
+
+    /// OPEN's whole reply (handle and open flags).
+    pub fn open_out(&mut self, node: u64, flags: i32) -> Result<OpenOut, i32> {
         let args = OpenIn {
             flags: flags as u32,
             fuse_flags: 0,
@@ -174,7 +179,7 @@ impl<'a> Client<'a> {
             args.as_slice(),
             size_of::<OpenOut>() as u32,
         )
-        .map(|r| obj::<OpenOut>(&r).fh)
+        .map(|r| obj::<OpenOut>(&r))
     }
 
     pub fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {

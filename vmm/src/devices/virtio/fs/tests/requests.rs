@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use fuse_backend_rs::abi::fuse_abi::{FsOptions, SetattrIn};
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, OpenOptions, SetattrIn};
 
 use super::Harness;
 use crate::devices::virtio::device::VirtioDevice;
@@ -70,7 +70,28 @@ fn init_negotiates_without_writeback_or_dax() {
         "{enabled:?}"
     );
     assert!(enabled.contains(FsOptions::DO_READDIRPLUS), "{enabled:?}");
+    assert!(enabled.contains(FsOptions::AUTO_INVAL_DATA), "{enabled:?}");
     assert_eq!(h.dev().stats().served, 1);
+}
+
+#[test]
+fn file_data_is_kept_across_opens() {
+    let mut h = Harness::new();
+    std::fs::write(h.shared().join("bin"), b"an executable").unwrap();
+    h.activate();
+    let mut c = h.client();
+    c.init();
+    let entry = c.lookup(ROOT, "bin").expect("lookup");
+    for flags in [libc::O_RDONLY, libc::O_RDWR] {
+        let out = c.open_out(entry.nodeid, flags).expect("open");
+        assert_ne!(
+            OpenOptions::from_bits_truncate(out.open_flags) & OpenOptions::KEEP_CACHE,
+            OpenOptions::empty(),
+            "open flags {:#x}",
+            out.open_flags
+        );
+        c.release(entry.nodeid, out.fh, false).expect("release");
+    }
 }
 
 #[test]
