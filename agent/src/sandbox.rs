@@ -243,7 +243,10 @@ impl Sandbox {
             ));
         }
         crate::freshness::validate(&fresh.entropy, fresh.realtime_ns)?;
+        // Step times for the debug log (on an emulating host this request takes seconds).
+        let t0 = std::time::Instant::now();
         crate::freshness::apply(&fresh.entropy, fresh.realtime_ns, self.pid1)?;
+        let t_fresh = t0.elapsed();
         if !hostname.is_empty() && self.pid1 {
             nix::unistd::sethostname(hostname)
                 .map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;
@@ -254,7 +257,14 @@ impl Sandbox {
             fs::write(self.resolv_conf_path(), text)
                 .map_err(|e| RequestError::internal(format!("writing resolv.conf: {e}")))?;
         }
+        let t_names = t0.elapsed();
         info.storages = mount_storages(storages)?;
+        log::debug!(
+            "CreateSandbox: entropy and clock {t_fresh:?}, hostname and DNS {:?}, {} storages {:?}",
+            t_names - t_fresh,
+            storages.len(),
+            t0.elapsed() - t_names
+        );
         info.id = Some(id.to_string());
         Ok(())
     }

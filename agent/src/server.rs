@@ -147,6 +147,7 @@ impl Agent for AgentService {
             entropy: req.entropy,
             realtime_ns: req.realtime_ns,
         };
+        let t0 = std::time::Instant::now();
         let r = self
             .sandbox
             .create_sandbox(
@@ -156,7 +157,18 @@ impl Agent for AgentService {
                 &req.dns,
                 &fresh,
             )
-            .and_then(|()| crate::pod_network::configure_pod(&req.interfaces, &req.routes));
+            .and_then(|()| {
+                let t = std::time::Instant::now();
+                let r = crate::pod_network::configure_pod(&req.interfaces, &req.routes);
+                log::debug!(
+                    "CreateSandbox: {} interfaces, {} routes {:?}; whole request {:?}",
+                    req.interfaces.len(),
+                    req.routes.len(),
+                    t.elapsed(),
+                    t0.elapsed()
+                );
+                r
+            });
         reply("CreateSandbox", r.map(|_| Empty::new()))
     }
 

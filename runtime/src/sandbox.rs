@@ -248,7 +248,9 @@ impl Sandbox {
             cgroup: opts.cgroup.as_ref(),
             tap: pod_net.as_ref().map(|n| n.tap.as_fd()),
         };
+        let t_launch = Instant::now();
         let launched = opts.backend.launch(&req);
+        let launch_took = t_launch.elapsed();
         // The VMM holds the tap now (or nothing does, and it is gone).
         let network = pod_net.map(|n| n.guest);
         let vm = match launched {
@@ -285,7 +287,8 @@ impl Sandbox {
                 log::info!("sandbox {sid}: {name} {e}");
             });
         }
-        let deadline = Instant::now() + opts.config.agent_timeout();
+        let t_agent = Instant::now();
+        let deadline = t_agent + opts.config.agent_timeout();
         let agent = match connect_agent(&opts.id, vm.as_ref(), deadline, &opts.config, &vm_gone) {
             Ok(a) => a,
             Err(e) => {
@@ -319,6 +322,8 @@ impl Sandbox {
             routes,
             ..Default::default()
         };
+        let agent_took = t_agent.elapsed();
+        let t_create = Instant::now();
         if let Err(source) = agent.create_sandbox(&create) {
             let diagnostics = vm.diagnostics();
             cleanup_vm(vm.as_ref());
@@ -329,7 +334,14 @@ impl Sandbox {
                 diagnostics,
             });
         }
-        log::info!("sandbox {}: ready", opts.id);
+        // The stages of a pod start (vessel-bench reads this line's time).
+        log::info!(
+            "sandbox {}: ready (machine started {:?}, agent answered {:?}, CreateSandbox {:?})",
+            opts.id,
+            launch_took,
+            agent_took,
+            t_create.elapsed()
+        );
         Ok(Sandbox {
             id: opts.id,
             config: opts.config,

@@ -52,6 +52,30 @@ fn main() -> anyhow::Result<()> {
     client.create_sandbox(sc::ctx(), &req)?;
     eprintln!("vm_run: CreateSandbox took {:.2?}", t.elapsed());
 
+    // What a fresh connection costs (a restored pod's first call): connect, the first Check
+    // on it, a second; and a Check on the connection in use.
+    // VM_RUN_CONNECTIONS=N: that many (default 2), to profile connection set-up.
+    let connections: usize = std::env::var("VM_RUN_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for _ in 0..connections {
+        let t = Instant::now();
+        sc::check(&client)?;
+        let warm = t.elapsed();
+        let t = Instant::now();
+        let fresh = vm.connect_agent(agent_timeout())?;
+        let connected = t.elapsed();
+        sc::check(&fresh)?;
+        let first = t.elapsed() - connected;
+        let t = Instant::now();
+        sc::check(&fresh)?;
+        eprintln!(
+            "vm_run: Check on the open connection {warm:.2?}; a new connection: connect {connected:.2?}, first Check {first:.2?}, second {:.2?}",
+            t.elapsed()
+        );
+    }
+
     // The containers stay in the guest's network namespace, as the runtime has them
     // (`vessel_runtime::pod::namespaces`).
     let spec = |args: &[&str]| {
@@ -97,6 +121,9 @@ fn main() -> anyhow::Result<()> {
     let _ = client.destroy_sandbox(sc::ctx(), &DestroySandboxRequest::new());
     let status = vm.wait_exit(std::time::Duration::from_secs(120))?;
     eprintln!("vm_run: VMM exit {status}");
+    for line in vm.vmm_log().lines().filter(|l| l.contains("virtio-fs")) {
+        eprintln!("vm_run: vmm: {line}");
+    }
     // With `--cmdline vessel.log=debug` these carry the agent's step times.
     for line in vm
         .console()

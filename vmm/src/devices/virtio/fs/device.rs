@@ -34,14 +34,99 @@ macro_rules! guest_warn {
 }
 
 /// What the device has done so far (for tests and diagnostics).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {
     /// Chains the server answered (or that needed no answer).
     pub served: u64,
+    /// Served requests by FUSE opcode (the last slot counts every opcode from it on): on an
+    /// emulating host each costs a round trip through the queue, so their mix says what a
+    /// guest operation costs. Logged when the device goes away.
+    pub served_by_opcode: [u64; OPCODE_SLOTS],
     /// Malformed requests answered with an error by the device itself.
     pub refused: u64,
     /// Chains returned unanswered (no header, descriptors outside guest memory).
     pub dropped: u64,
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if self.stats.served > 0 {
+            log::info!(
+                "virtio-fs {}: served {} requests: {}",
+                self.tag,
+                self.stats.served,
+                self.stats.opcode_summary()
+            );
+        }
+    }
+}
+
+/// Slots of [`FsStats::served_by_opcode`] (FUSE opcodes are below 64 but CUSE's).
+pub const OPCODE_SLOTS: usize = 64;
+
+impl Default for FsStats {
+    fn default() -> Self {
+        Self {
+            served: 0,
+            served_by_opcode: [0; OPCODE_SLOTS],
+            refused: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl FsStats {
+    /// "LOOKUP 120, GETATTR 40, …", most frequent first.
+    pub fn opcode_summary(&self) -> String {
+        let mut counts: Vec<(usize, u64)> = self
+            .served_by_opcode
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+            .iter()
+            .map(|(op, n)| format!("{} {n}", opcode_name(*op)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The FUSE names of the opcodes a guest sends most (`include/uapi/linux/fuse.h`).
+fn opcode_name(op: usize) -> String {
+    let name = match op {
+        1 => "LOOKUP",
+        2 => "FORGET",
+        3 => "GETATTR",
+        4 => "SETATTR",
+        5 => "READLINK",
+        6 => "SYMLINK",
+        8 => "MKNOD",
+        9 => "MKDIR",
+        10 => "UNLINK",
+        11 => "RMDIR",
+        12 => "RENAME",
+        14 => "OPEN",
+        15 => "READ",
+        16 => "WRITE",
+        17 => "STATFS",
+        18 => "RELEASE",
+        20 => "FSYNC",
+        22 => "GETXATTR",
+        25 => "FLUSH",
+        26 => "INIT",
+        27 => "OPENDIR",
+        28 => "READDIR",
+        29 => "RELEASEDIR",
+        35 => "CREATE",
+        42 => "BATCH_FORGET",
+        44 => "READDIRPLUS",
+        45 => "RENAME2",
+        _ => return format!("op{op}"),
+    };
+    name.to_string()
 }
 
 /// A virtio-fs device sharing one host directory under one tag.
@@ -173,8 +258,10 @@ impl Fs {
                 )
             };
             match &outcome {
-                Outcome::Served(_) => {
+                Outcome::Served { opcode, .. } => {
                     self.stats.served += 1;
+                    let slot = (*opcode as usize).min(OPCODE_SLOTS - 1);
+                    self.stats.served_by_opcode[slot] += 1;
                     self.in_session = true;
                 }
                 Outcome::Refused { errno, why, .. } => {

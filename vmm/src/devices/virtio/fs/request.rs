@@ -28,8 +28,9 @@ use crate::devices::virtio::device::GuestMemory;
 /// What became of a chain.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
-    /// The server answered (or the request needs no answer): bytes written.
-    Served(usize),
+    /// The server answered (or the request needs no answer): bytes written, and the FUSE
+    /// opcode (counted in the device's stats).
+    Served { written: usize, opcode: u32 },
     /// We answered with an error: bytes written (one `fuse_out_header`).
     Refused {
         errno: i32,
@@ -44,7 +45,7 @@ impl Outcome {
     /// The used length to put in the used ring.
     pub(super) fn used_len(&self) -> u32 {
         match self {
-            Outcome::Served(n) | Outcome::Refused { written: n, .. } => {
+            Outcome::Served { written: n, .. } | Outcome::Refused { written: n, .. } => {
                 u32::try_from(*n).unwrap_or(u32::MAX)
             }
             Outcome::Dropped(_) => 0,
@@ -118,7 +119,10 @@ pub(super) fn handle_chain(
         return refuse(writer, &header, errno, why);
     }
     match server.handle_message(reader, writer.clone().into(), None, None) {
-        Ok(n) => Outcome::Served(n),
+        Ok(n) => Outcome::Served {
+            written: n,
+            opcode: header.opcode,
+        },
         // Decoding the body failed or the reply did not fit. Whatever the server may have
         // written is replaced by one error header, so the guest's request does not hang.
         Err(e) => refuse(writer, &header, libc::EIO, format!("server: {e}")),

@@ -124,6 +124,14 @@ fn lookup_getattr_and_read_a_host_file() {
     assert_eq!(c.read(entry.nodeid, fh, 0, 10), Err(libc::EBADF));
     // FORGET has no reply (and comes on the high-priority queue).
     assert_eq!(c.forget(entry.nodeid, 1), 0);
+    // What was served, by opcode (the READ of the released handle got its EBADF reply).
+    let stats = h.dev().stats();
+    assert_eq!(stats.served_by_opcode[1], 2, "LOOKUPs");
+    assert_eq!(
+        stats.opcode_summary(),
+        "READ 4, LOOKUP 2, FORGET 1, GETATTR 1, OPEN 1, RELEASE 1, INIT 1"
+    );
+    assert_eq!(stats.served, stats.served_by_opcode.iter().sum::<u64>());
 }
 
 #[test]
