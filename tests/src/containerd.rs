@@ -389,6 +389,24 @@ impl Drop for Containerd {
         if self.child.is_some() {
             self.remove_all();
         }
+        // VESSEL_TEST_KEEP_LOGS=DIR: keep containerd's log (the shims' lines with their
+        // times) for a look afterwards.
+        if let Some(dir) = std::env::var_os("VESSEL_TEST_KEEP_LOGS") {
+            let to = Path::new(&dir).join(format!(
+                "containerd-{}.log",
+                self.dir
+                    .path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            let copied = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::copy(self.dir.path().join("containerd.log"), &to));
+            match copied {
+                Ok(_) => eprintln!("containerd log kept at {}", to.display()),
+                Err(e) => eprintln!("keeping containerd's log in {}: {e}", to.display()),
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -68,9 +68,9 @@ pub struct InitConfig {
 pub enum ChildReport {
     /// Sent with the pty master attached (SCM_RIGHTS).
     Console,
-    /// Set up; with how long its steps took (µs), for the agent's debug log: on an emulating
-    /// host (KVM-PVM) a create takes seconds and these say where.
-    Ready { steps: Vec<(String, u64)> },
+    /// Set up; with what its steps cost, for the agent's debug log: on an emulating host
+    /// (KVM-PVM) a create takes seconds and these say where.
+    Ready { steps: Vec<StepCost> },
     /// Setup failed; `invalid`: the request asked for something impossible (e.g. a missing
     /// executable) rather than the agent failing.
     Failed { invalid: bool, message: String },
@@ -259,7 +259,7 @@ fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
 
     if cfg.wait_for_start {
         steps.done("session, rlimits, cwd, executable");
-        let ready = ChildReport::Ready { steps: steps.0 };
+        let ready = ChildReport::Ready { steps: steps.done };
         send(sync, &ready).map_err(|e| ChildError::io("report ready", e))?;
         match recv::<AgentCommand>(sync) {
             Ok(Some(AgentCommand::Start)) => {}
@@ -304,24 +304,62 @@ pub fn open_console(bind_dev_console: bool) -> Result<OwnedFd, ChildError> {
     Ok(pty.master)
 }
 
-/// Step times of the setup child (µs since the previous step; the first since the process
-/// started, which includes the `execve` of the agent binary).
-struct Steps(Vec<(String, u64)>, std::time::Instant);
+/// What one step of the setup child cost: its name, µs and minor page faults since the
+/// previous step (the first since the process started, which includes the `execve` of the
+/// agent binary). Page faults are the dearest thing on an emulating host after system calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCost {
+    pub what: String,
+    pub us: u64,
+    pub minor_faults: u64,
+}
+
+impl std::fmt::Display for StepCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.us as f64 / 1e6;
+        write!(f, "{} {secs:.3} s/{} faults", self.what, self.minor_faults)
+    }
+}
+
+struct Steps {
+    done: Vec<StepCost>,
+    last: std::time::Instant,
+    last_faults: u64,
+}
+
+fn minor_faults() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0, |u| u64::try_from(u.minor_page_faults()).unwrap_or(0))
+}
 
 impl Steps {
     fn new() -> Steps {
-        let mut s = Steps(Vec::new(), std::time::Instant::now());
+        let faults = minor_faults();
+        let mut s = Steps {
+            done: Vec::new(),
+            last: std::time::Instant::now(),
+            last_faults: faults,
+        };
         if let Some(us) = sys::process_age_us() {
-            s.0.push(("exec until main".into(), us));
+            s.done.push(StepCost {
+                what: "exec until main".into(),
+                us,
+                minor_faults: faults,
+            });
         }
         s
     }
 
     fn done(&mut self, what: &str) {
         let now = std::time::Instant::now();
-        let us = u64::try_from(now.duration_since(self.1).as_micros()).unwrap_or(u64::MAX);
-        self.0.push((what.to_string(), us));
-        self.1 = now;
+        let faults = minor_faults();
+        self.done.push(StepCost {
+            what: what.to_string(),
+            us: u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX),
+            minor_faults: faults.saturating_sub(self.last_faults),
+        });
+        self.last = now;
+        self.last_faults = faults;
     }
 }
 

@@ -189,10 +189,7 @@ impl Container {
             exit: spawned.exit.clone(),
             streams: stdio.streams,
         });
-        let steps: Vec<String> = steps
-            .iter()
-            .map(|(what, us)| format!("{what} {:.3} s", *us as f64 / 1e6))
-            .collect();
+        let steps: Vec<String> = steps.iter().map(ToString::to_string).collect();
         log::debug!(
             "container {id}: created, init pid {} (spawn {:?}, child set up {:?}: {})",
             init.pid,

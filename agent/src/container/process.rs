@@ -123,7 +123,7 @@ impl Spawned {
     }
 
     /// Waits for the child to report that it is set up (CreateContainer); its step times.
-    pub fn wait_ready(&self) -> Result<Vec<(String, u64)>, RequestError> {
+    pub fn wait_ready(&self) -> Result<Vec<child::StepCost>, RequestError> {
         match child::recv::<ChildReport>(&self.sync) {
             Ok(Some(ChildReport::Ready { steps })) => Ok(steps),
             Ok(Some(ChildReport::Failed { invalid, message })) => {
