@@ -63,6 +63,67 @@ pub fn sandbox_ready_ms(log: &str, id: &str) -> Result<f64, String> {
     }
 }
 
+/// The `time="..."` of a logrus line whose `msg` is exactly `msg`.
+fn time_of_exact(line: &str, msg: &str) -> Option<f64> {
+    if !line.contains(&format!(" msg=\"{msg}\"")) {
+        return None;
+    }
+    let t = line.strip_prefix("time=\"")?.split('"').next()?;
+    parse_utc(t)
+}
+
+/// Where a vessel pod's `ctr run --rm` spent its time, from the shim's lines (ms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodStages {
+    /// `Create <id>` to `sandbox <id>: ready` (VM restored or booted, agent answered,
+    /// `CreateSandbox`).
+    pub sandbox: f64,
+    /// Ready to the shim's `Start <id>`: the container made (rootfs mounted and shared,
+    /// the agent's CreateContainer) and containerd's turn-around.
+    pub create: f64,
+    /// `Start <id>` to `<id>: exited with status`: StartContainer, the program's run, and
+    /// its exit and output's end reaching the shim.
+    pub run: f64,
+    /// The exit to `sandbox <id>: stopped, state removed`: containerd's delete and the
+    /// pod's teardown.
+    pub teardown: f64,
+}
+
+/// The stages of the last `Create <id>` in `log`, or why they cannot be told.
+pub fn pod_stages(log: &str, id: &str) -> Result<PodStages, String> {
+    let create = format!("Create {id} ");
+    let ready = format!("sandbox {id}: ready");
+    let start = format!("Start {id} ");
+    let exited = format!("{id}: exited with status");
+    let stopped = format!("sandbox {id}: stopped, state removed");
+    let mut t: [Option<f64>; 5] = [None; 5];
+    for line in log.lines() {
+        if let Some(x) = time_of(line, &create) {
+            t = [Some(x), None, None, None, None];
+        } else if let Some(x) = time_of(line, &ready) {
+            t[1] = Some(x);
+        } else if let Some(x) = time_of_exact(line, &start) {
+            t[2] = Some(x);
+        } else if let Some(x) = time_of(line, &exited) {
+            t[3] = Some(x);
+        } else if let Some(x) = time_of(line, &stopped) {
+            t[4] = Some(x);
+        }
+    }
+    const NAMES: [&str; 5] = ["Create", "ready", "Start", "exited", "stopped"];
+    let mut at = [0.0; 5];
+    for (i, v) in t.iter().enumerate() {
+        at[i] = v.ok_or_else(|| format!("{id}: no \"{}\" line for the pod", NAMES[i]))?;
+    }
+    let ms = |a: usize, b: usize| (at[b] - at[a]) * 1e3;
+    Ok(PodStages {
+        sandbox: ms(0, 1),
+        create: ms(1, 2),
+        run: ms(2, 3),
+        teardown: ms(3, 4),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +155,29 @@ time="2026-11-22T18:44:04.816760685Z" level=info msg="sandbox vb-s-vs-0: ready"
 time="2026-11-22T18:44:34.349129151Z" level=error msg="Create: create vb-s-vs-0: sandbox vb-s-vs-0: agent CreateContainer: pivot_root: EINVAL"
 time="2026-11-22T18:45:00.000000000Z" level=info msg="Create vb-s-vs-10 (bundle /tmp/x/vb-s-vs-10)"
 "#;
+
+    const RUN_LOG: &str = r#"time="2026-12-07T00:00:00.000000000Z" level=info msg="Create vb-s-vs-3 (bundle /b)"
+time="2026-12-07T00:00:01.100000000Z" level=info msg="sandbox vb-s-vs-3: ready (machine started 5ms, agent answered 600ms, CreateSandbox 400ms)"
+time="2026-12-07T00:00:05.000000000Z" level=info msg="Start vb-s-vs-3 x"
+time="2026-12-07T00:00:05.900000000Z" level=info msg="Start vb-s-vs-3 "
+time="2026-12-07T00:00:07.400000000Z" level=info msg="vb-s-vs-3: exited with status 0"
+time="2026-12-07T00:00:09.000000000Z" level=info msg="sandbox vb-s-vs-3: stopped, state removed"
+"#;
+
+    #[test]
+    fn splits_a_pod_run_into_stages() {
+        let s = pod_stages(RUN_LOG, "vb-s-vs-3").unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(close(s.sandbox, 1100.0), "{s:?}");
+        // The exec's "Start <id> x" is not the init's start.
+        assert!(close(s.create, 4800.0), "{s:?}");
+        assert!(close(s.run, 1500.0), "{s:?}");
+        assert!(close(s.teardown, 1600.0), "{s:?}");
+        let cut: String = RUN_LOG.lines().take(4).map(|l| format!("{l}\n")).collect();
+        let e = pod_stages(&cut, "vb-s-vs-3").unwrap_err();
+        assert!(e.contains("\"exited\""), "{e}");
+        assert!(pod_stages(RUN_LOG, "vb-s-vs-30").is_err());
+    }
 
     #[test]
     fn finds_the_sandbox_ready_stage() {

@@ -6,12 +6,18 @@ use std::path::Path;
 use crate::ctr::{step_error, Ctr, Runtime};
 use crate::report::{Ratio, Series, StartResult};
 use crate::setup::IMAGE;
-use crate::shimlog::sandbox_ready_ms;
+use crate::shimlog::{pod_stages, sandbox_ready_ms};
 
 /// The two things measured per iteration and runtime.
 const METRIC_RUN: &str = "run /bin/true";
 const METRIC_FIRST_BYTE: &str = "first output byte";
 const METRIC_SANDBOX_READY: &str = "sandbox ready (shim log; every attempt)";
+/// The stages of a measured vessel `/bin/true` run, from the shim's lines (`shimlog`).
+const METRIC_STAGES: [&str; 3] = [
+    "stage: ready to Start (container created)",
+    "stage: Start to exit seen",
+    "stage: exit seen to pod gone",
+];
 
 /// Called before each runtime's turn (switches the vessel config for its mode).
 pub type Prepare<'a> = dyn FnMut(usize) -> Result<(), String> + 'a;
@@ -30,6 +36,10 @@ pub fn measure(
     let mut ready_series: Vec<Series> = runtimes
         .iter()
         .map(|r| Series::new(&r.name, METRIC_SANDBOX_READY, "ms"))
+        .collect();
+    let mut stage_series: Vec<[Series; 3]> = runtimes
+        .iter()
+        .map(|r| METRIC_STAGES.map(|m| Series::new(&r.name, m, "ms")))
         .collect();
     let mut run_series: Vec<Series> = runtimes
         .iter()
@@ -95,6 +105,20 @@ pub fn measure(
             }
             if let (true, Ok(t)) = (measured, &r) {
                 run_series[ri].samples.push(t.elapsed.as_secs_f64() * 1e3);
+                if rt.is_vessel() {
+                    match stages_of(shim_log, &id) {
+                        Ok(st) => {
+                            for (series, ms) in
+                                stage_series[ri]
+                                    .iter_mut()
+                                    .zip([st.create, st.run, st.teardown])
+                            {
+                                series.samples.push(ms);
+                            }
+                        }
+                        Err(e) => stage_series[ri].iter_mut().for_each(|s| s.fail(e.clone())),
+                    }
+                }
             }
             // echo x: time to the first byte on ctr's stdout.
             let id = format!("vb-e-{}-{i}", rt.tag);
@@ -156,9 +180,15 @@ pub fn measure(
     if let [cold, snapshot] = ready_series.as_slice() {
         ratios.push(Ratio::of(METRIC_SANDBOX_READY, snapshot, cold));
     }
+    let stage_series = stage_series
+        .into_iter()
+        .zip(runtimes)
+        .filter(|(_, r)| r.is_vessel())
+        .flat_map(|(s, _)| s.map(Series::finish));
     let mut series = run_series;
     series.extend(byte_series);
     series.extend(ready_series);
+    series.extend(stage_series);
     StartResult {
         commands: vec![
             format!("ctr run --rm --runtime <runtime> {IMAGE} <id> /bin/true   (time to exit)"),
@@ -168,5 +198,19 @@ pub fn measure(
         ],
         series,
         ratios,
+    }
+}
+
+/// The pod's stages from the shim's lines; the teardown's last line may land in the log a
+/// moment after `ctr` returned, so the log is read again for up to 3 s.
+fn stages_of(shim_log: &Path, id: &str) -> Result<crate::shimlog::PodStages, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let log = std::fs::read_to_string(shim_log).unwrap_or_default();
+        match pod_stages(&log, id) {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
     }
 }
