@@ -145,6 +145,14 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
                 source,
             })?,
         );
+    // Before serving: a snapshot is taken once the agent answers, and should hold the
+    // warmed state (`crate::warmup`).
+    if pid1 && crate::warmup::wanted() {
+        match crate::warmup::run(&sandbox) {
+            Ok(took) => log::info!("warm-up container made and removed in {took:?}"),
+            Err(e) => log::warn!("warm-up container: {e}"),
+        }
+    }
     let service = Arc::new(AgentService {
         sandbox: sandbox.clone(),
     });

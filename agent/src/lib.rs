@@ -30,3 +30,4 @@ pub mod sandbox;
 pub mod server;
 pub mod stdio;
 pub mod sys;
+pub mod warmup;

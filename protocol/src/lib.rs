@@ -50,3 +50,9 @@ pub mod ids;
 
 /// The vsock port the agent serves its ttrpc API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Kernel command-line parameter (`vessel.warmup=1`) that makes the agent, as PID 1, create
+/// and remove one throw-away container before it serves, so a snapshot taken after its first
+/// `Check` holds the warmed state (kernel caches, the agent's code paths) every restored pod
+/// then starts with. The runtime sets it whenever pods start from snapshots.
+pub const WARMUP_CMDLINE_PARAM: &str = "vessel.warmup";

@@ -565,6 +565,7 @@ impl Sandbox {
                 log::info!("sandbox {}: DestroySandbox: {e}", self.id);
             }
         }
+        let t_kill = Instant::now();
         if self.vm.process().kill_and_wait(timeout).is_none() {
             log::error!(
                 "sandbox {}: {} pid {} did not exit {timeout:?} after SIGKILL",
@@ -573,9 +574,15 @@ impl Sandbox {
                 self.vm.process().pid()
             );
         }
+        let killed_after = t_kill.elapsed();
+        let t_clean = Instant::now();
         cleanup_sandbox_dir(&self.paths, self.mounter.as_ref(), timeout)?;
         self.paths.remove_empty_namespace_dir();
-        log::info!("sandbox {}: stopped, state removed", self.id);
+        log::info!(
+            "sandbox {}: stopped, state removed (machine gone after {killed_after:?}, cleanup {:?})",
+            self.id,
+            t_clean.elapsed()
+        );
         Ok(())
     }
 }

@@ -371,11 +371,20 @@ fn manifest_summary(path: &Path) -> String {
 /// Guest-side flags: what the VM is booted from (and what a restore must match).
 pub fn guest_args(config: &Config) -> Vec<OsString> {
     let h = &config.hypervisor;
+    let mut cmdline = h.kernel_params.clone();
+    if config.snapshot.enabled {
+        // The agent warms up before the snapshot is taken; on a restore the kernel command
+        // line is not read again, but it must match the snapshot's.
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&format!("{}=1", vessel_protocol::WARMUP_CMDLINE_PARAM));
+    }
     let mut args: Vec<OsString> = Vec::new();
     for (flag, value) in [
         ("--kernel", h.kernel.as_os_str().to_owned()),
         ("--initrd", h.initrd.as_os_str().to_owned()),
-        ("--cmdline", OsString::from(&h.kernel_params)),
+        ("--cmdline", OsString::from(cmdline)),
         ("--mem-mib", OsString::from(h.memory_mib.to_string())),
         ("--vcpus", OsString::from(h.vcpus.to_string())),
     ] {

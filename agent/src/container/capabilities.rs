@@ -55,8 +55,40 @@ pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), ChildError> {
     caps::set(None, CapSet::Inheritable, &inh).map_err(caps_err("set inheritable capabilities"))?;
     caps::set(None, CapSet::Effective, &eff).map_err(caps_err("set effective capabilities"))?;
     caps::set(None, CapSet::Permitted, &perm).map_err(caps_err("set permitted capabilities"))?;
-    for cap in amb {
+    for cap in raisable_ambient(&amb, &perm, &inh) {
         caps::raise(None, CapSet::Ambient, cap).map_err(caps_err("raise ambient capability"))?;
     }
     Ok(())
+}
+
+/// The ambient capabilities the kernel lets us raise: those also permitted and inheritable.
+/// Others are left out without an error, as runc does: `runc spec`'s template lists ambient
+/// capabilities but no inheritable ones, and runc runs it with an empty ambient set.
+fn raisable_ambient(amb: &CapsHashSet, perm: &CapsHashSet, inh: &CapsHashSet) -> Vec<Cap> {
+    let mut v: Vec<Cap> = amb
+        .iter()
+        .filter(|c| perm.contains(c) && inh.contains(c))
+        .copied()
+        .collect();
+    v.sort_by_key(|c| c.index());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_permitted_and_inheritable_ambient_capabilities_are_raised() {
+        let set = |c: &[Cap]| c.iter().copied().collect::<CapsHashSet>();
+        let amb = set(&[Cap::CAP_KILL, Cap::CAP_NET_BIND_SERVICE, Cap::CAP_CHOWN]);
+        let perm = set(&[Cap::CAP_KILL, Cap::CAP_NET_BIND_SERVICE]);
+        // runc spec's template: no inheritable set, so nothing ambient.
+        assert!(raisable_ambient(&amb, &perm, &set(&[])).is_empty());
+        let inh = set(&[Cap::CAP_NET_BIND_SERVICE, Cap::CAP_CHOWN]);
+        assert_eq!(
+            raisable_ambient(&amb, &perm, &inh),
+            vec![Cap::CAP_NET_BIND_SERVICE]
+        );
+    }
 }

@@ -238,7 +238,7 @@ mod tests {
             "--initrd",
             "/usr/local/share/vessel/initrd.cpio",
             "--cmdline",
-            "quiet",
+            "quiet vessel.warmup=1",
             "--mem-mib",
             "128",
             "--vcpus",
