@@ -91,6 +91,11 @@ pub fn vessel_config(s: &VesselSettings, mode: VesselMode) -> Result<String, Set
     c.hypervisor.vcpus = s.vcpus;
     c.runtime.state_root = absolute(&s.state_root);
     c.runtime.agent_timeout_secs = s.agent_timeout_secs;
+    // A debugging knob, not a measured setting: e.g. `vessel.log=debug` puts the agent's
+    // step times on each pod's console (which changes the timings it shows a little).
+    if let Some(params) = std::env::var_os("VESSEL_BENCH_KERNEL_PARAMS") {
+        c.hypervisor.kernel_params = params.to_string_lossy().into_owned();
+    }
     let mut value = toml::Value::try_from(&c).map_err(|e| cfg_err(&e))?;
     let snapshot = value
         .as_table_mut()
