@@ -63,15 +63,6 @@ pub fn sandbox_ready_ms(log: &str, id: &str) -> Result<f64, String> {
     }
 }
 
-/// The `time="..."` of a logrus line whose `msg` is exactly `msg`.
-fn time_of_exact(line: &str, msg: &str) -> Option<f64> {
-    if !line.contains(&format!(" msg=\"{msg}\"")) {
-        return None;
-    }
-    let t = line.strip_prefix("time=\"")?.split('"').next()?;
-    parse_utc(t)
-}
-
 /// Where a vessel pod's `ctr run --rm` spent its time, from the shim's lines (ms).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PodStages {
@@ -91,31 +82,33 @@ pub struct PodStages {
 
 /// The stages of the last `Create <id>` in `log`, or why they cannot be told.
 pub fn pod_stages(log: &str, id: &str) -> Result<PodStages, String> {
-    let create = format!("Create {id} ");
-    let ready = format!("sandbox {id}: ready");
-    let start = format!("Start {id} ");
-    let exited = format!("{id}: exited with status");
-    let stopped = format!("sandbox {id}: stopped, state removed");
-    let mut t: [Option<f64>; 5] = [None; 5];
+    // The line each stage ends on, in order; `Start <id> ` is matched whole (the closing
+    // quote), so an exec's `Start <id> <exec>` is not taken for the container's start.
+    let marks = [
+        ("Create", format!("Create {id} ")),
+        ("ready", format!("sandbox {id}: ready")),
+        ("Start", format!("Start {id} \"")),
+        ("exited", format!("{id}: exited with status")),
+        ("stopped", format!("sandbox {id}: stopped, state removed")),
+    ];
+    let mut at: [Option<f64>; 5] = [None; 5];
     for line in log.lines() {
-        if let Some(x) = time_of(line, &create) {
-            t = [Some(x), None, None, None, None];
-        } else if let Some(x) = time_of(line, &ready) {
-            t[1] = Some(x);
-        } else if let Some(x) = time_of_exact(line, &start) {
-            t[2] = Some(x);
-        } else if let Some(x) = time_of(line, &exited) {
-            t[3] = Some(x);
-        } else if let Some(x) = time_of(line, &stopped) {
-            t[4] = Some(x);
+        let hit = marks
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, m))| time_of(line, m).map(|t| (i, t)));
+        if let Some((i, t)) = hit {
+            if i == 0 {
+                at = [None; 5];
+            }
+            at[i] = Some(t);
         }
     }
-    const NAMES: [&str; 5] = ["Create", "ready", "Start", "exited", "stopped"];
-    let mut at = [0.0; 5];
-    for (i, v) in t.iter().enumerate() {
-        at[i] = v.ok_or_else(|| format!("{id}: no \"{}\" line for the pod", NAMES[i]))?;
+    let mut t = [0.0; 5];
+    for (i, (name, _)) in marks.iter().enumerate() {
+        t[i] = at[i].ok_or_else(|| format!("{id}: no \"{name}\" line for the pod"))?;
     }
-    let ms = |a: usize, b: usize| (at[b] - at[a]) * 1e3;
+    let ms = |a: usize, b: usize| (t[b] - t[a]) * 1e3;
     Ok(PodStages {
         sandbox: ms(0, 1),
         create: ms(1, 2),

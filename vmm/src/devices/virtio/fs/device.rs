@@ -94,7 +94,9 @@ impl FsStats {
     }
 }
 
-/// The FUSE names of the opcodes a guest sends most (`include/uapi/linux/fuse.h`).
+/// The FUSE names of the opcodes a guest sends most (`include/uapi/linux/fuse.h`). Not
+/// `fuse_backend_rs`'s `Opcode::from`: it transmutes any value below its maximum, and the
+/// guest chooses the number (there are gaps in the enum).
 fn opcode_name(op: usize) -> String {
     let name = match op {
         1 => "LOOKUP",
