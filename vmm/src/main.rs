@@ -364,11 +364,14 @@ fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
     let stopped = |reason: vessel_vmm::ExitReason| {
         anyhow::anyhow!("the VM stopped before it could be snapshotted: {reason}")
     };
-    match (args.delay_secs, uds) {
+    // The Check's connection stays open until the snapshot is written: the snapshot keeps it
+    // for the restored VMs' first client.
+    let _check_connection = match (args.delay_secs, uds) {
         (Some(secs), _) => {
             if let Some(reason) = vm.wait_timeout(Duration::from_secs(secs)) {
                 return Err(stopped(reason));
             }
+            None
         }
         (None, Some(uds)) => {
             let timeout = Duration::from_secs(args.ready_timeout_secs);
@@ -381,7 +384,7 @@ fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
                     return Err(stopped(reason));
                 }
             }
-            let ready = waiter
+            let (ready, connection) = waiter
                 .join()
                 .map_err(|_| anyhow::anyhow!("the agent check panicked"))??;
             log::info!(
@@ -390,9 +393,10 @@ fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
                 ready.waited,
                 ready.guest_uptime_ms
             );
+            Some(connection)
         }
         (None, None) => unreachable!("checked above"),
-    }
+    };
     let summary = vm
         .snapshot(&args.snapshot_dir, &SnapshotOptions::default())
         .context("creating the snapshot")?;

@@ -1,7 +1,8 @@
 //! The real thing: our guest kernel + the agent initramfs, booted once and snapshotted when
 //! the agent answers Check (`vessel-vmm snapshot-create`), then restored twice at once into
 //! two new VMM processes with their own vsock sockets (`vessel-vmm --restore`), both agents
-//! answering Check. Prints restore-to-Check latency and each restored VMM's RSS/PSS (measured,
+//! answering Check, the first one on the connection the snapshot kept (the snapshot-time
+//! Check's, taken over). Prints restore-to-Check latency and each restored VMM's RSS/PSS (measured,
 //! not asserted: the machine is shared).
 //!
 //! Needs root, /dev/kvm, the kernel (`VESSEL_KERNEL`, default
@@ -138,6 +139,16 @@ fn agent_vm_snapshot_restores_twice_and_both_agents_answer() {
     let manifest = Manifest::load(&snapshot).expect("a valid snapshot");
     assert_eq!(manifest.boot.vsock_cid, Some(3));
     assert_eq!(manifest.virtio.len(), 1);
+    // The Check's connection was idle and kept, for the restored VMs' first client.
+    let kept = match manifest.virtio[0].device.as_ref() {
+        Some(vessel_vmm::devices::virtio::device::DeviceState::Vsock { parked, .. }) => parked,
+        other => panic!("vsock state expected, the snapshot has {other:?}"),
+    };
+    assert_eq!(
+        kept.iter().map(|p| p.peer_port).collect::<Vec<_>>(),
+        [vessel_protocol::AGENT_VSOCK_PORT],
+        "the snapshot keeps the agent connection"
+    );
     assert!(
         !dir.path().join("create.sock").exists(),
         "the snapshot VMM removed its socket"
@@ -171,10 +182,20 @@ fn agent_vm_snapshot_restores_twice_and_both_agents_answer() {
         .map(|w| w.join().expect("waiter"))
         .collect();
     for ((ready, latency), (vm, name)) in results.iter().zip(vms.iter().zip(["a", "b"])) {
-        let ready = ready.as_ref().unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(dir.path().join(format!("{name}.log")));
-            panic!("restored VM {name}: {e}\nvmm log: {log:?}")
-        });
+        let log = || std::fs::read_to_string(dir.path().join(format!("{name}.log")));
+        let (ready, _) = ready
+            .as_ref()
+            .unwrap_or_else(|e| panic!("restored VM {name}: {e}\nvmm log: {:?}", log()));
+        let taken_over = log()
+            .unwrap_or_default()
+            .matches("took over the connection")
+            .count();
+        assert_eq!(
+            taken_over,
+            1,
+            "VM {name}: the first Check did not take over the kept connection:\n{:?}",
+            log()
+        );
         // Restored, not rebooted: the guest has been up at least as long as at the snapshot.
         assert!(
             ready.guest_uptime_ms >= snap_uptime,
@@ -191,11 +212,15 @@ fn agent_vm_snapshot_restores_twice_and_both_agents_answer() {
         );
     }
 
-    // Both still serve, independently: a second Check on each.
+    // Both still serve, independently: a second Check on each, on a new connection (the kept
+    // one is in use by the first).
     for (vm, name) in vms.iter().zip(["a", "b"]) {
         wait_for_agent(&vm.uds, Duration::from_secs(120))
             .unwrap_or_else(|e| panic!("second Check on VM {name}: {e}"));
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+        assert_eq!(log.matches("took over the connection").count(), 1, "{log}");
     }
+    drop(results);
     // SIGTERM stops a restored VM cleanly, like a booted one.
     for (mut vm, name) in vms.into_iter().zip(["a", "b"]) {
         // SAFETY: signalling our own child, which has not been reaped yet.

@@ -1,5 +1,10 @@
 //! "The guest is ready": its agent answers `Check` over the VMM's hybrid vsock socket. A
 //! snapshot taken after this restores into a VM whose agent is listening.
+//!
+//! The connection of the `Check` that answered stays open while the snapshot is taken: the
+//! vsock device keeps it (idle) in the snapshot, and in each restored VM the first host client
+//! for the agent's port takes it over, so a restored pod's first call skips the agent's
+//! per-connection set-up (`devices/virtio/vsock/parked.rs`).
 
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
@@ -30,7 +35,21 @@ pub struct AgentReady {
     pub version: String,
 }
 
-fn check_once(uds: &Path, deadline: Instant) -> Result<AgentReady, String> {
+/// The open connection of the `Check` that answered. Hold it until the snapshot is written;
+/// dropping it closes the connection.
+pub struct CheckConnection {
+    _agent: AgentClient,
+    own: UnixStream,
+}
+
+impl Drop for CheckConnection {
+    fn drop(&mut self) {
+        let _ = self.own.shutdown(std::net::Shutdown::Both);
+        log::debug!("agent check socket fd {} shut down", self.own.as_raw_fd());
+    }
+}
+
+fn check_once(uds: &Path, deadline: Instant) -> Result<(AgentReady, CheckConnection), String> {
     let started = Instant::now();
     let stream = hybrid_vsock::connect_with_retry(uds, AGENT_VSOCK_PORT, deadline, RETRY_PAUSE)
         .map_err(|e| e.to_string())?;
@@ -45,26 +64,29 @@ fn check_once(uds: &Path, deadline: Instant) -> Result<AgentReady, String> {
         ttrpc::context::with_timeout(timeout.as_nanos() as i64),
         &CheckRequest::new(),
     );
-    let _ = own.shutdown(std::net::Shutdown::Both);
-    drop(agent);
-    log::debug!("agent check socket fd {} shut down", own.as_raw_fd());
+    let conn = CheckConnection { _agent: agent, own };
     let r = result.map_err(|e| format!("Check: {e}"))?;
-    Ok(AgentReady {
+    let ready = AgentReady {
         waited: started.elapsed(),
         guest_uptime_ms: r.uptime_ms,
         version: r.version,
-    })
+    };
+    Ok((ready, conn))
 }
 
-/// Waits until the agent behind `uds` answers Check, then closes the connection.
-pub fn wait_for_agent(uds: &Path, timeout: Duration) -> Result<AgentReady, AgentWaitError> {
+/// Waits until the agent behind `uds` answers Check; returns the answer and its connection,
+/// still open.
+pub fn wait_for_agent(
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(AgentReady, CheckConnection), AgentWaitError> {
     let started = Instant::now();
     let deadline = started + timeout;
     loop {
         match check_once(uds, deadline) {
-            Ok(mut ready) => {
+            Ok((mut ready, conn)) => {
                 ready.waited = started.elapsed();
-                return Ok(ready);
+                return Ok((ready, conn));
             }
             Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
                 log::debug!("agent not ready yet: {e}");

@@ -118,6 +118,7 @@ pub(crate) fn sample(kernel: &Path) -> Manifest {
             }],
             device: Some(crate::devices::virtio::device::DeviceState::Vsock {
                 local_port_last: 1073741825,
+                parked: Vec::new(),
             }),
         }],
     }

@@ -176,6 +176,11 @@ pub trait VirtioDevice: Send {
 #[serde(tag = "device", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DeviceState {
     /// The last local port the vsock device handed out (new host connections continue
-    /// after it, so a restored guest never sees a port reused).
-    Vsock { local_port_last: u32 },
+    /// after it, so a restored guest never sees a port reused), and the idle connections
+    /// the snapshot keeps for the first host client that asks for their guest port.
+    Vsock {
+        local_port_last: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parked: Vec<super::vsock::ParkedConnection>,
+    },
 }

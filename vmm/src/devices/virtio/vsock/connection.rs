@@ -21,6 +21,7 @@ use super::packet::{
     PacketHeader, RxBuffer, HDR_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
     OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
+use super::parked::ParkedConnection;
 use super::uds;
 
 /// A connection is identified by its host-side port and its guest-side port.
@@ -214,6 +215,62 @@ impl Connection {
         c.pending.response = true;
         VsockMetrics::inc(&c.metrics.conns_established);
         c
+    }
+
+    /// A connection kept from a snapshot, taken over by a host client that asked for its
+    /// guest port: it continues with the saved counters, and the client gets `OK <port>\n` now
+    /// (the guest accepted it before the snapshot).
+    pub(crate) fn resume(
+        saved: &ParkedConnection,
+        guest_cid: u64,
+        stream: UnixStream,
+        timeouts: Timeouts,
+        metrics: Arc<VsockMetrics>,
+    ) -> Self {
+        let mut c = Self::new(
+            saved.key(),
+            guest_cid,
+            stream,
+            ConnState::Established,
+            timeouts,
+            metrics,
+        );
+        c.host_initiated = true;
+        c.rx_from_guest = Wrapping(saved.fwd_cnt);
+        c.fwd_cnt = Wrapping(saved.fwd_cnt);
+        c.last_fwd_cnt_to_peer = Wrapping(saved.last_fwd_cnt_to_peer);
+        c.peer_buf_alloc = saved.peer_buf_alloc;
+        c.peer_fwd_cnt = Wrapping(saved.peer_fwd_cnt);
+        c.rx_cnt = Wrapping(saved.rx_cnt);
+        let ack = format!("OK {}\n", saved.local_port);
+        c.preamble = ack.len();
+        c.tx_buf.extend(ack.as_bytes());
+        c.flush_tx();
+        c
+    }
+
+    /// The state to park this connection across a snapshot, if it is idle: established by a
+    /// host client, nothing buffered or owed in either direction, neither side shut down.
+    pub(crate) fn parkable(&self) -> Option<ParkedConnection> {
+        let p = &self.pending;
+        let idle = self.state == ConnState::Established
+            && self.host_initiated
+            && self.stream.is_some()
+            && self.tx_buf.is_empty()
+            && self.rx_from_guest == self.fwd_cnt
+            && !(p.request || p.response || p.rst || p.credit_update || p.credit_request)
+            && !(self.host_readable || self.host_hup || self.host_eof || self.host_write_shut)
+            && !(self.guest_shut_send || self.guest_shut_rcv)
+            && self.deadline.is_none();
+        idle.then_some(ParkedConnection {
+            local_port: self.key.local_port,
+            peer_port: self.key.peer_port,
+            fwd_cnt: self.fwd_cnt.0,
+            last_fwd_cnt_to_peer: self.last_fwd_cnt_to_peer.0,
+            peer_buf_alloc: self.peer_buf_alloc,
+            peer_fwd_cnt: self.peer_fwd_cnt.0,
+            rx_cnt: self.rx_cnt.0,
+        })
     }
 
     pub(crate) fn key(&self) -> ConnKey {

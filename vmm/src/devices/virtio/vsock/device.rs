@@ -305,18 +305,22 @@ impl VirtioDevice for Vsock {
     }
 
     fn save_state(&self) -> Option<DeviceState> {
-        // The guest CID is in the config space (checked by the snapshot); connections are
-        // never saved (a snapshot waits until there are none).
+        // The guest CID is in the config space (checked by the snapshot); of the connections
+        // only idle ones are saved (a snapshot waits until every other one is gone).
         Some(DeviceState::Vsock {
             local_port_last: self.muxer.local_port_last(),
+            parked: self.muxer.parked_connections(),
         })
     }
 
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
         match state {
-            DeviceState::Vsock { local_port_last } => {
+            DeviceState::Vsock {
+                local_port_last,
+                parked,
+            } => {
                 self.muxer.set_local_port_last(*local_port_last);
-                Ok(())
+                self.muxer.set_parked(parked.clone())
             }
         }
     }

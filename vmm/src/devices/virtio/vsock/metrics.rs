@@ -23,6 +23,8 @@ pub struct VsockMetrics {
     pub malformed_packets: AtomicU64,
     /// Connections that reached the established state.
     pub conns_established: AtomicU64,
+    /// Connections kept from a snapshot that a host client took over.
+    pub conns_resumed: AtomicU64,
     /// Connections removed, for whatever reason.
     pub conns_closed: AtomicU64,
     /// Connections refused because [`super::MAX_CONNECTIONS`] was reached.

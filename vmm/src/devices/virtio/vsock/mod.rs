@@ -11,7 +11,8 @@
 //!
 //! Layout: [`packet`] parses/builds headers over descriptor chains, [`connection`] is the
 //! per-stream state machine with credit flow control, [`muxer`] owns the Unix sockets and routes
-//! packets, [`device`] drives the virtqueues, [`event_handler`] plugs it all into the event loop.
+//! packets, [`parked`] keeps an idle connection across a snapshot, [`device`] drives the
+//! virtqueues, [`event_handler`] plugs it all into the event loop.
 
 mod connection;
 mod device;
@@ -21,6 +22,7 @@ mod handshake;
 mod metrics;
 mod muxer;
 mod packet;
+mod parked;
 mod uds;
 
 #[cfg(test)]
@@ -29,6 +31,7 @@ mod tests;
 pub use device::Vsock;
 pub use error::VsockError;
 pub use metrics::VsockMetrics;
+pub use parked::{ParkedConnection, MAX_PARKED};
 
 /// Queue indices, as defined by the virtio spec for vsock.
 pub const RXQ_INDEX: usize = 0;
@@ -44,3 +47,5 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// The receive buffer we advertise to the guest for each connection (bytes the guest may send
 /// before we acknowledge them), which also bounds what we buffer when the host end is slow.
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
+/// Host-initiated connections get local ports in `[2^30, 2^31)` (as in Firecracker).
+pub(crate) const LOCAL_PORT_BASE: u32 = 1 << 30;

@@ -18,10 +18,11 @@ use super::connection::{ConnKey, Connection, Timeouts};
 use super::handshake::{Handshake, HandshakeStatus};
 use super::metrics::{limited_warn, LogLimiter, VsockMetrics};
 use super::packet::{
-    PacketHeader, RxBuffer, HDR_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_REQUEST, OP_RST,
-    TYPE_STREAM,
+    PacketHeader, RxBuffer, HDR_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
+    OP_REQUEST, OP_RST, TYPE_STREAM,
 };
-use super::{uds, MAX_CONNECTIONS};
+use super::parked::{self, ParkedConnection, MAX_PARKED};
+use super::{uds, LOCAL_PORT_BASE, MAX_CONNECTIONS};
 
 /// Where the muxer (de)registers the fds it wants polled: the event manager in production.
 pub(crate) trait FdRegistry {
@@ -35,8 +36,6 @@ pub(crate) trait FdRegistry {
 const RST_QUEUE_CAP: usize = 256;
 /// Accepts per listener event, so a flood of clients cannot starve the queues.
 const ACCEPTS_PER_EVENT: usize = 32;
-/// Host-initiated connections get local ports in `[2^30, 2^31)` (as in Firecracker).
-const LOCAL_PORT_BASE: u32 = 1 << 30;
 
 pub(crate) struct Muxer {
     guest_cid: u64,
@@ -54,6 +53,8 @@ pub(crate) struct Muxer {
     /// Connections with something for the guest, each at most once (bounded by the map).
     rx_ready: VecDeque<ConnKey>,
     rst_queue: VecDeque<ConnKey>,
+    /// Idle connections kept from a snapshot, waiting for a host client (see [`parked`]).
+    parked: Vec<ParkedConnection>,
     timeouts: Timeouts,
     metrics: Arc<VsockMetrics>,
     log: LogLimiter,
@@ -79,6 +80,7 @@ impl Muxer {
             local_port_last: LOCAL_PORT_BASE - 1,
             rx_ready: VecDeque::new(),
             rst_queue: VecDeque::new(),
+            parked: Vec::new(),
             timeouts: Timeouts::default(),
             metrics,
             log: LogLimiter::default(),
@@ -111,17 +113,47 @@ impl Muxer {
         self.conns.values().map(Connection::tx_buffered).sum()
     }
 
-    /// Why the device cannot be snapshotted now: open streams, or RSTs still owed to the guest.
+    /// Why the device cannot be snapshotted now: streams that are not idle, handshakes, RSTs
+    /// still owed to the guest, or more idle connections than a snapshot keeps.
     pub(crate) fn snapshot_blocker(&self) -> Option<String> {
-        if self.conn_count() == 0 && self.rst_queue.is_empty() {
+        let busy = self
+            .conns
+            .values()
+            .filter(|c| c.parkable().is_none())
+            .count();
+        let idle = self.conns.len() - busy + self.parked.len();
+        if busy == 0
+            && self.handshakes.is_empty()
+            && self.rst_queue.is_empty()
+            && idle <= MAX_PARKED
+        {
             return None;
         }
         Some(format!(
-            "vsock: {} connection(s), {} pending handshake(s), {} RST(s) for the guest",
-            self.conns.len(),
+            "vsock: {busy} busy connection(s), {idle} idle ones (at most {MAX_PARKED} are kept), \
+             {} pending handshake(s), {} RST(s) for the guest",
             self.handshakes.len(),
             self.rst_queue.len()
         ))
+    }
+
+    /// The idle connections a snapshot keeps: those still parked from an earlier restore and
+    /// the idle open ones (a snapshot is only taken when [`Self::snapshot_blocker`] is `None`).
+    pub(crate) fn parked_connections(&self) -> Vec<ParkedConnection> {
+        let mut all = self.parked.clone();
+        all.extend(self.conns.values().filter_map(|c| c.parkable()));
+        all.sort_by_key(|p| p.local_port);
+        all
+    }
+
+    /// Takes back a snapshot's parked connections (validated: they come from a file).
+    pub(crate) fn set_parked(&mut self, parked: Vec<ParkedConnection>) -> Result<(), String> {
+        parked::validate(&parked)?;
+        for p in &parked {
+            self.local_ports.insert(p.local_port);
+        }
+        self.parked = parked;
+        Ok(())
     }
 
     /// The last host port handed out (kept across a snapshot so a restored VM does not reuse
@@ -235,6 +267,10 @@ impl Muxer {
                 self.drop_handshake(fd, reg);
             }
             HandshakeStatus::Connect(peer_port) => {
+                if let Some(i) = self.parked.iter().position(|p| p.peer_port == peer_port) {
+                    self.take_over_parked(fd, i, reg);
+                    return;
+                }
                 let Some(local_port) = self.allocate_local_port(peer_port) else {
                     limited_warn!(self.log, "vsock: no free host port; dropping host client");
                     self.drop_handshake(fd, reg);
@@ -261,6 +297,53 @@ impl Muxer {
                 self.conns.insert(key, conn);
                 self.sync(key, reg);
             }
+        }
+    }
+
+    /// Hands the parked connection `i` to the host client of handshake `fd`.
+    fn take_over_parked(&mut self, fd: RawFd, i: usize, reg: &mut dyn FdRegistry) {
+        let Some(hs) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let saved = self.parked.swap_remove(i);
+        let key = saved.key();
+        log::info!(
+            "vsock: a host client took over the connection to guest port {} kept from the snapshot",
+            key.peer_port
+        );
+        VsockMetrics::inc(&self.metrics.conns_resumed);
+        let mut conn = Connection::resume(
+            &saved,
+            self.guest_cid,
+            hs.stream,
+            self.timeouts,
+            self.metrics.clone(),
+        );
+        conn.registered = Some(EventSet::IN);
+        self.conn_fds.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.sync(key, reg);
+    }
+
+    /// A guest packet for a parked connection: a credit update is noted; anything else ends
+    /// it (RST unless the guest reset it itself), as the guest's side is no longer idle.
+    fn guest_touched_parked(&mut self, i: usize, hdr: &PacketHeader) {
+        if hdr.op == OP_CREDIT_UPDATE {
+            let p = &mut self.parked[i];
+            p.peer_buf_alloc = hdr.buf_alloc;
+            p.peer_fwd_cnt = hdr.fwd_cnt;
+            return;
+        }
+        let saved = self.parked.swap_remove(i);
+        log::debug!(
+            "vsock: guest op {} on the parked connection {:?}; dropping it",
+            hdr.op,
+            saved.key()
+        );
+        self.local_ports.remove(&saved.local_port);
+        VsockMetrics::inc(&self.metrics.conns_closed);
+        if hdr.op != OP_RST {
+            self.enqueue_rst(saved.key());
         }
     }
 
@@ -324,6 +407,10 @@ impl Muxer {
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.handle_tx(hdr, payload, &mut self.log);
             self.sync(key, reg);
+            return;
+        }
+        if let Some(i) = self.parked.iter().position(|p| p.key() == key) {
+            self.guest_touched_parked(i, hdr);
             return;
         }
         match hdr.op {
