@@ -1,11 +1,13 @@
 //! A small stderr logger for the `log` crate. In the guest stderr is the serial console,
 //! where every byte costs a VM exit: the default level is warn, and lines are rate-limited
-//! (a request cannot flood the console).
+//! (a request cannot flood the console). Each line carries the time since the guest booted
+//! (`CLOCK_MONOTONIC`, as `/proc/uptime` and the kernel's own lines), so agent steps line up
+//! with what a container measures in the guest.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::Duration;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -13,7 +15,6 @@ use log::{LevelFilter, Log, Metadata, Record};
 const LINES_PER_SECOND: u64 = 50;
 
 struct StderrLogger {
-    start: Instant,
     window: Mutex<(u64, u64)>, // (second, lines in that second)
     dropped: AtomicU64,
 }
@@ -27,7 +28,7 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let elapsed = self.start.elapsed();
+        let elapsed = since_boot();
         let second = elapsed.as_secs();
         {
             let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
@@ -64,13 +65,18 @@ impl Log for StderrLogger {
 /// Installs the logger at `level`.
 pub fn init(level: LevelFilter) {
     let logger = Box::leak(Box::new(StderrLogger {
-        start: Instant::now(),
         window: Mutex::new((0, 0)),
         dropped: AtomicU64::new(0),
     }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// `CLOCK_MONOTONIC`: the time since boot (a restored VM continues its snapshot's clock).
+fn since_boot() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// Parses "error", "warn", "info", "debug", "trace", "off".
