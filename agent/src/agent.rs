@@ -11,7 +11,7 @@ use crate::reaper::Reaper;
 use crate::sandbox::Sandbox;
 use crate::server::AgentService;
 
-const USAGE: &str = "usage: vessel-agent [--listen unix:///path.sock | vsock://-1:1024] [--log-level LEVEL] [--state-dir DIR]";
+const USAGE: &str = "usage: vessel-agent [--listen unix:///path.sock | vsock://-1:1024] [--log-level LEVEL] [--state-dir DIR] [--spare-setup-children N]";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,6 +32,9 @@ pub struct Options {
     pub listen: Option<String>,
     pub log_level: Option<LevelFilter>,
     pub state_dir: Option<PathBuf>,
+    /// Setup children to start before serving (`container::process`); in the guest the
+    /// warm-up decides.
+    pub spare_setup_children: usize,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Options, StartupError> {
@@ -51,6 +54,7 @@ fn parse_args_inner(args: &[String], strict: bool) -> Result<Options, StartupErr
         listen: None,
         log_level: None,
         state_dir: None,
+        spare_setup_children: 0,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -69,6 +73,13 @@ fn parse_args_inner(args: &[String], strict: bool) -> Result<Options, StartupErr
                 );
             }
             "--state-dir" => o.state_dir = Some(PathBuf::from(value("--state-dir")?)),
+            "--spare-setup-children" => {
+                let v = value("--spare-setup-children")?;
+                o.spare_setup_children =
+                    v.parse().ok().filter(|n| *n <= 8).ok_or_else(|| {
+                        StartupError::Usage(format!("bad spare count {v:?} (0-8)"))
+                    })?;
+            }
             "-h" | "--help" => return Err(StartupError::Usage("help".into())),
             other if strict => {
                 return Err(StartupError::Usage(format!("unknown argument {other:?}")))
@@ -151,6 +162,15 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
         match crate::warmup::run(&sandbox) {
             Ok(took) => log::info!("warm-up container made and removed in {took:?}"),
             Err(e) => log::warn!("warm-up container: {e}"),
+        }
+        match crate::warmup::start_spares() {
+            Ok(n) => log::info!("{n} spare setup children waiting"),
+            Err(e) => log::warn!("spare setup children: {e}"),
+        }
+    } else if opts.spare_setup_children > 0 {
+        match crate::container::process::start_spares(opts.spare_setup_children) {
+            Ok(n) => log::info!("{n} spare setup children waiting"),
+            Err(e) => log::warn!("spare setup children: {e}"),
         }
     }
     let service = Arc::new(AgentService {

@@ -3,8 +3,9 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(vessel_agent::container::child::CHILD_ARG) {
-        vessel_agent::container::child::child_main();
+    use vessel_agent::container::child::{child_main, CHILD_ARG, SPARE_ARG};
+    if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
+        child_main(args.get(2).map(String::as_str) == Some(SPARE_ARG));
     }
     if let Err(e) = vessel_agent::agent::run(&args[1..]) {
         eprintln!("vessel-agent: {e}");

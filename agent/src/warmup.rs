@@ -6,6 +6,9 @@
 //! had never made one (cold slab and per-CPU caches, code never paged in). On KVM-PVM, where
 //! the guest kernel is emulated, that first container cost ~1.3 s more than the next one
 //! (`vm_run`); every restored pod paid it. Done before the snapshot, it is paid once.
+//!
+//! After it, PID 1 starts spare setup children (`container::process`), so the snapshot also
+//! holds the spawn and re-exec of the setup child for a restored pod's first containers.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +22,15 @@ use crate::sandbox::{PodPlacement, Sandbox};
 const ID: &str = "vessel-warmup";
 /// On PID 1's /run tmpfs; removed afterwards.
 const DIR: &str = "/run/vessel-warmup";
+
+/// Setup children started ahead of need (`container::process`): a pod's sandbox container
+/// and its first app container, or a standalone container, each claim one.
+const SPARE_SETUP_CHILDREN: usize = 2;
+
+/// Starts the spare setup children the snapshot keeps; how many there are.
+pub fn start_spares() -> Result<usize, String> {
+    crate::container::process::start_spares(SPARE_SETUP_CHILDREN).map_err(|e| e.to_string())
+}
 
 /// Whether the kernel command line asks for the warm-up.
 pub fn wanted() -> bool {

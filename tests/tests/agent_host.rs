@@ -55,12 +55,12 @@ struct HostAgent {
 
 impl HostAgent {
     fn start() -> HostAgent {
-        Self::start_with(&[], None)
+        Self::start_with(&[], None, &[])
     }
 
     /// Starts the agent behind `prefix` (e.g. `unshare --net`), with its socket and state in
-    /// a temp dir under `parent` (default: the system temp dir).
-    fn start_with(prefix: &[&str], parent: Option<&Path>) -> HostAgent {
+    /// a temp dir under `parent` (default: the system temp dir) and `extra` arguments.
+    fn start_with(prefix: &[&str], parent: Option<&Path>, extra: &[&str]) -> HostAgent {
         require_root();
         let bin = agent_binary();
         assert!(bin.exists(), "agent binary {} missing", bin.display());
@@ -88,6 +88,7 @@ impl HostAgent {
             .arg(dir.path().join("state"))
             .arg("--log-level")
             .arg(std::env::var("VESSEL_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -271,6 +272,36 @@ fn init_with_a_pty() {
     with_agent("pty_init", sc::pty_init);
 }
 
+/// Spare setup children (started before serving; in the guest before the snapshot) serve the
+/// first containers that want a new pid namespace (pid 1 there, stdio pipes, then a pty);
+/// the next container is spawned as usual.
+#[test]
+fn spare_setup_children_serve_the_first_containers() {
+    let agent = HostAgent::start_with(&[], None, &["--spare-setup-children", "2"]);
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    let claimed = |agent: &HostAgent| {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("spare setup child") && l.contains("claimed"))
+            .count()
+    };
+    assert!(
+        agent.log().contains("2 spare setup children waiting"),
+        "{}",
+        agent.log()
+    );
+    // Pid 1 of its own pid namespace, like a spawned one.
+    agent.run("pid_namespace on a spare", |c| {
+        sc::pid_namespace(c, rootfs.path())
+    });
+    assert_eq!(claimed(&agent), 1, "{}", agent.log());
+    agent.run("pty_init on a spare", |c| sc::pty_init(c, rootfs.path()));
+    assert_eq!(claimed(&agent), 2, "{}", agent.log());
+    agent.run("stdin_pipe, spawned", |c| sc::stdin_pipe(c, rootfs.path()));
+    assert_eq!(claimed(&agent), 2, "{}", agent.log());
+}
+
 #[test]
 fn stdin_reaches_the_process() {
     with_agent("stdin_pipe", sc::stdin_pipe);
@@ -354,7 +385,7 @@ fn run_in_netns(pid: i32, args: &[&str]) -> String {
 #[test]
 fn network_interface_and_routes() {
     // The agent gets a network namespace of its own with a veth pair; nothing leaves it.
-    let agent = HostAgent::start_with(&["unshare", "--net"], None);
+    let agent = HostAgent::start_with(&["unshare", "--net"], None, &[]);
     let pid = agent.pid();
     run_in_netns(
         pid,
@@ -413,7 +444,7 @@ fn pid1_lifecycle_in_a_pid_namespace() {
         "--uts",
         "--net",
     ];
-    let mut agent = HostAgent::start_with(&prefix, Some(parent));
+    let mut agent = HostAgent::start_with(&prefix, Some(parent), &[]);
     let unshare_pid = agent.pid();
     let children =
         std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))

@@ -45,12 +45,34 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
 /// Where the cgroup filesystems are mounted and which cgroup the agent itself is in.
 #[derive(Debug, Clone)]
 pub enum CgroupLayout {
-    /// Unified hierarchy: (mount point, the agent's own cgroup path).
-    V2 { root: PathBuf, own: PathBuf },
+    /// Unified hierarchy: (mount point, the agent's own cgroup path, the hierarchy's root
+    /// flags among its mount options, e.g. `favordynmods`).
+    V2 {
+        root: PathBuf,
+        own: PathBuf,
+        root_flags: String,
+    },
     /// Controller name → (mount point, the agent's own cgroup path in that hierarchy).
     V1 {
         hierarchies: BTreeMap<String, (PathBuf, PathBuf)>,
     },
+}
+
+/// The cgroup2 root flags among a mount's super options. A cgroup2 mount in the initial
+/// cgroup namespace sets the hierarchy's flags to its own options, so a container's mount
+/// passes these on rather than clear them (`favordynmods`, see `crate::init`).
+fn v2_root_flags(superopts: &str) -> String {
+    const ROOT_FLAGS: [&str; 4] = [
+        "nsdelegate",
+        "favordynmods",
+        "memory_localevents",
+        "memory_recursiveprot",
+    ];
+    superopts
+        .split(',')
+        .filter(|o| ROOT_FLAGS.contains(o))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl CgroupLayout {
@@ -92,7 +114,7 @@ impl CgroupLayout {
             };
             match *fstype {
                 "cgroup2" if *mountpoint == "/sys/fs/cgroup" => {
-                    v2_root = Some(PathBuf::from(mountpoint))
+                    v2_root = Some((PathBuf::from(mountpoint), v2_root_flags(superopts)))
                 }
                 "cgroup" => {
                     for opt in superopts.split(',') {
@@ -105,13 +127,17 @@ impl CgroupLayout {
                 _ => {}
             }
         }
-        if let Some(root) = v2_root {
+        if let Some((root, root_flags)) = v2_root {
             let own = own_cgroups
                 .lines()
                 .find_map(|l| l.strip_prefix("0::"))
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/"));
-            return Ok(CgroupLayout::V2 { root, own });
+            return Ok(CgroupLayout::V2 {
+                root,
+                own,
+                root_flags,
+            });
         }
         if hierarchies.is_empty() {
             return Err(CgroupError::NoCgroupFs);
@@ -149,7 +175,7 @@ impl CgroupLayout {
             mount.join(full.strip_prefix("/").unwrap_or(&full))
         };
         Ok(match self {
-            CgroupLayout::V2 { root, own } => Cgroup {
+            CgroupLayout::V2 { root, own, .. } => Cgroup {
                 v2: true,
                 root: root.clone(),
                 dirs: vec![("".into(), under(root, own))],
@@ -703,6 +729,12 @@ mod tests {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
         let layout = CgroupLayout::parse(mi, "0::/\n").unwrap();
         assert!(layout.is_v2());
+        assert!(matches!(&layout, CgroupLayout::V2 { root_flags, .. } if root_flags.is_empty()));
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate,favordynmods";
+        assert!(matches!(
+            CgroupLayout::parse(mi, "0::/\n").unwrap(),
+            CgroupLayout::V2 { root_flags, .. } if root_flags == "nsdelegate,favordynmods"
+        ));
         let cg = layout
             .container_cgroup(Some(Path::new("kubepods.slice:cri:abc")), "abc")
             .unwrap();

@@ -9,11 +9,15 @@
 //! opened inside the container; child → [`ChildReport::Ready`] once set up (only when
 //! `wait_for_start`); agent → `Start`; then either end of file (the socket is close-on-exec:
 //! `execve` succeeded) or [`ChildReport::Failed`].
+//!
+//! A *spare* child (`vessel-agent __child spare`, see `process.rs`) is started before it is
+//! needed, with /dev/null as stdio, and first waits for [`AgentCommand::Claim`] carrying the
+//! container's stdio (SCM_RIGHTS); from there on it is like any other.
 
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ use crate::sys;
 
 /// argv[1] that selects the child entry point.
 pub const CHILD_ARG: &str = "__child";
+/// argv[2] of a spare child: wait for [`AgentCommand::Claim`] first.
+pub const SPARE_ARG: &str = "spare";
 pub const SYNC_FD: RawFd = 3;
 pub const FIRST_NS_FD: RawFd = 4;
 const MAX_FRAME: u32 = 16 << 20;
@@ -79,6 +85,8 @@ pub enum ChildReport {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AgentCommand {
     Start,
+    /// To a spare child: this container is yours; its stdio (3 fds) rides along.
+    Claim,
 }
 
 /// Sends one length-prefixed JSON message.
@@ -92,12 +100,21 @@ pub fn send<T: Serialize>(mut sock: &UnixStream, msg: &T) -> io::Result<()> {
 
 /// Sends one message with `fd` attached to its first byte.
 pub fn send_with_fd<T: Serialize>(sock: &UnixStream, msg: &T, fd: &OwnedFd) -> io::Result<()> {
+    send_with_fds(sock, msg, &[fd.as_fd()])
+}
+
+/// Sends one message with `fds` attached to its first byte.
+pub fn send_with_fds<T: Serialize>(
+    sock: &UnixStream,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let body = serde_json::to_vec(msg)?;
     let len =
         u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let header = len.to_le_bytes();
-    let fds = [fd.as_raw_fd()];
+    let fds: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     // The fd rides on the 4-byte header; the body follows as plain bytes.
     let sent = sendmsg::<()>(
         sock.as_raw_fd(),
@@ -118,12 +135,22 @@ pub fn send_with_fd<T: Serialize>(sock: &UnixStream, msg: &T, fd: &OwnedFd) -> i
 pub fn recv_with_fd<T: DeserializeOwned>(
     sock: &UnixStream,
 ) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+    Ok(recv_with_fds(sock, 1)?.map(|(msg, fds)| (msg, fds.into_iter().next())))
+}
+
+/// Receives one message and up to `MAX_FDS` descriptors that came with it (close-on-exec;
+/// the first `keep` are returned, any others closed).
+fn recv_with_fds<T: DeserializeOwned>(
+    sock: &UnixStream,
+    keep: usize,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    const MAX_FDS: usize = 3;
     let mut header = [0u8; 4];
     let mut got = 0;
-    let mut fd = None;
+    let mut kept = Vec::new();
     while got < header.len() {
-        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut header[got..])];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
@@ -136,9 +163,9 @@ pub fn recv_with_fd<T: DeserializeOwned>(
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for raw in fds {
                     let owned = sys::adopt_received_fd(raw);
-                    // Keep the first; any extra is closed by dropping it.
-                    if fd.is_none() {
-                        fd = Some(owned);
+                    // Any beyond `keep` is closed by dropping it.
+                    if kept.len() < keep {
+                        kept.push(owned);
                     }
                 }
             }
@@ -162,7 +189,7 @@ pub fn recv_with_fd<T: DeserializeOwned>(
     let mut body = vec![0u8; len as usize];
     let mut r = sock;
     r.read_exact(&mut body)?;
-    Ok(Some((serde_json::from_slice(&body)?, fd)))
+    Ok(Some((serde_json::from_slice(&body)?, kept)))
 }
 
 /// Receives one message; `Ok(None)` on end of file before a message starts.
@@ -185,13 +212,30 @@ pub fn recv<T: DeserializeOwned>(mut sock: &UnixStream) -> io::Result<Option<T>>
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
-/// Entry point of `vessel-agent __child`. Never returns.
-pub fn child_main() -> ! {
+/// Entry point of `vessel-agent __child [spare]`. Never returns.
+pub fn child_main(spare: bool) -> ! {
     let sync = match sys::take_inherited_fd(SYNC_FD) {
         Ok(fd) => UnixStream::from(fd),
         Err(_) => std::process::exit(126),
     };
-    let err = match run(&sync) {
+    if spare {
+        match wait_for_claim(&sync) {
+            Ok(true) => {}
+            // The agent went away or removed the spare: nothing to do.
+            Ok(false) => std::process::exit(0),
+            Err(e) => {
+                let _ = send(
+                    &sync,
+                    &ChildReport::Failed {
+                        invalid: false,
+                        message: format!("spare setup child: {e}"),
+                    },
+                );
+                std::process::exit(127)
+            }
+        }
+    }
+    let err = match run(&sync, spare) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -206,8 +250,30 @@ pub fn child_main() -> ! {
     std::process::exit(127)
 }
 
-fn run(sync: &UnixStream) -> Result<Infallible, ChildError> {
-    let mut steps = Steps::new();
+/// A spare child's wait: `Ok(false)` if the agent closed the socket instead of claiming it;
+/// on a claim the container's stdio becomes fds 0-2.
+fn wait_for_claim(sync: &UnixStream) -> io::Result<bool> {
+    let (cmd, stdio) = match recv_with_fds::<AgentCommand>(sync, 3)? {
+        None => return Ok(false),
+        Some(got) => got,
+    };
+    if !matches!(cmd, AgentCommand::Claim) || stdio.len() != 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "expected a claim with 3 fds, got {cmd:?} with {}",
+                stdio.len()
+            ),
+        ));
+    }
+    nix::unistd::dup2_stdin(&stdio[0])?;
+    nix::unistd::dup2_stdout(&stdio[1])?;
+    nix::unistd::dup2_stderr(&stdio[2])?;
+    Ok(true)
+}
+
+fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
+    let mut steps = Steps::new(spare);
     let cfg: ChildConfig = recv(sync)
         .map_err(|e| ChildError::io("read config", e))?
         .ok_or_else(|| ChildError::Invalid("agent closed the sync socket".into()))?;
@@ -333,14 +399,21 @@ fn minor_faults() -> u64 {
 }
 
 impl Steps {
-    fn new() -> Steps {
+    /// A spare child's steps start at its claim (its start-up was paid before it was needed).
+    fn new(spare: bool) -> Steps {
         let faults = minor_faults();
         let mut s = Steps {
             done: Vec::new(),
             last: std::time::Instant::now(),
             last_faults: faults,
         };
-        if let Some(us) = sys::process_age_us() {
+        if spare {
+            s.done.push(StepCost {
+                what: "spare claimed".into(),
+                us: 0,
+                minor_faults: faults,
+            });
+        } else if let Some(us) = sys::process_age_us() {
             s.done.push(StepCost {
                 what: "exec until main".into(),
                 us,

@@ -209,8 +209,8 @@ pub fn ensure_mountpoint(dest: &Path, file: bool) -> Result<(), ChildError> {
 /// How to mount an OCI `cgroup` type on this host.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum CgroupMountStyle {
-    /// cgroup2 everywhere.
-    V2,
+    /// cgroup2 everywhere, mounted with the hierarchy's root flags (`CgroupLayout::V2`).
+    V2 { root_flags: String },
     /// A tmpfs with one v1 hierarchy per entry (directory name, mount options).
     V1(Vec<(String, String)>),
 }
@@ -313,7 +313,13 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
 fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::Result<()> {
     let flags = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
     match style {
-        CgroupMountStyle::V2 => mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>),
+        CgroupMountStyle::V2 { root_flags } => mount(
+            Some("cgroup2"),
+            dest,
+            Some("cgroup2"),
+            flags,
+            (!root_flags.is_empty()).then_some(root_flags.as_str()),
+        ),
         CgroupMountStyle::V1(hierarchies) => {
             let base = flags & !MsFlags::MS_RDONLY;
             mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))?;

@@ -1,10 +1,21 @@
 //! The agent-side half of process creation: fork + re-exec of the agent as the child
 //! (see `child.rs`) in the right pid namespace, registered with the reaper, put into the
 //! container's cgroup, and driven through the sync protocol.
+//!
+//! **Spare setup children.** Before a snapshot is taken (`crate::warmup`), PID 1 starts a
+//! few setup children ahead of need, each in a new pid namespace and waiting to be claimed.
+//! A restored pod's first containers that want a new pid namespace (a standalone container,
+//! a pod's sandbox container, the first app containers) claim one instead of spawning: on
+//! KVM-PVM the spawn and the re-exec of the agent until its `main` cost ~1.2 s of emulated
+//! guest kernel work per container, and the snapshot has that done. The claim hands over
+//! the container's stdio; the cgroup and config follow as for a fresh child. Pages the spare
+//! touched before its claim stay charged to the agent's cgroup (as runc's `init` is moved into
+//! the container's cgroup after it started). Spares are not replenished: that work would
+//! compete with the containers on the guest's vCPU.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -12,9 +23,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::cgroups::Cgroup;
-use super::child::{self, AgentCommand, ChildConfig, ChildReport, CHILD_ARG};
+use super::child::{self, AgentCommand, ChildConfig, ChildReport, CHILD_ARG, SPARE_ARG};
 use crate::error::RequestError;
-use crate::reaper::{ExitCell, Reaper};
+use crate::reaper::{lock, ExitCell, Reaper};
 
 /// How long the child may take to set up before the agent gives up on it. Generous: on a
 /// KVM-PVM host the setup child's exec, mounts and pivot_root take ~15 s idle and over 60 s
@@ -38,7 +49,54 @@ pub struct Spawned {
     sync: UnixStream,
 }
 
-/// Forks the child, moves it into `cgroup`, and sends it `config`.
+/// Spare setup children waiting to be claimed (see the module comment).
+static SPARES: Mutex<Vec<Spawned>> = Mutex::new(Vec::new());
+
+fn internal(what: &str, e: &dyn std::fmt::Display) -> RequestError {
+    RequestError::internal(format!("{what}: {e}"))
+}
+
+/// Starts `count` spare setup children (stdio /dev/null until claimed); how many there are.
+pub fn start_spares(count: usize) -> Result<usize, RequestError> {
+    for _ in 0..count {
+        let null = || {
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| internal("/dev/null", &e))
+        };
+        let stdio = [null()?, null()?, null()?];
+        let spare = fork_child(&stdio, &[], PidNs::New, true)?;
+        lock(&SPARES).push(spare);
+    }
+    Ok(lock(&SPARES).len())
+}
+
+/// A spare child, claimed for a container with `stdio`; `None` if none is left.
+fn claim_spare(stdio: &[OwnedFd; 3]) -> Option<Spawned> {
+    loop {
+        let spare = lock(&SPARES).pop()?;
+        if spare.exit.get().is_some() {
+            continue;
+        }
+        let fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
+        match child::send_with_fds(&spare.sync, &AgentCommand::Claim, &fds) {
+            Ok(()) => {
+                log::info!(
+                    "spare setup child {} claimed ({} left)",
+                    spare.pid,
+                    lock(&SPARES).len()
+                );
+                return Some(spare);
+            }
+            Err(e) => {
+                log::warn!("spare setup child {}: {e}", spare.pid);
+                spare.abort();
+            }
+        }
+    }
+}
+
+/// Forks the child (or claims a spare), moves it into `cgroup`, and sends it `config`.
 pub fn spawn(
     config: &ChildConfig,
     stdio: &[OwnedFd; 3],
@@ -46,16 +104,62 @@ pub fn spawn(
     pid_ns: PidNs<'_>,
     cgroup: &Cgroup,
 ) -> Result<Spawned, RequestError> {
-    let internal =
-        |what: &str, e: &dyn std::fmt::Display| RequestError::internal(format!("{what}: {e}"));
+    // Step times for the debug log (seconds on an emulating host).
+    let t0 = std::time::Instant::now();
+    let spare = match pid_ns {
+        PidNs::New if extra_fds.is_empty() => claim_spare(stdio),
+        _ => None,
+    };
+    let how = if spare.is_some() {
+        "spare claimed"
+    } else {
+        "forked"
+    };
+    let spawned = match spare {
+        Some(s) => s,
+        None => fork_child(stdio, extra_fds, pid_ns, false)?,
+    };
+    let t_child = t0.elapsed();
+    if let Err(e) = cgroup.add_process(spawned.pid.as_raw()) {
+        spawned.abort();
+        return Err(internal("join cgroup", &e));
+    }
+    let t_cgroup = t0.elapsed();
+    let _ = spawned.sync.set_read_timeout(Some(SETUP_TIMEOUT));
+    if let Err(e) = child::send(&spawned.sync, config) {
+        let err = spawned
+            .failure()
+            .unwrap_or_else(|| internal("send child config", &e));
+        spawned.abort();
+        return Err(err);
+    }
+    log::debug!(
+        "setup child {}: {how} {t_child:?}, moved into the cgroup {:?}, config sent {:?}",
+        spawned.pid,
+        t_cgroup - t_child,
+        t0.elapsed() - t_cgroup
+    );
+    Ok(spawned)
+}
+
+/// Forks and re-executes the agent as a setup child in `pid_ns`, registered with the reaper.
+fn fork_child(
+    stdio: &[OwnedFd; 3],
+    extra_fds: &[BorrowedFd<'_>],
+    pid_ns: PidNs<'_>,
+    spare: bool,
+) -> Result<Spawned, RequestError> {
     let (agent_end, child_end) = UnixStream::pair().map_err(|e| internal("socketpair", &e))?;
     let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
     fds.push(child_end.as_fd());
     fds.extend_from_slice(extra_fds);
     let env = crate::fpu_workaround::child_env();
-    let plan =
-        crate::sys::ExecPlan::new("/proc/self/exe", &["vessel-agent", CHILD_ARG], &env, &fds)
-            .map_err(|e| internal("exec plan", &e))?;
+    let mut argv = vec!["vessel-agent", CHILD_ARG];
+    if spare {
+        argv.push(SPARE_ARG);
+    }
+    let plan = crate::sys::ExecPlan::new("/proc/self/exe", &argv, &env, &fds)
+        .map_err(|e| internal("exec plan", &e))?;
 
     // The pid namespace for children is a per-thread attribute: switch it on a short-lived
     // thread so no request thread is ever left in a container's namespace.
@@ -84,24 +188,11 @@ pub fn spawn(
     });
     let (pid, exit) = forked.map_err(|_| RequestError::internal("spawn thread panicked"))??;
     drop(child_end);
-    let spawned = Spawned {
+    Ok(Spawned {
         pid,
         exit,
         sync: agent_end,
-    };
-    if let Err(e) = cgroup.add_process(pid.as_raw()) {
-        spawned.abort();
-        return Err(internal("join cgroup", &e));
-    }
-    let _ = spawned.sync.set_read_timeout(Some(SETUP_TIMEOUT));
-    if let Err(e) = child::send(&spawned.sync, config) {
-        let err = spawned
-            .failure()
-            .unwrap_or_else(|| internal("send child config", &e));
-        spawned.abort();
-        return Err(err);
-    }
-    Ok(spawned)
+    })
 }
 
 impl Spawned {

@@ -137,7 +137,9 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
         .container_cgroup(linux.cgroups_path().as_deref(), id)
         .map_err(|e| RequestError::invalid(format!("cgroupsPath: {e}")))?;
     let cgroup_style = match ctx.layout {
-        CgroupLayout::V2 { .. } => CgroupMountStyle::V2,
+        CgroupLayout::V2 { root_flags, .. } => CgroupMountStyle::V2 {
+            root_flags: root_flags.clone(),
+        },
         CgroupLayout::V1 { hierarchies } => {
             let mut dirs: Vec<(String, String)> = Vec::new();
             for (ctrl, (mount, _)) in hierarchies {
@@ -195,6 +197,7 @@ mod tests {
         CgroupLayout::V2 {
             root: PathBuf::from("/sys/fs/cgroup"),
             own: PathBuf::from("/"),
+            root_flags: String::new(),
         }
     }
 
