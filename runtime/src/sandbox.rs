@@ -367,6 +367,12 @@ impl Sandbox {
         self.vm.network_is_the_pods()
     }
 
+    /// Whether stopping the sandbox ends its containers too (a VM), so removing them in the
+    /// agent first is wasted work.
+    pub fn stop_ends_containers(&self) -> bool {
+        self.vm.kill_ends_everything()
+    }
+
     pub(crate) fn agent(&self) -> &Agent {
         &self.agent
     }
