@@ -112,12 +112,15 @@ impl Container {
         stdin: bool,
         ctx: &CreateContext<'_>,
     ) -> RequestResult<Container> {
+        let t0 = std::time::Instant::now();
         let plan = spec::plan(id, spec_json, ctx)?;
+        let planned = t0.elapsed();
         let cgroup = plan.cgroup.clone();
         cgroup
             .create()
             .map_err(|e| RequestError::internal(format!("creating cgroup: {e}")))?;
-        let result = Self::create_in(id, plan, stdin);
+        let before = format!("plan {planned:?}, cgroup {:?}", t0.elapsed() - planned);
+        let result = Self::create_in(id, plan, stdin, &before);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
                 log::warn!("container {id}: removing cgroup after failed create: {e}");
@@ -126,7 +129,14 @@ impl Container {
         result
     }
 
-    fn create_in(id: &str, plan: spec::CreatePlan, stdin: bool) -> RequestResult<Container> {
+    /// `before`: the step times so far, for the debug log.
+    fn create_in(
+        id: &str,
+        plan: spec::CreatePlan,
+        stdin: bool,
+        before: &str,
+    ) -> RequestResult<Container> {
+        let t_res = std::time::Instant::now();
         if let Some(res) = &plan.resources {
             plan.cgroup
                 .apply(res)
@@ -153,6 +163,7 @@ impl Container {
         let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
         // Step times go to the debug log: on an emulating host (KVM-PVM) a create takes
         // seconds and these say where.
+        let resources_stdio = t_res.elapsed();
         let t0 = std::time::Instant::now();
         let spawned = process::spawn(&plan.config, &stdio.child, &[], pid_ns, &plan.cgroup)?;
         drop(stdio.child);
@@ -191,7 +202,8 @@ impl Container {
         });
         let steps: Vec<String> = steps.iter().map(ToString::to_string).collect();
         log::debug!(
-            "container {id}: created, init pid {} (spawn {:?}, child set up {:?}: {})",
+            "container {id}: created, init pid {} ({before}, resources and stdio \
+             {resources_stdio:?}, spawn {:?}, child set up {:?}: {})",
             init.pid,
             spawned_after,
             t0.elapsed() - spawned_after,

@@ -169,6 +169,8 @@ impl Pod {
                 netns.display()
             );
         }
+        // Step times for the log (seconds on an emulating host; the bench's stages).
+        let t0 = std::time::Instant::now();
         let rootfs_mounted = mount_rootfs(&req.bundle, &req.rootfs, self.mounter.as_ref())
             .map_err(|source| PodError::Mount {
                 context: format!("create {id}: rootfs"),
@@ -181,6 +183,7 @@ impl Pod {
                 }
             }
         };
+        let t_rootfs = t0.elapsed();
         let shm = (!self.standalone).then(|| self.sandbox.guest_pod_shm());
         let host_rootfs = rootfs_path(&req.bundle);
         let created = self.sandbox.create_container(ContainerConfig {
@@ -195,6 +198,7 @@ impl Pod {
             undo_rootfs();
             return Err(PodError::sandbox(format!("create {id}"), e));
         }
+        let t_created = t0.elapsed();
         let io = match io::attach(self.sandbox.agent(), id, "", &req.stdio) {
             Ok(io) => io,
             Err(source) => {
@@ -208,6 +212,12 @@ impl Pod {
                 });
             }
         };
+        log::info!(
+            "pod {}: container {id}: created (rootfs {t_rootfs:?}, agent {:?}, stdio {:?})",
+            self.id,
+            t_created - t_rootfs,
+            t0.elapsed() - t_created
+        );
         let init = Arc::new(Proc::new(id, "", req.stdio.clone(), None));
         init.set_io(io);
         lock(&self.containers).insert(
