@@ -82,6 +82,10 @@ pub struct Cli {
     /// qemu-system-x86_64 [default: PATH].
     #[arg(long)]
     pub qemu: Option<PathBuf>,
+    /// Firecracker, built from its public source, for the boot measure (without it that
+    /// series says it was not run).
+    #[arg(long)]
+    pub firecracker: Option<PathBuf>,
     /// Guest memory (MiB), for vessel pods and both VMMs.
     #[arg(long, default_value_t = 128)]
     pub mem_mib: u32,

@@ -201,6 +201,7 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
         let spec = BootSpec {
             vmm: tools.vmm.clone().unwrap_or_default(),
             qemu: tools.qemu.clone().unwrap_or_default(),
+            firecracker: cli.firecracker.clone(),
             kernel: tools.kernel.clone().unwrap_or_default(),
             initrd: tools.initrd.clone().unwrap_or_default(),
             mem_mib: cli.mem_mib,

@@ -1,6 +1,6 @@
-//! VM boot: vessel-vmm vs `qemu-system-x86_64 -M microvm`, same kernel, initrd, memory and
-//! vCPUs, and the CPUID and kernel command line vessel-vmm chose for this host; optionally
-//! vessel-vmm's restore from a snapshot.
+//! VM boot: vessel-vmm vs `qemu-system-x86_64 -M microvm` and (given `--firecracker PATH`)
+//! Firecracker, same kernel, initrd, memory and vCPUs, and the CPUID and kernel command line
+//! vessel-vmm chose for this host; optionally vessel-vmm's restore from a snapshot.
 //!
 //! Boots are timed from spawning the VMM process to a line on the serial console: the agent
 //! (guest PID 1) logs [`MARKER`] once its ttrpc server listens, at info level, which
@@ -9,6 +9,7 @@
 //! vessel-vmm the time until the agent answers `Check` over the hybrid vsock is reported too.
 //! A restored guest prints nothing (its agent already serves): restores are timed to `Check`.
 
+pub mod firecracker;
 pub mod qemu;
 pub mod vm_run;
 
@@ -30,6 +31,8 @@ pub const AGENT_LOG_OPTION: &str = "vessel.log=info";
 pub struct BootSpec {
     pub vmm: PathBuf,
     pub qemu: PathBuf,
+    /// Firecracker, built from its public source; `None`: its series says it was not run.
+    pub firecracker: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub mem_mib: u32,
@@ -161,6 +164,18 @@ pub fn measure(spec: &BootSpec) -> BootResult {
         "restore to Check answered",
         "VMM PSS at Check",
     );
+    let mut fc = Track::new(
+        "firecracker",
+        "boot to agent serial marker",
+        "VMM PSS at marker",
+    );
+    let mut fc_check = Series::new("firecracker", "boot to Check answered", "ms");
+    let mut fc_command = None;
+    if spec.firecracker.is_none() {
+        let why = "not run: no --firecracker PATH (build Firecracker from its public source)";
+        fc.fail(why);
+        fc_check.fail(why);
+    }
     let mut choices = VmmChoices::default();
     let mut qemu_command = String::from("(not run: vessel-vmm's choices unknown)");
     let mut unmapped = Vec::new();
@@ -244,6 +259,32 @@ pub fn measure(spec: &BootSpec) -> BootResult {
                 Err((e, _)) => restore.fail(&e),
             }
         }
+        if let (Some(fc_bin), false) = (&spec.firecracker, fc.failed()) {
+            match &choices.cmdline {
+                Some(cmdline) => {
+                    log::info!("boot: firecracker boot {}", i + 1);
+                    let run = firecracker_boot(spec, fc_bin, &qemu_append(cmdline));
+                    fc_command = Some(run.0);
+                    match run.1 {
+                        Ok(run) => {
+                            fc.record(measured, run.marker, &run);
+                            if let (true, Some(c)) = (measured, run.check) {
+                                fc_check.samples.push(ms(c));
+                            }
+                        }
+                        Err(e) => {
+                            fc.fail(&e);
+                            fc_check.fail(e);
+                        }
+                    }
+                }
+                None => {
+                    let why = "vessel-vmm did not log its kernel command line; cannot give Firecracker the same";
+                    fc.fail(why);
+                    fc_check.fail(why);
+                }
+            }
+        }
         if qemu.failed() {
             continue;
         }
@@ -301,6 +342,29 @@ pub fn measure(spec: &BootSpec) -> BootResult {
         series.push(restore_time);
         memory.push(restore_mem);
     }
+    let (fc_time, fc_mem) = finish(fc);
+    let fc_check = fc_check.finish();
+    ratios.push(Ratio::of(
+        "boot to agent serial marker, vs firecracker",
+        &series[0],
+        &fc_time,
+    ));
+    ratios.push(Ratio::of(
+        "boot to Check answered, vs firecracker",
+        &series[2],
+        &fc_check,
+    ));
+    ratios.push(Ratio::of(
+        "VMM PSS at marker, vs firecracker",
+        &memory[0],
+        &fc_mem,
+    ));
+    if let Some(c) = fc_command {
+        notes.push(format!("firecracker: {c}"));
+    }
+    series.push(fc_time);
+    series.push(fc_check);
+    memory.push(fc_mem);
     BootResult {
         marker: MARKER.into(),
         vessel_command,
@@ -317,6 +381,39 @@ pub fn measure(spec: &BootSpec) -> BootResult {
     }
 }
 
+/// One Firecracker boot with `boot_args`: its command (for the report) and what it saw.
+fn firecracker_boot(
+    spec: &BootSpec,
+    bin: &Path,
+    boot_args: &str,
+) -> (String, Result<VmRun, String>) {
+    let sock = spec.work.join("firecracker-vsock.sock");
+    let config = spec.work.join("firecracker.json");
+    let _ = std::fs::remove_file(&sock);
+    let text = firecracker::config_json(
+        &spec.kernel,
+        &spec.initrd,
+        spec.mem_mib,
+        spec.vcpus,
+        boot_args,
+        &sock,
+    );
+    let args = firecracker::args(&config);
+    let command = format!("{} with {text}", show_command(bin, &args));
+    if let Err(e) = std::fs::write(&config, &text) {
+        return (command, Err(format!("writing {}: {e}", config.display())));
+    }
+    let wait = Wait {
+        marker: Some(MARKER),
+        check: Some(&sock),
+        check_from_start: false,
+        poll: Duration::from_millis(50),
+    };
+    let run = run_vm(bin, &args, &wait, spec.timeout, "firecracker").map_err(|(e, _)| e);
+    let _ = std::fs::remove_file(&sock);
+    (command, run)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +423,7 @@ mod tests {
         let spec = BootSpec {
             vmm: "/t/vessel-vmm".into(),
             qemu: "/usr/bin/qemu-system-x86_64".into(),
+            firecracker: None,
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.cpio".into(),
             mem_mib: 256,
@@ -351,6 +449,7 @@ mod tests {
         let spec = BootSpec {
             vmm: d.path().join("no-vessel-vmm"),
             qemu: d.path().join("no-qemu"),
+            firecracker: None,
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.cpio".into(),
             mem_mib: 128,
@@ -363,7 +462,7 @@ mod tests {
             restore: true,
         };
         let r = measure(&spec);
-        assert_eq!(r.series.len(), 4);
+        assert_eq!(r.series.len(), 6);
         for s in r.series.iter().chain(&r.memory) {
             assert!(s.summary.is_none() && s.error.is_some(), "{s:?}");
         }
@@ -382,6 +481,12 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("cannot configure qemu"));
+        for fc in &r.series[4..] {
+            assert!(
+                fc.error.as_deref().unwrap().contains("no --firecracker"),
+                "{fc:?}"
+            );
+        }
         assert!(r.ratios.iter().all(|x| x.p50.is_none()));
     }
 }
