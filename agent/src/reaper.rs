@@ -67,9 +67,7 @@ impl ExitCell {
 }
 
 /// Lock a mutex, recovering from poisoning (a panicking request must not wedge the agent).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use vessel_protocol::sync::lock;
 
 /// The process-wide child reaper.
 pub struct Reaper {

@@ -26,10 +26,7 @@ use crate::vm::tail_file;
 
 /// Bumped when what goes into a snapshot changes in a way the inputs do not show.
 const KEY_VERSION: &str = "vessel-snapshot-key v1";
-/// The guest CID the VMM gives the vsock device (its default).
-const VSOCK_CID: u64 = 3;
-/// `vessel-vmm` exit status for a snapshot it will not restore.
-const EXIT_SNAPSHOT_REJECTED: i32 = 6;
+use vessel_protocol::{GUEST_VSOCK_CID as VSOCK_CID, VMM_EXIT_SNAPSHOT_REJECTED};
 const MANIFEST: &str = "vm.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -521,7 +518,9 @@ impl SnapshotTool for VmmSnapshotTool {
             .collect();
         match out.status.code() {
             Some(0) => Ok(CheckOutcome::Usable),
-            Some(EXIT_SNAPSHOT_REJECTED) => Ok(CheckOutcome::Rejected(last)),
+            Some(c) if c == i32::from(VMM_EXIT_SNAPSHOT_REJECTED) => {
+                Ok(CheckOutcome::Rejected(last))
+            }
             _ => Err(format!("vessel-vmm snapshot-check {}: {last}", out.status)),
         }
     }

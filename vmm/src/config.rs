@@ -12,7 +12,7 @@ pub const DEFAULT_MEM_MIB: u32 = 128;
 pub const MIN_MEM_MIB: u32 = 32;
 /// Guest RAM is capped well below the host's 24 GiB.
 pub const MAX_MEM_MIB: u32 = 16 * 1024;
-pub const DEFAULT_VSOCK_CID: u64 = 3;
+pub const DEFAULT_VSOCK_CID: u64 = vessel_protocol::GUEST_VSOCK_CID;
 
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

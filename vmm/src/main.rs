@@ -16,9 +16,7 @@ use vessel_vmm::{
     VsockConfig,
 };
 
-/// Exit status when `--restore` refuses the snapshot (missing, damaged, from another VMM or
-/// host, or not what the flags ask for): the caller should remove and recreate it.
-const EXIT_SNAPSHOT_REJECTED: u8 = 6;
+use vessel_protocol::VMM_EXIT_SNAPSHOT_REJECTED as EXIT_SNAPSHOT_REJECTED;
 
 /// Boots a Linux micro-VM (ELF vmlinux + initrd) on KVM, or restores one from a snapshot.
 #[derive(Debug, Parser)]

@@ -1,7 +1,7 @@
 //! One process of a pod's container, as the host tracks it: the container's init
 //! (`exec_id` "") or an exec, its stdio attachment and its exit.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
 use oci_spec::runtime::Process;
 
@@ -48,9 +48,7 @@ pub struct Proc {
     io: Mutex<Option<Arc<ProcessIo>>>,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use vessel_protocol::sync::lock;
 
 /// Now in Unix ns (0 if the clock is before the epoch).
 pub(crate) fn now_ns() -> u64 {

@@ -142,9 +142,7 @@ impl ChildProcess {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use vessel_protocol::sync::lock;
 
 fn watch_child(pid: i32, shared: &(Mutex<Shared>, Condvar)) {
     let pid = Pid::from_raw(pid);

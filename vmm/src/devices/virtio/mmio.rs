@@ -380,11 +380,9 @@ impl MmioTransport {
     }
 }
 
-/// Locks `m` even if a thread panicked holding it: device state stays usable (a guest must
-/// not be able to wedge the VMM through one panic). The one such helper of the VMM.
-pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Locks even if a thread panicked holding the lock: device state stays usable (a guest must
+/// not be able to wedge the VMM through one panic).
+pub(crate) use vessel_protocol::sync::lock;
 
 /// Applies the driver's size and ring addresses to `queue`, checking them.
 fn configure_queue(queue: &mut Queue, qc: &QueueConfig, mem: &GuestMemory) -> Result<(), String> {

@@ -85,7 +85,7 @@ impl Vsock {
             subscribed: false,
             tx_waiting: false,
             tx_payload: Vec::new(),
-            log: LogLimiter::default(),
+            log: super::metrics::log_limiter(),
         })
     }
 

@@ -1,7 +1,9 @@
 //! Counters of the vsock device, and a rate limit for the logs the guest can trigger.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub(crate) use crate::log_limit::LogLimiter;
 
 /// Counters of one vsock device. Shared (`Arc`) so the VMM and tests can read them while the
 /// device runs on the event loop.
@@ -64,63 +66,15 @@ impl VsockMetrics {
     }
 }
 
-/// Lets through at most `burst` log lines per `window`; the guest can trigger these.
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    window: Duration,
-    burst: u32,
-    window_start: Option<Instant>,
-    emitted: u32,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub(crate) const fn new(window: Duration, burst: u32) -> Self {
-        Self {
-            window,
-            burst,
-            window_start: None,
-            emitted: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether a line may be logged now. When a new window opens after suppressing lines, the
-    /// returned count says how many were dropped.
-    pub(crate) fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        let expired = self
-            .window_start
-            .is_none_or(|start| now.duration_since(start) >= self.window);
-        if expired {
-            self.window_start = Some(now);
-            self.emitted = 0;
-        }
-        if self.emitted < self.burst {
-            self.emitted += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
-}
-
-impl Default for LogLimiter {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(5), 10)
-    }
+/// The vsock device's limit on the warnings a guest can trigger (one per device and muxer).
+pub(crate) fn log_limiter() -> LogLimiter {
+    LogLimiter::new(10, Duration::from_secs(5))
 }
 
 /// `warn!` through a [`LogLimiter`].
 macro_rules! limited_warn {
     ($limiter:expr, $($arg:tt)+) => {
-        if let Some(dropped) = $limiter.allow() {
-            if dropped > 0 {
-                log::warn!("vsock: {} similar messages suppressed", dropped);
-            }
-            log::warn!($($arg)+);
-        }
+        $crate::log_limited!($limiter, log::Level::Warn, $($arg)+)
     };
 }
 pub(crate) use limited_warn;
@@ -130,10 +84,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limiter_caps_a_burst() {
-        let mut l = LogLimiter::new(Duration::from_secs(3600), 3);
-        let allowed = (0..10).filter(|_| l.allow().is_some()).count();
-        assert_eq!(allowed, 3);
-        assert_eq!(l.suppressed, 7);
+    fn vsock_limiter_caps_a_burst() {
+        let l = log_limiter();
+        let allowed = (0..30).filter(|_| l.check().is_some()).count();
+        assert_eq!(allowed, 10);
     }
 }

@@ -83,7 +83,7 @@ impl Muxer {
             parked: Vec::new(),
             timeouts: Timeouts::default(),
             metrics,
-            log: LogLimiter::default(),
+            log: super::metrics::log_limiter(),
             scratch: vec![0; MAX_PAYLOAD],
         }
     }
