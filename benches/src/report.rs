@@ -205,6 +205,9 @@ pub struct Report {
 pub fn fmt_ratio(r: Option<f64>) -> String {
     match r {
         Some(v) if v >= 10.0 => format!("{v:.0}×"),
+        Some(v) if v >= 0.01 => format!("{v:.2}×"),
+        // A restore against a boot: "1/369×" says more than "0.00×".
+        Some(v) if v > 0.0 => format!("1/{:.0}×", 1.0 / v),
         Some(v) => format!("{v:.2}×"),
         None => "-".into(),
     }

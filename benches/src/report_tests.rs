@@ -109,6 +109,7 @@ fn ratios_divide_the_percentiles() {
     assert_eq!(r.p90, Some(10.0));
     assert_eq!(fmt_ratio(r.p50), "10×");
     assert_eq!(fmt_ratio(Some(1.234)), "1.23×");
+    assert_eq!(fmt_ratio(Some(80.0 / 29_478.0)), "1/368×");
     assert_eq!(fmt_ratio(None), "-");
     // No samples on one side: no ratio (not 0, not inf).
     let none = Ratio::of("m", &series("vessel", &[], Some("x")), &b);
