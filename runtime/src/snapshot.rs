@@ -9,7 +9,6 @@
 //! Snapshots are never modified in place (running VMs map `memory.bin`): one is created in a
 //! private work directory and renamed into place, and removed by renaming it away first.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -26,6 +25,7 @@ use crate::vm::tail_file;
 
 /// Bumped when what goes into a snapshot changes in a way the inputs do not show.
 const KEY_VERSION: &str = "vessel-snapshot-key v1";
+use vessel_protocol::vmm_launch::{GuestFlags, HostFlags, LaunchMode, VmmLaunch};
 use vessel_protocol::{GUEST_VSOCK_CID as VSOCK_CID, VMM_EXIT_SNAPSHOT_REJECTED};
 const MANIFEST: &str = "vm.json";
 
@@ -366,7 +366,7 @@ fn manifest_summary(path: &Path) -> String {
 }
 
 /// Guest-side flags: what the VM is booted from (and what a restore must match).
-pub fn guest_args(config: &Config) -> Vec<OsString> {
+pub fn guest_flags(config: &Config) -> GuestFlags {
     let h = &config.hypervisor;
     let mut cmdline = h.kernel_params.clone();
     if config.snapshot.enabled {
@@ -377,54 +377,44 @@ pub fn guest_args(config: &Config) -> Vec<OsString> {
         }
         cmdline.push_str(&format!("{}=1", vessel_protocol::WARMUP_CMDLINE_PARAM));
     }
-    let mut args: Vec<OsString> = Vec::new();
-    for (flag, value) in [
-        ("--kernel", h.kernel.as_os_str().to_owned()),
-        ("--initrd", h.initrd.as_os_str().to_owned()),
-        ("--cmdline", OsString::from(cmdline)),
-        ("--mem-mib", OsString::from(h.memory_mib.to_string())),
-        ("--vcpus", OsString::from(h.vcpus.to_string())),
-    ] {
-        args.push(flag.into());
-        args.push(value);
+    GuestFlags {
+        kernel: h.kernel.clone(),
+        initrd: h.initrd.clone(),
+        cmdline,
+        mem_mib: h.memory_mib,
+        // The config keeps vcpus within 1..=254.
+        vcpus: u8::try_from(h.vcpus).unwrap_or(u8::MAX),
+        // Every VM has its NIC (snapshots too): pods with a network attach a tap to it.
+        net: true,
     }
-    // Every VM has its NIC (snapshots too): pods with a network attach a tap to it.
-    args.push("--net".into());
-    args
 }
 
 /// Host-side flags: the VM's sockets, console and shared directory, and the empty directory
 /// its jail is built on (used when `hypervisor.jail`; created here).
-pub fn host_args(
+pub fn host_flags(
     config: &Config,
     vsock: &Path,
     console: &Path,
     shared: &Path,
     jail: &Path,
-) -> std::io::Result<Vec<OsString>> {
-    let mut args: Vec<OsString> = vec![
-        "--vsock-uds".into(),
-        vsock.into(),
-        "--console".into(),
-        console.into(),
-        "--console-max-bytes".into(),
-        config.runtime.console_log_max_bytes.to_string().into(),
-        "--shared-dir".into(),
-        format!("{SHARED_FS_TAG}={}", shared.display()).into(),
-    ];
-    if !config.hypervisor.seccomp {
-        args.push("--no-seccomp".into());
-    }
+) -> std::io::Result<HostFlags> {
+    let mut flags = HostFlags {
+        vsock_uds: Some(vsock.to_path_buf()),
+        console: Some(console.to_path_buf()),
+        console_max_bytes: Some(config.runtime.console_log_max_bytes),
+        shared_dirs: vec![(SHARED_FS_TAG.to_string(), shared.to_path_buf())],
+        no_seccomp: !config.hypervisor.seccomp,
+        ..HostFlags::default()
+    };
     if config.hypervisor.jail {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(jail)?;
-        args.push("--jail".into());
-        args.push(jail.into());
+        flags.jail = Some(jail.to_path_buf());
     }
-    Ok(args)
+    Ok(flags)
 }
 
 /// The real tool: `vessel-vmm snapshot-create` and `vessel-vmm snapshot-check`.
@@ -447,23 +437,23 @@ impl SnapshotTool for VmmSnapshotTool {
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
-        let mut cmd = Command::new(&config.hypervisor.path);
-        cmd.arg("snapshot-create")
-            .arg("--snapshot-dir")
-            .arg(target)
-            .arg("--ready-timeout-secs")
-            .arg(timeout.as_secs().to_string())
-            .args(guest_args(config))
-            .args(
-                host_args(
-                    config,
-                    &work.join("vsock.sock"),
-                    &console,
-                    &shared,
-                    &work.join("jail"),
-                )
-                .map_err(|e| format!("preparing the jail dir: {e}"))?,
+        let launch = VmmLaunch {
+            mode: LaunchMode::SnapshotCreate {
+                dir: target.to_path_buf(),
+                ready_timeout_secs: timeout.as_secs(),
+            },
+            guest: guest_flags(config),
+            host: host_flags(
+                config,
+                &work.join("vsock.sock"),
+                &console,
+                &shared,
+                &work.join("jail"),
             )
+            .map_err(|e| format!("preparing the jail dir: {e}"))?,
+        };
+        let mut cmd = Command::new(&config.hypervisor.path);
+        cmd.args(launch.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -500,11 +490,15 @@ impl SnapshotTool for VmmSnapshotTool {
     }
 
     fn check(&self, config: &Config, dir: &Path) -> Result<CheckOutcome, String> {
+        let launch = VmmLaunch {
+            mode: LaunchMode::SnapshotCheck {
+                dir: dir.to_path_buf(),
+            },
+            guest: guest_flags(config),
+            host: HostFlags::default(),
+        };
         let out = Command::new(&config.hypervisor.path)
-            .arg("snapshot-check")
-            .arg("--snapshot-dir")
-            .arg(dir)
-            .args(guest_args(config))
+            .args(launch.to_args())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running {}: {e}", config.hypervisor.path.display()))?;

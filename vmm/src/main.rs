@@ -35,7 +35,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot, wait until the guest agent answers Check over --vsock-uds (or --delay-secs),
-    /// close every vsock connection, save a snapshot into --snapshot-dir and exit 0.
+    /// save a snapshot into --snapshot-dir (keeping the Check's idle connection for the
+    /// restored VM's first client) and exit 0.
     SnapshotCreate(SnapshotCreateArgs),
     /// Check, without starting a VM, that --snapshot-dir can be restored here and matches
     /// the given boot flags (as --restore would). Exit 0 if so, 6 if not.
@@ -457,6 +458,107 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vessel_protocol::vmm_launch::{GuestFlags, HostFlags, LaunchMode, VmmLaunch};
+
+    fn parse(launch: &VmmLaunch) -> Cli {
+        let mut argv = vec![std::ffi::OsString::from("vessel-vmm")];
+        argv.extend(launch.to_args());
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{launch:?}: {e}"))
+    }
+
+    /// What the runtime asks for is what vessel-vmm's own parser reads.
+    fn assert_boot_args_match(b: &BootArgs, launch: &VmmLaunch) {
+        let (g, h) = (&launch.guest, &launch.host);
+        assert_eq!(b.kernel.as_ref(), Some(&g.kernel));
+        assert_eq!(b.initrd.as_ref(), Some(&g.initrd));
+        assert!(!b.no_initrd);
+        assert_eq!(b.cmdline.as_deref(), Some(g.cmdline.as_str()));
+        assert_eq!(b.mem_mib, Some(g.mem_mib));
+        assert_eq!(b.vcpus, Some(g.vcpus));
+        assert_eq!(b.net, g.net);
+        assert_eq!(b.vsock_uds, h.vsock_uds);
+        assert_eq!(b.console, h.console);
+        assert_eq!(b.console_max_bytes, h.console_max_bytes);
+        let shares: Vec<(String, PathBuf)> = b
+            .shared_dirs
+            .iter()
+            .map(|d| (d.tag.clone(), d.path.clone()))
+            .collect();
+        assert_eq!(shares, h.shared_dirs);
+        assert_eq!(b.no_seccomp, h.no_seccomp);
+        assert_eq!(b.jail, h.jail);
+        assert_eq!(b.net_tap_fd, h.net_tap_fd);
+    }
+
+    fn launch(mode: LaunchMode) -> VmmLaunch {
+        VmmLaunch {
+            mode,
+            guest: GuestFlags {
+                kernel: "/k/vmlinux".into(),
+                initrd: "/k/initrd.cpio".into(),
+                cmdline: "quiet vessel.warmup=1".into(),
+                mem_mib: 256,
+                vcpus: 2,
+                net: true,
+            },
+            host: HostFlags {
+                vsock_uds: Some("/run/v/sb/vsock.sock".into()),
+                console: Some("/run/v/sb/console.log".into()),
+                console_max_bytes: Some(1 << 20),
+                shared_dirs: vec![("vessel".into(), "/run/v/sb/shared".into())],
+                no_seccomp: false,
+                jail: Some("/run/v/sb/jail".into()),
+                net_tap_fd: Some(7),
+            },
+        }
+    }
+
+    #[test]
+    fn the_runtimes_launch_round_trips_through_our_parser() {
+        let boot = launch(LaunchMode::Boot);
+        let cli = parse(&boot);
+        assert!(cli.restore.is_none() && cli.command.is_none());
+        assert_boot_args_match(&cli.boot, &boot);
+
+        let restore = launch(LaunchMode::Restore("/s/snap".into()));
+        let cli = parse(&restore);
+        assert_eq!(cli.restore, Some(PathBuf::from("/s/snap")));
+        assert_boot_args_match(&cli.boot, &restore);
+
+        let mut create = launch(LaunchMode::SnapshotCreate {
+            dir: "/s/new".into(),
+            ready_timeout_secs: 77,
+        });
+        create.host.net_tap_fd = None;
+        create.guest.net = false;
+        create.host.no_seccomp = true;
+        match parse(&create).command {
+            Some(Command::SnapshotCreate(a)) => {
+                assert_eq!(a.snapshot_dir, PathBuf::from("/s/new"));
+                assert_eq!(a.ready_timeout_secs, 77);
+                assert_eq!(a.delay_secs, None);
+                assert_boot_args_match(&a.boot, &create);
+            }
+            other => panic!("snapshot-create parsed as {other:?}"),
+        }
+
+        let mut check = launch(LaunchMode::SnapshotCheck {
+            dir: "/s/old".into(),
+        });
+        check.host = HostFlags::default();
+        match parse(&check).command {
+            Some(Command::SnapshotCheck(a)) => {
+                assert_eq!(a.snapshot_dir, PathBuf::from("/s/old"));
+                assert_boot_args_match(&a.boot, &check);
+            }
+            other => panic!("snapshot-check parsed as {other:?}"),
         }
     }
 }

@@ -14,8 +14,9 @@ use super::{
     VmInstance,
 };
 use crate::share::{GUEST_POD_DIR, GUEST_SHARED_ROOT, SHARED_FS_TAG};
-use crate::snapshot::{guest_args, host_args, SnapshotStore};
+use crate::snapshot::{guest_flags, host_flags, SnapshotStore};
 use crate::state::SandboxPaths;
+use vessel_protocol::vmm_launch::{HostFlags, LaunchMode, VmmLaunch};
 
 /// Starts `vessel-vmm` as configured in `[hypervisor]`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,25 +25,28 @@ pub struct VmmBackend;
 /// The command line for the VMM of one sandbox (separate so it can be checked in tests).
 /// Creates the jail's empty directory when jailing.
 pub fn vmm_command(req: &LaunchRequest<'_>) -> std::io::Result<Command> {
-    let mut cmd = Command::new(&req.config.hypervisor.path);
-    cmd.args(guest_args(req.config))
-        .args(sandbox_host_args(req)?);
-    Ok(cmd)
+    launch_command(req, LaunchMode::Boot)
 }
 
 /// The command line restoring `snapshot` for one sandbox. The guest flags are checked by the
 /// VMM against the snapshot (it refuses one that does not match).
 pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> std::io::Result<Command> {
+    launch_command(req, LaunchMode::Restore(snapshot.to_path_buf()))
+}
+
+fn launch_command(req: &LaunchRequest<'_>, mode: LaunchMode) -> std::io::Result<Command> {
+    let launch = VmmLaunch {
+        mode,
+        guest: guest_flags(req.config),
+        host: sandbox_host_flags(req)?,
+    };
     let mut cmd = Command::new(&req.config.hypervisor.path);
-    cmd.arg("--restore")
-        .arg(snapshot)
-        .args(guest_args(req.config))
-        .args(sandbox_host_args(req)?);
+    cmd.args(launch.to_args());
     Ok(cmd)
 }
 
-fn sandbox_host_args(req: &LaunchRequest<'_>) -> std::io::Result<Vec<std::ffi::OsString>> {
-    let mut args = host_args(
+fn sandbox_host_flags(req: &LaunchRequest<'_>) -> std::io::Result<HostFlags> {
+    let mut flags = host_flags(
         req.config,
         &req.paths.vsock(),
         &req.paths.console(),
@@ -51,10 +55,9 @@ fn sandbox_host_args(req: &LaunchRequest<'_>) -> std::io::Result<Vec<std::ffi::O
     )?;
     if let Some(tap) = req.tap {
         use std::os::fd::AsRawFd;
-        args.push("--net-tap-fd".into());
-        args.push(tap.as_raw_fd().to_string().into());
+        flags.net_tap_fd = Some(tap.as_raw_fd());
     }
-    Ok(args)
+    Ok(flags)
 }
 
 /// The snapshot to restore this sandbox from, made now if needed; `None` (cold boot) when

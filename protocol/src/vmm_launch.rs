@@ -1,0 +1,190 @@
+//! How the runtime starts `vessel-vmm`: one typed description of a launch, turned into the
+//! VMM's command line in one place. `vessel-vmm`'s own argument parser reads it back in a
+//! round-trip test (`vmm/src/main.rs`), so the two cannot drift apart.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// What the VMM process is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Boot the kernel.
+    Boot,
+    /// Restore the snapshot in this directory (the guest flags must match it).
+    Restore(PathBuf),
+    /// Boot, wait until the agent answers `Check`, save a snapshot into `dir`, exit.
+    SnapshotCreate {
+        dir: PathBuf,
+        ready_timeout_secs: u64,
+    },
+    /// Check, without starting a VM, that the snapshot in `dir` can be restored with the
+    /// guest flags (exit 0, or [`crate::VMM_EXIT_SNAPSHOT_REJECTED`]).
+    SnapshotCheck { dir: PathBuf },
+}
+
+/// What the guest is booted from: a restore must be given the same (the VMM checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFlags {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to the command line the VMM builds.
+    pub cmdline: String,
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    /// A virtio-net NIC (part of what the guest sees, so of a snapshot too).
+    pub net: bool,
+}
+
+/// This VM's host side: its sockets, console, shared directories and confinement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostFlags {
+    /// The hybrid vsock's Unix socket.
+    pub vsock_uds: Option<PathBuf>,
+    pub console: Option<PathBuf>,
+    pub console_max_bytes: Option<u64>,
+    /// virtio-fs shares: (tag, host directory).
+    pub shared_dirs: Vec<(String, PathBuf)>,
+    /// Run without seccomp filters (debugging only).
+    pub no_seccomp: bool,
+    /// Run jailed on this empty directory.
+    pub jail: Option<PathBuf>,
+    /// The NIC's host end: an inherited fd open on a tap.
+    pub net_tap_fd: Option<i32>,
+}
+
+/// One `vessel-vmm` launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmLaunch {
+    pub mode: LaunchMode,
+    pub guest: GuestFlags,
+    pub host: HostFlags,
+}
+
+impl VmmLaunch {
+    /// The command line, without the program: mode, guest flags, host flags.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        match &self.mode {
+            LaunchMode::Boot => {}
+            LaunchMode::Restore(dir) => {
+                a.push("--restore".into());
+                a.push(dir.into());
+            }
+            LaunchMode::SnapshotCreate {
+                dir,
+                ready_timeout_secs,
+            } => {
+                a.push("snapshot-create".into());
+                a.push("--snapshot-dir".into());
+                a.push(dir.into());
+                a.push("--ready-timeout-secs".into());
+                a.push(ready_timeout_secs.to_string().into());
+            }
+            LaunchMode::SnapshotCheck { dir } => {
+                a.push("snapshot-check".into());
+                a.push("--snapshot-dir".into());
+                a.push(dir.into());
+            }
+        }
+        let g = &self.guest;
+        a.push("--kernel".into());
+        a.push(g.kernel.clone().into());
+        a.push("--initrd".into());
+        a.push(g.initrd.clone().into());
+        a.push("--cmdline".into());
+        a.push(g.cmdline.clone().into());
+        a.push("--mem-mib".into());
+        a.push(g.mem_mib.to_string().into());
+        a.push("--vcpus".into());
+        a.push(g.vcpus.to_string().into());
+        if g.net {
+            a.push("--net".into());
+        }
+        let h = &self.host;
+        if let Some(p) = &h.vsock_uds {
+            a.push("--vsock-uds".into());
+            a.push(p.into());
+        }
+        if let Some(p) = &h.console {
+            a.push("--console".into());
+            a.push(p.into());
+        }
+        if let Some(n) = h.console_max_bytes {
+            a.push("--console-max-bytes".into());
+            a.push(n.to_string().into());
+        }
+        for (tag, dir) in &h.shared_dirs {
+            let mut v = OsString::from(format!("{tag}="));
+            v.push(dir);
+            a.push("--shared-dir".into());
+            a.push(v);
+        }
+        if h.no_seccomp {
+            a.push("--no-seccomp".into());
+        }
+        if let Some(p) = &h.jail {
+            a.push("--jail".into());
+            a.push(p.into());
+        }
+        if let Some(fd) = h.net_tap_fd {
+            a.push("--net-tap-fd".into());
+            a.push(fd.to_string().into());
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_names_the_snapshot_before_the_flags() {
+        let launch = VmmLaunch {
+            mode: LaunchMode::Restore("/s/snap".into()),
+            guest: GuestFlags {
+                kernel: "/k/vmlinux".into(),
+                initrd: "/k/initrd".into(),
+                cmdline: "quiet".into(),
+                mem_mib: 128,
+                vcpus: 1,
+                net: true,
+            },
+            host: HostFlags {
+                vsock_uds: Some("/r/v.sock".into()),
+                shared_dirs: vec![("vessel".into(), "/r/shared".into())],
+                jail: Some("/r/jail".into()),
+                ..HostFlags::default()
+            },
+        };
+        let args: Vec<String> = launch
+            .to_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--restore",
+                "/s/snap",
+                "--kernel",
+                "/k/vmlinux",
+                "--initrd",
+                "/k/initrd",
+                "--cmdline",
+                "quiet",
+                "--mem-mib",
+                "128",
+                "--vcpus",
+                "1",
+                "--net",
+                "--vsock-uds",
+                "/r/v.sock",
+                "--shared-dir",
+                "vessel=/r/shared",
+                "--jail",
+                "/r/jail"
+            ]
+        );
+    }
+}
