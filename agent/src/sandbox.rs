@@ -79,7 +79,7 @@ fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
         )));
     }
     let opts = parse_options(&s.options);
-    let data = opts.data.join(",");
+    let data = opts.data_string();
     let data = (!data.is_empty()).then_some(data.as_str());
     let fail = |e: nix::Error| {
         RequestError::internal(format!(

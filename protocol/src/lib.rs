@@ -5,6 +5,7 @@
 //! * [`hybrid_vsock`]: the host side of Firecracker's hybrid vsock handshake
 //!   (`CONNECT <port>\n` → `OK <port>\n`) used to reach the agent through the VMM's Unix socket.
 //! * [`ids`]: the id and containerd-namespace rules both sides apply.
+//! * [`mount_options`]: the one parser of mount(8)-style options (host and guest mounts).
 //! * [`sync`]: the poison-tolerant lock every process uses.
 //! * [`vmm_launch`]: the typed `vessel-vmm` command line the runtime builds.
 
@@ -49,6 +50,7 @@ pub mod agent_ttrpc {
 
 pub mod hybrid_vsock;
 pub mod ids;
+pub mod mount_options;
 pub mod sync;
 pub mod vmm_launch;
 

@@ -43,49 +43,12 @@ pub fn mount_rootfs(
     Ok(true)
 }
 
-/// mount(8)-style options → (flags, data), as containerd parses them.
+/// mount(8)-style options → (flags, data), by the one parser
+/// ([`vessel_protocol::mount_options`]); propagation options are not data (a host-side
+/// rootfs mount applies none).
 pub fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data: Vec<&str> = Vec::new();
-    for o in options {
-        let (clear, f) = match o.as_str() {
-            "async" => (true, MsFlags::MS_SYNCHRONOUS),
-            "atime" => (true, MsFlags::MS_NOATIME),
-            "bind" => (false, MsFlags::MS_BIND),
-            "defaults" => (false, MsFlags::empty()),
-            "dev" => (true, MsFlags::MS_NODEV),
-            "diratime" => (true, MsFlags::MS_NODIRATIME),
-            "dirsync" => (false, MsFlags::MS_DIRSYNC),
-            "exec" => (true, MsFlags::MS_NOEXEC),
-            "mand" => (false, MsFlags::MS_MANDLOCK),
-            "noatime" => (false, MsFlags::MS_NOATIME),
-            "nodev" => (false, MsFlags::MS_NODEV),
-            "nodiratime" => (false, MsFlags::MS_NODIRATIME),
-            "noexec" => (false, MsFlags::MS_NOEXEC),
-            "nomand" => (true, MsFlags::MS_MANDLOCK),
-            "norelatime" => (true, MsFlags::MS_RELATIME),
-            "nostrictatime" => (true, MsFlags::MS_STRICTATIME),
-            "nosuid" => (false, MsFlags::MS_NOSUID),
-            "rbind" => (false, MsFlags::MS_BIND | MsFlags::MS_REC),
-            "relatime" => (false, MsFlags::MS_RELATIME),
-            "remount" => (false, MsFlags::MS_REMOUNT),
-            "ro" => (false, MsFlags::MS_RDONLY),
-            "rw" => (true, MsFlags::MS_RDONLY),
-            "strictatime" => (false, MsFlags::MS_STRICTATIME),
-            "suid" => (true, MsFlags::MS_NOSUID),
-            "sync" => (false, MsFlags::MS_SYNCHRONOUS),
-            other => {
-                data.push(other);
-                continue;
-            }
-        };
-        if clear {
-            flags.remove(f);
-        } else {
-            flags.insert(f);
-        }
-    }
-    (flags, data.join(","))
+    let o = vessel_protocol::mount_options::parse(options);
+    (o.flags, o.data_string())
 }
 
 /// The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
@@ -104,21 +67,6 @@ pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), MountE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_and_data() {
-        let opts: Vec<String> = ["ro", "nosuid", "rbind", "index=off", "lowerdir=/a:/b"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (flags, data) = parse_options(&opts);
-        assert!(flags.contains(
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC
-        ));
-        assert_eq!(data, "index=off,lowerdir=/a:/b");
-        let (flags, _) = parse_options(&["ro".to_string(), "rw".to_string()]);
-        assert!(!flags.contains(MsFlags::MS_RDONLY));
-    }
 
     /// A real overlay mount and unmount at `<bundle>/rootfs` (root only).
     #[test]

@@ -11,81 +11,7 @@ use oci_spec::runtime::Mount;
 
 use super::ChildError;
 
-/// Mount flags and data parsed from OCI mount options.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MountOptions {
-    pub flags: MsFlags,
-    /// Flags to clear (e.g. `rw`, `suid`), relevant for remounts.
-    pub clear: MsFlags,
-    pub propagation: Vec<MsFlags>,
-    pub data: Vec<String>,
-}
-
-pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut o = MountOptions {
-        flags: MsFlags::empty(),
-        clear: MsFlags::empty(),
-        propagation: Vec::new(),
-        data: Vec::new(),
-    };
-    for opt in options {
-        let (set, clear) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
-                o.propagation
-                    .push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
-                continue;
-            }
-            _ => {
-                o.data.push(opt.clone());
-                continue;
-            }
-        };
-        o.flags = (o.flags | set) & !clear;
-        o.clear |= clear;
-    }
-    o
-}
-
-/// MS_* flags for a propagation name (`rprivate`, `slave`, …).
-pub fn propagation_flag(name: &str) -> Option<MsFlags> {
-    let rec = MsFlags::MS_REC;
-    Some(match name {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | rec,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | rec,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | rec,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | rec,
-        _ => return None,
-    })
-}
+pub use vessel_protocol::mount_options::{parse as parse_options, propagation_flag, MountOptions};
 
 /// Resolves `path` inside `root` as if `root` were `/`: symlinks (absolute or relative) and
 /// `..` never leave `root`. Missing components are appended as they are.
@@ -227,7 +153,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or("");
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
-    let data = opts.data.join(",");
+    let data = opts.data_string();
     let ctx = |what: &str| format!("mount {what} on {}", m.destination().display());
     if is_bind {
         let src = m
@@ -357,29 +283,6 @@ fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_propagation_and_data() {
-        let o = parse_options(&[
-            "nosuid".into(),
-            "ro".into(),
-            "rbind".into(),
-            "rslave".into(),
-            "mode=755".into(),
-            "size=65536k".into(),
-        ]);
-        assert_eq!(
-            o.flags,
-            MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
-        );
-        assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
-        assert_eq!(
-            o.data,
-            vec!["mode=755".to_string(), "size=65536k".to_string()]
-        );
-        let rw = parse_options(&["ro".into(), "rw".into()]);
-        assert!(!rw.flags.contains(MsFlags::MS_RDONLY));
-    }
 
     /// What the pinned fd really is, from its magic link.
     fn pinned_target(p: &PinnedDest) -> PathBuf {
