@@ -13,11 +13,9 @@
 //! The containerd is the test harness's ([`vessel_tests::cri::CriContainerd`]: CRI enabled,
 //! its own CNI bridge and /24, pause and busybox images built locally).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use vessel_tests::cri::{
     container_config, http_fetch, CriContainerd, CriOptions, RUNC_HANDLER, VESSEL_HANDLER,
 };
@@ -54,17 +52,7 @@ const HTTP_PORT: u16 = 8080;
 const HTTPD: &str = "mkdir -p /dev/shm/www && echo ok > /dev/shm/www/i && \
     head -c 8388608 /dev/zero > /dev/shm/www/blob && exec httpd -f -p 8080 -h /dev/shm/www";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CriResult {
-    /// What one iteration does.
-    pub commands: Vec<String>,
-    /// Per runtime: "runc: N=5 after W=1".
-    pub schedule: Vec<String>,
-    pub series: Vec<Series>,
-    pub ratios: Vec<Ratio>,
-    #[serde(default)]
-    pub notes: Vec<String>,
-}
+pub use crate::report::CriResult;
 
 /// What the CRI measure needs from the run.
 pub struct CriSpec<'a> {
@@ -374,32 +362,6 @@ fn finish(spec: &CriSpec<'_>, series: Vec<Vec<Series>>, notes: Vec<String>) -> C
     }
 }
 
-/// The CRI section of the text report.
-pub fn render(out: &mut String, r: &CriResult) {
-    let _ = writeln!(
-        out,
-        "\n## CRI latency (ms) through containerd's CRI plugin, interleaved ({})\n",
-        r.schedule.join("; ")
-    );
-    for c in &r.commands {
-        let _ = writeln!(out, "    {c}");
-    }
-    out.push('\n');
-    crate::report::series_rows(out, &r.series);
-    crate::report::ratio_rows(out, &r.ratios);
-    for n in &r.notes {
-        let _ = writeln!(out, "note: {n}");
-    }
-}
-
-/// The CRI chart's "what" line.
-pub fn chart_what(r: &CriResult) -> String {
-    format!(
-        "{} · interleaved, one pod per iteration",
-        r.schedule.join("; ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,7 +446,7 @@ mod tests {
         // No runc samples for ExecSync: no ratio, never a zero.
         assert_eq!(r.ratios[2].p50, None);
         let mut text = String::new();
-        render(&mut text, &r);
+        crate::report::render_cri(&mut text, &r);
         assert!(text.contains("## CRI latency"), "{text}");
         assert!(
             text.contains("vessel (cold): N=2 after W=0; runc: N=2 after W=0"),

@@ -90,7 +90,7 @@ impl Ctr {
             "-d",
             "--runtime",
             &rt.runtime_type,
-            crate::setup::IMAGE,
+            vessel_tests::containerd::BUSYBOX_REF,
             id,
             "sleep",
             "1000000",

@@ -190,7 +190,7 @@ pub struct Report {
     pub density: Option<DensityResult>,
     /// Pod start through containerd's CRI plugin.
     #[serde(default)]
-    pub cri: Option<crate::cri::CriResult>,
+    pub cri: Option<CriResult>,
     /// Every measure that failed, in one place.
     pub failures: Vec<String>,
     /// Facts about the run worth knowing next to the figures.
@@ -432,7 +432,7 @@ pub fn render_table(r: &Report) -> String {
         }
     }
     if let Some(c) = &r.cri {
-        crate::cri::render(&mut out, c);
+        render_cri(&mut out, c);
     }
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
@@ -617,7 +617,7 @@ pub fn render_charts(r: &Report) -> Vec<(String, String)> {
             "cri.svg".to_string(),
             box_chart(
                 "pod start through containerd's CRI plugin",
-                &caption(r, &crate::cri::chart_what(c)),
+                &caption(r, &cri_chart_what(c)),
                 "ms",
                 &boxes(&c.series),
             ),
@@ -654,4 +654,43 @@ pub fn write_all(r: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         written.push(p);
     }
     Ok(written)
+}
+
+/// The CRI measure's result (made by `crate::cri`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CriResult {
+    /// What one iteration does.
+    pub commands: Vec<String>,
+    /// Per runtime: "runc: N=5 after W=1".
+    pub schedule: Vec<String>,
+    pub series: Vec<Series>,
+    pub ratios: Vec<Ratio>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// The CRI section of the text report.
+pub fn render_cri(out: &mut String, r: &CriResult) {
+    let _ = writeln!(
+        out,
+        "\n## CRI latency (ms) through containerd's CRI plugin, interleaved ({})\n",
+        r.schedule.join("; ")
+    );
+    for c in &r.commands {
+        let _ = writeln!(out, "    {c}");
+    }
+    out.push('\n');
+    series_rows(out, &r.series);
+    ratio_rows(out, &r.ratios);
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+}
+
+/// The CRI chart's "what" line.
+pub fn cri_chart_what(r: &CriResult) -> String {
+    format!(
+        "{} · interleaved, one pod per iteration",
+        r.schedule.join("; ")
+    )
 }

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod check;
 pub mod cleanup;
 pub mod config;
+pub mod diagnostics;
 pub mod grouping;
 pub mod host_cgroup;
 pub mod mounts;

@@ -6,8 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::rootfs::RootfsMount;
 use crate::safe_mount::{self, BindOptions, MountRecord, SafeMountError};
+
+/// One mount of containerd's rootfs list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootfsMount {
+    pub typ: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
+pub const MAX_MOUNT_DATA: usize = 4095;
 
 /// A mount operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +168,9 @@ impl Mounter for HostMounter {
             target: target.to_path_buf(),
             reason,
         };
-        let (flags, data) = crate::rootfs::parse_options(&m.options);
-        if data.len() > crate::rootfs::MAX_MOUNT_DATA {
+        let opts = vessel_protocol::mount_options::parse(&m.options);
+        let (flags, data) = (opts.flags, opts.data_string());
+        if data.len() > MAX_MOUNT_DATA {
             return Err(fail(format!(
                 "mount options are {} bytes, more than a page",
                 data.len()

@@ -9,13 +9,7 @@ use nix::mount::MsFlags;
 
 use crate::mounts::{MountError, Mounter};
 
-/// One mount of containerd's rootfs list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RootfsMount {
-    pub typ: String,
-    pub source: String,
-    pub options: Vec<String>,
-}
+pub use crate::mounts::{RootfsMount, MAX_MOUNT_DATA};
 
 /// Mounts `mounts` on `<bundle>/rootfs` in order. Returns whether anything was mounted. On
 /// failure nothing stays mounted.
@@ -50,9 +44,6 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
     let o = vessel_protocol::mount_options::parse(options);
     (o.flags, o.data_string())
 }
-
-/// The kernel takes at most a page of mount data (deep overlay stacks can exceed it).
-pub const MAX_MOUNT_DATA: usize = 4095;
 
 pub fn rootfs_path(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")

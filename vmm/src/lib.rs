@@ -19,7 +19,6 @@ pub mod cpu_policy;
 pub mod devices;
 pub mod error;
 pub mod exit;
-mod fs_wiring;
 /// Entry points of the fuzz targets in `fuzz/` (tests and the `fuzzing` feature only).
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -27,12 +26,10 @@ pub mod fuzz_api;
 pub mod jail;
 pub mod kvm;
 pub mod log_limit;
-mod net_wiring;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod vmm;
-mod vsock_wiring;
 
 pub use arch::regs::BootEntry;
 pub use config::{ConsoleConfig, SharedDirConfig, VmConfig, VsockConfig};

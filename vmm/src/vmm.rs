@@ -38,32 +38,7 @@ use crate::kvm::vcpu::{create_vcpu, kick_signal, register_kick_handler, VcpuBoot
 use crate::kvm::vm::KvmVm;
 use crate::seccomp::{filters_for, install, ThreadFilters, ThreadNeeds};
 
-pub type SharedSubscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
-/// A virtio device to put on the MMIO bus, and its event-loop side if it has one.
-pub struct VirtioDeviceHandle {
-    pub device: Arc<Mutex<dyn VirtioDevice>>,
-    pub subscriber: Option<SharedSubscriber>,
-}
-
-impl VirtioDeviceHandle {
-    /// A device that also handles its own events (queue notifications, backend sockets).
-    pub fn with_events<D: VirtioDevice + MutEventSubscriber + 'static>(device: D) -> Self {
-        let shared = Arc::new(Mutex::new(device));
-        Self {
-            device: shared.clone(),
-            subscriber: Some(shared),
-        }
-    }
-
-    /// A device with no event-loop side (tests).
-    pub fn passive<D: VirtioDevice + 'static>(device: D) -> Self {
-        Self {
-            device: Arc::new(Mutex::new(device)),
-            subscriber: None,
-        }
-    }
-}
+pub use crate::devices::virtio::handle::{SharedSubscriber, VirtioDeviceHandle};
 
 /// What the VMM chose for this VM (also logged at start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,21 +158,7 @@ impl Vm {
     }
 }
 
-/// The virtio devices `config` asks for, in bus order (also used to recreate them when
-/// restoring a snapshot, with the restored VM's host paths).
-pub(crate) fn configured_devices(config: &VmConfig) -> Result<Vec<VirtioDeviceHandle>, VmmError> {
-    let mut devices = Vec::new();
-    if let Some(vsock) = &config.vsock {
-        devices.push(crate::vsock_wiring::create(vsock)?);
-    }
-    for dir in &config.shared_dirs {
-        devices.push(crate::fs_wiring::create(dir)?);
-    }
-    if let Some(net) = &config.net {
-        devices.push(crate::net_wiring::create(net)?);
-    }
-    Ok(devices)
-}
+pub(crate) use crate::devices::virtio::wiring::configured_devices;
 
 /// What the event thread's seccomp filter must allow for `devices`.
 fn event_thread_needs(devices: &[Arc<Mutex<dyn VirtioDevice>>]) -> ThreadNeeds {

@@ -317,7 +317,7 @@ fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
             // setns into the mount namespace moved us to its root: the pty comes from the
             // container's /dev/pts.
             if terminal {
-                Some(open_console(false)?)
+                Some(super::console::open_console(false)?)
             } else {
                 None
             }
@@ -374,27 +374,6 @@ fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
     );
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(ChildError::sys(format!("exec {}", exe.display()), err))
-}
-
-/// Opens a pty in the current root (the container's, after pivot_root or setns), makes the
-/// slave our fds 0-2 and, for a container's init, /dev/console; returns the master for the
-/// agent. This is what runc does with its console socket.
-pub fn open_console(bind_dev_console: bool) -> Result<OwnedFd, ChildError> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| {
-        ChildError::sys(
-            "open a pty in the container (does the spec mount devpts at /dev/pts?)",
-            e,
-        )
-    })?;
-    if bind_dev_console {
-        let name = nix::unistd::ttyname(pty.slave.as_fd())
-            .map_err(|e| ChildError::sys("name of the pty", e))?;
-        super::devices::bind_console(&name)?;
-    }
-    nix::unistd::dup2_stdin(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stdin", e))?;
-    nix::unistd::dup2_stdout(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stdout", e))?;
-    nix::unistd::dup2_stderr(&pty.slave).map_err(|e| ChildError::sys("dup2 pty to stderr", e))?;
-    Ok(pty.master)
 }
 
 /// What one step of the setup child cost: its name, µs and minor page faults since the

@@ -5,6 +5,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod child;
+pub mod console;
 pub mod devices;
 pub mod mounts;
 pub mod namespaces;

@@ -25,7 +25,7 @@ pub struct RootfsExtras<'a> {
 }
 
 /// Builds the root filesystem and pivots into it. With a terminal, returns the master of the
-/// pty opened inside the container (see `child::open_console`).
+/// pty opened inside the container (see `console::open_console`).
 pub fn setup(
     spec: &Spec,
     rootfs: &Path,
@@ -92,7 +92,7 @@ pub fn setup(
     step("rootfs: pivot_root");
     // Before any read-only remount: /dev/console is bound over.
     let console = if extras.terminal {
-        Some(super::child::open_console(true)?)
+        Some(super::console::open_console(true)?)
     } else {
         None
     };

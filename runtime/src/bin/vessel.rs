@@ -18,7 +18,7 @@ use vessel_runtime::check::{evaluate, HostFacts};
 use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
 use vessel_runtime::pod::{error_chain, CreateRequest, ExitEvent, PodEvents, StdioPaths};
-use vessel_runtime::snapshot::{snapshot_key, SnapshotStore};
+use vessel_runtime::snapshot::snapshot_key;
 use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
 use vessel_runtime::vm::backend_from_config;
 use vessel_runtime::{Config, Pods, PodsDeps};
@@ -91,7 +91,7 @@ enum SnapshotCmd {
 }
 
 fn snapshot_cmd(config: &Config, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
-    let store = SnapshotStore::from_config(config);
+    let store = vessel_runtime::vm::launch::snapshot_store(config);
     match cmd {
         SnapshotCmd::Create { force } => {
             let started = std::time::Instant::now();

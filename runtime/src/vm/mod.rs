@@ -7,9 +7,9 @@
 
 pub mod child;
 pub mod host_agent;
+pub mod launch;
 pub mod vmm;
 
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -163,31 +163,7 @@ pub(crate) fn connect_until(
     }
 }
 
-/// The last `max` bytes of a file as printable text (empty if unreadable).
-pub fn tail_file(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    if f.take(max).read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&buf)
-        .chars()
-        .filter(|&c| c != '\r')
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
+pub use crate::diagnostics::tail_file;
 
 /// Standard diagnostics: tails of the console and of the VMM's own log.
 pub(crate) fn standard_diagnostics(paths: &SandboxPaths) -> String {

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use vessel_protocol::agent::Storage;
 use vessel_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
 
+use super::launch::{guest_flags, host_flags, snapshot_store};
 use super::{
     connect_until, open_log, standard_diagnostics, ChildProcess, LaunchRequest, VmBackend, VmError,
     VmInstance,
 };
 use crate::share::{GUEST_POD_DIR, GUEST_SHARED_ROOT, SHARED_FS_TAG};
-use crate::snapshot::{guest_flags, host_flags, SnapshotStore};
 use crate::state::SandboxPaths;
 use vessel_protocol::vmm_launch::{HostFlags, LaunchMode, VmmLaunch};
 
@@ -67,7 +67,7 @@ fn usable_snapshot(req: &LaunchRequest<'_>) -> Option<PathBuf> {
         return None;
     }
     let deadline = Instant::now() + req.config.agent_timeout();
-    match SnapshotStore::from_config(req.config).ensure(req.config, deadline) {
+    match snapshot_store(req.config).ensure(req.config, deadline) {
         Ok(path) => Some(path),
         Err(e) => {
             log::warn!("sandbox {}: cold boot, no snapshot: {e}", req.sandbox_id);

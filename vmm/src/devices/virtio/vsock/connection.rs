@@ -31,6 +31,15 @@ pub(crate) struct ConnKey {
     pub peer_port: u32,
 }
 
+impl ParkedConnection {
+    pub(crate) fn key(&self) -> ConnKey {
+        ConnKey {
+            local_port: self.local_port,
+            peer_port: self.peer_port,
+        }
+    }
+}
+
 /// How long the device waits on slow or silent parties.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timeouts {

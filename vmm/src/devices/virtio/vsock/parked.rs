@@ -17,7 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::connection::ConnKey;
 use super::LOCAL_PORT_BASE;
 
 /// Most connections one snapshot keeps (the VMM parks one; the bound is for the manifest,
@@ -42,15 +41,6 @@ pub struct ParkedConnection {
     pub peer_fwd_cnt: u32,
     /// Host bytes sent to the guest.
     pub rx_cnt: u32,
-}
-
-impl ParkedConnection {
-    pub(crate) fn key(&self) -> ConnKey {
-        ConnKey {
-            local_port: self.local_port,
-            peer_port: self.peer_port,
-        }
-    }
 }
 
 /// Checks a manifest's parked connections (they come from a file): a bounded count, host
