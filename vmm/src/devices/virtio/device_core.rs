@@ -12,7 +12,9 @@ use std::io;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{check_queues, ActivateError, GuestMemory, IrqTrigger, VIRTIO_MMIO_INT_VRING};
+use super::device_base::{
+    check_queues, ActivateError, GuestMemory, IrqTrigger, VIRTIO_MMIO_INT_VRING,
+};
 
 /// The state the virtio-mmio transport sees of a device.
 pub struct DeviceCore {

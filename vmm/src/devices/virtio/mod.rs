@@ -2,6 +2,7 @@
 
 pub(crate) mod chain;
 pub mod device;
+pub mod device_base;
 pub mod device_core;
 pub mod fs;
 pub mod handle;
