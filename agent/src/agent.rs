@@ -158,17 +158,17 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
         );
     // Before serving: a snapshot is taken once the agent answers, and should hold the
     // warmed state (`crate::warmup`).
-    if pid1 && crate::warmup::wanted() {
+    let spares = if pid1 && crate::warmup::wanted() {
         match crate::warmup::run(&sandbox) {
             Ok(took) => log::info!("warm-up container made and removed in {took:?}"),
             Err(e) => log::warn!("warm-up container: {e}"),
         }
-        match crate::warmup::start_spares() {
-            Ok(n) => log::info!("{n} spare setup children waiting"),
-            Err(e) => log::warn!("spare setup children: {e}"),
-        }
-    } else if opts.spare_setup_children > 0 {
-        match crate::container::process::start_spares(opts.spare_setup_children) {
+        crate::warmup::SPARE_SETUP_CHILDREN
+    } else {
+        opts.spare_setup_children
+    };
+    if spares > 0 {
+        match crate::container::process::start_spares(spares) {
             Ok(n) => log::info!("{n} spare setup children waiting"),
             Err(e) => log::warn!("spare setup children: {e}"),
         }

@@ -70,27 +70,16 @@ pub fn setup_pid1() -> usize {
             log::error!("mkdir {target}: {e}");
         }
         let data = (!data.is_empty()).then_some(*data);
-        match mount(
-            Some(*src),
-            *target,
-            Some(*fstype),
-            MsFlags::from_bits_truncate(*flags),
-            data,
-        ) {
+        let flags = MsFlags::from_bits_truncate(*flags);
+        let mount_with =
+            |data: Option<&str>| mount(Some(*src), *target, Some(*fstype), flags, data);
+        let mut result = mount_with(data);
+        if result == Err(nix::errno::Errno::EINVAL) && data == Some(CGROUP2_OPTIONS) {
+            log::warn!("cgroup2 without {CGROUP2_OPTIONS}: the kernel refused it");
+            result = mount_with(None);
+        }
+        match result {
             Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
-            Err(nix::errno::Errno::EINVAL) if data == Some(CGROUP2_OPTIONS) => {
-                log::warn!("cgroup2 without {CGROUP2_OPTIONS}: the kernel refused it");
-                if let Err(e) = mount(
-                    Some(*src),
-                    *target,
-                    Some(*fstype),
-                    MsFlags::from_bits_truncate(*flags),
-                    None::<&str>,
-                ) {
-                    log::error!("mount {fstype} on {target}: {e}");
-                    failures += 1;
-                }
-            }
             Err(e) => {
                 log::error!("mount {fstype} on {target}: {e}");
                 failures += 1;

@@ -23,14 +23,9 @@ const ID: &str = "vessel-warmup";
 /// On PID 1's /run tmpfs; removed afterwards.
 const DIR: &str = "/run/vessel-warmup";
 
-/// Setup children started ahead of need (`container::process`): a pod's sandbox container
-/// and its first app container, or a standalone container, each claim one.
-const SPARE_SETUP_CHILDREN: usize = 2;
-
-/// Starts the spare setup children the snapshot keeps; how many there are.
-pub fn start_spares() -> Result<usize, String> {
-    crate::container::process::start_spares(SPARE_SETUP_CHILDREN).map_err(|e| e.to_string())
-}
+/// Setup children started after the warm-up, ahead of need (`container::process`): a pod's
+/// sandbox container and its first app container, or a standalone container, each claim one.
+pub const SPARE_SETUP_CHILDREN: usize = 2;
 
 /// Whether the kernel command line asks for the warm-up.
 pub fn wanted() -> bool {

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
-
 use crate::mounts::{MountError, Mounter};
 
 pub use crate::mounts::{RootfsMount, MAX_MOUNT_DATA};
@@ -35,14 +33,6 @@ pub fn mount_rootfs(
         }
     }
     Ok(true)
-}
-
-/// mount(8)-style options → (flags, data), by the one parser
-/// ([`vessel_protocol::mount_options`]); propagation options are not data (a host-side
-/// rootfs mount applies none).
-pub fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let o = vessel_protocol::mount_options::parse(options);
-    (o.flags, o.data_string())
 }
 
 pub fn rootfs_path(bundle: &Path) -> PathBuf {

@@ -251,10 +251,7 @@ impl Connection {
         c.peer_buf_alloc = saved.peer_buf_alloc;
         c.peer_fwd_cnt = Wrapping(saved.peer_fwd_cnt);
         c.rx_cnt = Wrapping(saved.rx_cnt);
-        let ack = format!("OK {}\n", saved.local_port);
-        c.preamble = ack.len();
-        c.tx_buf.extend(ack.as_bytes());
-        c.flush_tx();
+        c.send_ok_line();
         c
     }
 
@@ -390,10 +387,7 @@ impl Connection {
                 self.state = ConnState::Established;
                 self.deadline = None;
                 VsockMetrics::inc(&self.metrics.conns_established);
-                let ack = format!("OK {}\n", self.key.local_port);
-                self.preamble = ack.len();
-                self.tx_buf.extend(ack.as_bytes());
-                self.flush_tx();
+                self.send_ok_line();
             }
             (ConnState::LocalInit | ConnState::Established, OP_RST) => {
                 VsockMetrics::inc(&self.metrics.resets_from_guest);
@@ -417,6 +411,14 @@ impl Connection {
             // Already aborted: nothing the guest says matters any more.
             (ConnState::Resetting | ConnState::Closed, _) => {}
         }
+    }
+
+    /// Tells the host client `OK <host port>\n` (hybrid vsock): ours, not guest data.
+    fn send_ok_line(&mut self) {
+        let ack = format!("OK {}\n", self.key.local_port);
+        self.preamble = ack.len();
+        self.tx_buf.extend(ack.as_bytes());
+        self.flush_tx();
     }
 
     fn recv_guest_data(&mut self, payload: &[u8], log: &mut LogLimiter) {
