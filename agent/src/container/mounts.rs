@@ -317,26 +317,35 @@ mod tests {
         // symlink to "/" while the mount point is resolved. Every pin stays in the rootfs.
         let swap = rootfs.join("vol");
         fs::create_dir_all(swap.join("etc")).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The racer counts its swaps; the pinning loop runs until enough swaps happened
+        // beside it (a busy CI machine may schedule the racer late), with a time bound.
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let swaps = std::sync::Arc::new(AtomicU32::new(0));
         let racer = {
-            let (swap, stop, outside) = (swap.clone(), stop.clone(), outside.clone());
+            let (swap, stop, swaps, outside) =
+                (swap.clone(), stop.clone(), swaps.clone(), outside.clone());
             std::thread::spawn(move || {
                 let real = swap.with_extension("real");
                 let evil = swap.with_extension("evil");
                 fs::rename(&swap, &real).unwrap();
                 symlink(&outside, &evil).unwrap();
                 let mut n = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let from = if n.is_multiple_of(2) { &evil } else { &real };
                     let _ = fs::rename(from, &swap);
                     let _ = fs::rename(&swap, from);
                     n += 1;
+                    swaps.store(n, Ordering::Relaxed);
                 }
-                n
             })
         };
-        let mut pinned = 0;
-        for _ in 0..3000 {
+        let (mut tries, mut pinned) = (0u32, 0u32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (tries < 3000 || swaps.load(Ordering::Relaxed) < 1000 || pinned == 0)
+            && std::time::Instant::now() < deadline
+        {
+            tries += 1;
             if let Ok(p) = PinnedDest::open(&rootfs, Path::new("/vol/etc")) {
                 let t = pinned_target(&p);
                 assert!(
@@ -347,11 +356,12 @@ mod tests {
                 pinned += 1;
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let swaps = racer.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        racer.join().unwrap();
+        let swaps = swaps.load(Ordering::Relaxed);
         assert!(
-            swaps > 100 && pinned > 0,
-            "no race happened: {swaps} swaps, {pinned} pins"
+            swaps >= 1000 && pinned > 0,
+            "no race happened within 60 s: {swaps} swaps, {pinned} pins in {tries} tries"
         );
     }
 
