@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
 
 use crate::container::cgroups::CgroupLayout;
 use crate::container::mounts::{ensure_mountpoint, parse_options};
@@ -17,6 +17,7 @@ use crate::error::{RequestError, RequestResult};
 use crate::oom::OomMonitor;
 use crate::pod::PodNamespaces;
 use crate::reaper::lock;
+use crate::syscall::{RealSyscall, Syscall};
 
 /// Most storages one request may ask for.
 const MAX_STORAGES: usize = 64;
@@ -38,16 +39,19 @@ pub struct MountedStorage {
 }
 
 impl MountedStorage {
-    fn unmount(&self) {
-        if let Err(e) = umount2(&self.mount_point, MntFlags::empty()) {
+    fn unmount(&self, sys: &dyn Syscall) {
+        if let Err(e) = sys.umount2(&self.mount_point, MntFlags::empty()) {
             log::warn!("unmount {}: {e}; detaching", self.mount_point.display());
-            let _ = umount2(&self.mount_point, MntFlags::MNT_DETACH);
+            let _ = sys.umount2(&self.mount_point, MntFlags::MNT_DETACH);
         }
     }
 }
 
 /// Mounts storages in order; on failure unmounts what this call mounted.
-pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage>> {
+pub fn mount_storages(
+    sys: &dyn Syscall,
+    specs: &[StorageSpec],
+) -> RequestResult<Vec<MountedStorage>> {
     if specs.len() > MAX_STORAGES {
         return Err(RequestError::invalid(format!(
             "at most {MAX_STORAGES} storages per request"
@@ -55,10 +59,10 @@ pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage
     }
     let mut done: Vec<MountedStorage> = Vec::new();
     for s in specs {
-        match mount_storage(s) {
+        match mount_storage(sys, s) {
             Ok(m) => done.push(m),
             Err(e) => {
-                done.iter().rev().for_each(MountedStorage::unmount);
+                done.iter().rev().for_each(|m| m.unmount(sys));
                 return Err(e);
             }
         }
@@ -66,7 +70,7 @@ pub fn mount_storages(specs: &[StorageSpec]) -> RequestResult<Vec<MountedStorage
     Ok(done)
 }
 
-fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
+fn mount_storage(sys: &dyn Syscall, s: &StorageSpec) -> RequestResult<MountedStorage> {
     let target = PathBuf::from(&s.mount_point);
     if !target.is_absolute()
         || target
@@ -103,7 +107,14 @@ fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
             } else {
                 s.source.as_str()
             };
-            mount(Some(source), &target, Some(fstype), opts.flags, data).map_err(fail)?;
+            sys.mount(
+                Some(Path::new(source)),
+                &target,
+                Some(fstype),
+                opts.flags,
+                data,
+            )
+            .map_err(fail)?;
         }
         "bind" => {
             let src = Path::new(&s.source);
@@ -112,12 +123,12 @@ fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
             })?;
             ensure_mountpoint(&target, !meta.is_dir())
                 .map_err(|e| RequestError::internal(e.to_string()))?;
-            mount(
+            sys.mount(
                 Some(src),
                 &target,
-                None::<&str>,
+                None,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
+                None,
             )
             .map_err(fail)?;
             let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
@@ -125,14 +136,14 @@ fn mount_storage(s: &StorageSpec) -> RequestResult<MountedStorage> {
                 let m = MountedStorage {
                     mount_point: target.clone(),
                 };
-                if let Err(e) = mount(
-                    None::<&str>,
+                if let Err(e) = sys.mount(
+                    None,
                     &target,
-                    None::<&str>,
+                    None,
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-                    None::<&str>,
+                    None,
                 ) {
-                    m.unmount();
+                    m.unmount(sys);
                     return Err(fail(e));
                 }
             }
@@ -248,7 +259,8 @@ impl Sandbox {
         crate::freshness::apply(&fresh.entropy, fresh.realtime_ns, self.pid1)?;
         let t_fresh = t0.elapsed();
         if !hostname.is_empty() && self.pid1 {
-            nix::unistd::sethostname(hostname)
+            RealSyscall
+                .sethostname(hostname)
                 .map_err(|e| RequestError::internal(format!("sethostname: {e}")))?;
         }
         if !dns.is_empty() {
@@ -258,7 +270,7 @@ impl Sandbox {
                 .map_err(|e| RequestError::internal(format!("writing resolv.conf: {e}")))?;
         }
         let t_names = t0.elapsed();
-        info.storages = mount_storages(storages)?;
+        info.storages = mount_storages(&RealSyscall, storages)?;
         log::debug!(
             "CreateSandbox: entropy and clock {t_fresh:?}, hostname and DNS {:?}, {} storages {:?}",
             t_names - t_fresh,
@@ -283,7 +295,10 @@ impl Sandbox {
             pod.release();
         }
         let mut info = lock(&self.info);
-        info.storages.drain(..).rev().for_each(|m| m.unmount());
+        info.storages
+            .drain(..)
+            .rev()
+            .for_each(|m| m.unmount(&RealSyscall));
         info.id = None;
         let _ = fs::remove_file(self.resolv_conf_path());
         first_err.map_or(Ok(()), Err)
@@ -335,7 +350,7 @@ impl Sandbox {
     ) -> RequestResult<()> {
         let layout = self.layout()?;
         let pod_join = self.pod_join(pod)?;
-        let mounted = mount_storages(storages)?;
+        let mounted = mount_storages(&RealSyscall, storages)?;
         let resolv = self.resolv_conf_path();
         let ctx = CreateContext {
             layout,
@@ -366,7 +381,7 @@ impl Sandbox {
                 Ok(())
             }
             Err(e) => {
-                mounted.iter().rev().for_each(MountedStorage::unmount);
+                mounted.iter().rev().for_each(|m| m.unmount(&RealSyscall));
                 Err(e)
             }
         }
@@ -444,7 +459,7 @@ impl Sandbox {
                 .storages
                 .iter()
                 .rev()
-                .for_each(MountedStorage::unmount);
+                .for_each(|m| m.unmount(&RealSyscall));
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ use super::rootfs::{self, RootfsExtras};
 use super::seccomp::CompiledSeccomp;
 use super::ChildError;
 use crate::sys;
+use crate::syscall::{RealSyscall, Syscall};
 
 /// argv[1] that selects the child entry point.
 pub const CHILD_ARG: &str = "__child";
@@ -312,12 +313,12 @@ fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
             for (i, kind) in cfg.join.iter().enumerate() {
                 let fd = sys::take_inherited_fd(FIRST_NS_FD + i as RawFd)
                     .map_err(|e| ChildError::io("namespace fd", e))?;
-                namespaces::join(*kind, fd)?;
+                namespaces::join(&RealSyscall, *kind, fd)?;
             }
             // setns into the mount namespace moved us to its root: the pty comes from the
             // container's /dev/pts.
             if terminal {
-                Some(super::console::open_console(false)?)
+                Some(super::console::open_console(&RealSyscall, false)?)
             } else {
                 None
             }
@@ -447,10 +448,7 @@ fn setup_init(
     terminal: bool,
     steps: &mut Steps,
 ) -> Result<Option<OwnedFd>, ChildError> {
-    for (kind, path) in &init.join_namespaces {
-        namespaces::join_path(*kind, path)?;
-    }
-    namespaces::unshare_kinds(&init.new_namespaces)?;
+    enter_namespaces(&RealSyscall, init)?;
     steps.done("namespaces");
     if init.new_namespaces.contains(&NsKind::Net) {
         crate::network::loopback_up().map_err(|e| {
@@ -460,6 +458,30 @@ fn setup_init(
             )
         })?;
     }
+    let extras = RootfsExtras {
+        resolv_conf: init.resolv_conf.as_deref(),
+        cgroup_style: &init.cgroup_style,
+        terminal,
+    };
+    let console = rootfs::setup(
+        &RealSyscall,
+        &init.spec,
+        &init.rootfs,
+        &extras,
+        &mut |what| steps.done(what),
+    );
+    steps.done("rootfs: the rest");
+    console
+}
+
+/// A container init's namespaces: joins the spec's paths, creates the new ones in one
+/// `unshare`, and sets the spec's hostname when the process has a UTS namespace of its own
+/// (new or joined), never the agent's.
+pub fn enter_namespaces(sys: &dyn Syscall, init: &InitConfig) -> Result<(), ChildError> {
+    for (kind, path) in &init.join_namespaces {
+        namespaces::join_path(sys, *kind, path)?;
+    }
+    namespaces::unshare_kinds(sys, &init.new_namespaces)?;
     let uts = init.new_namespaces.contains(&NsKind::Uts)
         || init.join_namespaces.iter().any(|(k, _)| *k == NsKind::Uts);
     if let Some(hostname) = init
@@ -468,18 +490,10 @@ fn setup_init(
         .as_deref()
         .filter(|h| !h.is_empty() && uts)
     {
-        nix::unistd::sethostname(hostname).map_err(|e| ChildError::sys("sethostname", e))?;
+        sys.sethostname(hostname)
+            .map_err(|e| ChildError::sys("sethostname", e))?;
     }
-    let extras = RootfsExtras {
-        resolv_conf: init.resolv_conf.as_deref(),
-        cgroup_style: &init.cgroup_style,
-        terminal,
-    };
-    let console = rootfs::setup(&init.spec, &init.rootfs, &extras, &mut |what| {
-        steps.done(what)
-    });
-    steps.done("rootfs: the rest");
-    console
+    Ok(())
 }
 
 fn apply_rlimits(process: &Process) -> Result<(), ChildError> {

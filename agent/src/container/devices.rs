@@ -2,17 +2,18 @@
 //! urandom, tty), the spec's `linux.devices`, and the standard symlinks.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
-use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{fchmodat, makedev, mknod, mknodat, FchmodatFlags, Mode, SFlag};
-use nix::unistd::{chown, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::mount::MsFlags;
+use nix::sys::stat::{fchmodat, makedev, FchmodatFlags, Mode, SFlag};
+use nix::unistd::{symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
-use super::mounts::{ensure_mountpoint, secure_join};
+use super::mounts::{ensure_mountpoint, secure_join, PinnedDest};
 use super::ChildError;
+use crate::syscall::Syscall;
 
 /// (name in /dev, major, minor) of the devices every container gets.
 const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
@@ -41,10 +42,16 @@ fn open_dev(rootfs: &Path) -> Result<OwnedFd, ChildError> {
 
 /// A default node `name` in `dev` (0666, root-owned); `false` when the node cannot be made
 /// here (no CAP_MKNOD, a nodev mount): the caller binds the host's instead.
-fn default_node(dev: &OwnedFd, name: &str, major: u64, minor: u64) -> Result<bool, ChildError> {
+fn default_node(
+    sys: &dyn Syscall,
+    dev: &OwnedFd,
+    name: &str,
+    major: u64,
+    minor: u64,
+) -> Result<bool, ChildError> {
     let make = || {
-        mknodat(
-            dev,
+        sys.mknodat(
+            dev.as_fd(),
             name,
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(0o666),
@@ -73,15 +80,20 @@ fn default_node(dev: &OwnedFd, name: &str, major: u64, minor: u64) -> Result<boo
 }
 
 /// Creates the default devices and the spec's devices under `rootfs` (before pivot_root).
-pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildError> {
+pub fn create_devices(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    extra: &[LinuxDevice],
+) -> Result<(), ChildError> {
     let dev = open_dev(rootfs)?;
     for (name, major, minor) in DEFAULT_DEVICES {
         let path = Path::new("/dev").join(name);
         if extra.iter().any(|d| *d.path() == path) {
             continue;
         }
-        if !default_node(&dev, name, *major, *minor)? {
+        if !default_node(sys, &dev, name, *major, *minor)? {
             create_node(
+                sys,
                 rootfs,
                 &path,
                 SFlag::S_IFCHR,
@@ -107,6 +119,7 @@ pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildE
         };
         let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
         create_node(
+            sys,
             rootfs,
             d.path(),
             kind,
@@ -122,6 +135,7 @@ pub fn create_devices(rootfs: &Path, extra: &[LinuxDevice]) -> Result<(), ChildE
 
 #[allow(clippy::too_many_arguments)]
 fn create_node(
+    sys: &dyn Syscall,
     rootfs: &Path,
     path: &Path,
     kind: SFlag,
@@ -137,7 +151,7 @@ fn create_node(
             .map_err(|e| ChildError::io(format!("mkdir {}", parent.display()), e))?;
     }
     let _ = fs::remove_file(&dest);
-    match mknod(
+    match sys.mknod(
         &dest,
         kind,
         Mode::from_bits_truncate(mode),
@@ -152,20 +166,15 @@ fn create_node(
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )
             .map_err(|e| ChildError::sys(format!("chmod {}", dest.display()), e))?;
-            chown(&dest, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+            sys.chown(&dest, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
                 .map_err(|e| ChildError::sys(format!("chown {}", dest.display()), e))?;
         }
         // Without CAP_MKNOD (or on a nodev filesystem), bind the host's node instead.
         Err(nix::errno::Errno::EPERM) if kind != SFlag::S_IFIFO => {
             ensure_mountpoint(&dest, true)?;
-            mount(
-                Some(path),
-                &dest,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| ChildError::sys(format!("bind device {}", path.display()), e))?;
+            let pinned = PinnedDest::open(rootfs, path)?;
+            sys.mount(Some(path), pinned.path(), None, MsFlags::MS_BIND, None)
+                .map_err(|e| ChildError::sys(format!("bind device {}", path.display()), e))?;
         }
         Err(e) => return Err(ChildError::sys(format!("mknod {}", dest.display()), e)),
     }
@@ -198,15 +207,9 @@ pub fn create_symlinks(rootfs: &Path, has_devpts: bool) -> Result<(), ChildError
 
 /// Binds the container's pty slave (a path in the container's /dev/pts) onto /dev/console,
 /// as runc does for `terminal: true`. Runs after pivot_root.
-pub fn bind_console(slave: &Path) -> Result<(), ChildError> {
+pub fn bind_console(sys: &dyn Syscall, slave: &Path) -> Result<(), ChildError> {
     let dest = Path::new("/dev/console");
     ensure_mountpoint(dest, true)?;
-    mount(
-        Some(slave),
-        dest,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| ChildError::sys("bind /dev/console", e))
+    sys.mount(Some(slave), dest, None, MsFlags::MS_BIND, None)
+        .map_err(|e| ChildError::sys("bind /dev/console", e))
 }

@@ -12,6 +12,8 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+#[cfg(test)]
+mod setup_tests;
 pub mod spec;
 mod syscall_table;
 

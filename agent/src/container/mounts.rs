@@ -6,10 +6,11 @@ use std::fs;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 
 use super::ChildError;
+use crate::syscall::Syscall;
 
 pub use vessel_protocol::mount_options::{parse as parse_options, propagation_flag, MountOptions};
 
@@ -142,7 +143,12 @@ pub enum CgroupMountStyle {
 }
 
 /// Mounts one spec mount under `rootfs` (before pivot_root).
-pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<(), ChildError> {
+pub fn mount_one(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    m: &Mount,
+    cgroup: &CgroupMountStyle,
+) -> Result<(), ChildError> {
     if !m.destination().is_absolute() {
         return Err(ChildError::Invalid(format!(
             "mount destination {} is not absolute",
@@ -165,8 +171,8 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         ensure_mountpoint(&joined, !src_meta.is_dir())?;
         let rec = opts.flags & MsFlags::MS_REC;
         let pinned = PinnedDest::open(rootfs, m.destination())?;
-        mount(
-            Some(src),
+        sys.mount(
+            Some(src.as_path()),
             pinned.path(),
             None::<&str>,
             MsFlags::MS_BIND | rec,
@@ -178,8 +184,8 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             let pinned = PinnedDest::open(rootfs, m.destination())?;
-            mount(
-                None::<&str>,
+            sys.mount(
+                None,
                 pinned.path(),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | extra,
@@ -189,7 +195,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         ensure_mountpoint(&joined, false)?;
-        mount_cgroup(&joined, opts.flags, cgroup).map_err(|e| ChildError::sys(ctx("cgroup"), e))?;
+        mount_cgroup(sys, rootfs, m.destination(), opts.flags, cgroup)?;
     } else {
         ensure_mountpoint(&joined, false)?;
         let pinned = PinnedDest::open(rootfs, m.destination())?;
@@ -202,7 +208,7 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
         };
         let fstype = if typ.is_empty() { None } else { Some(typ) };
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
-        match mount(Some(&src), dest, fstype, flags, data) {
+        match sys.mount(Some(src.as_path()), dest, fstype, flags, data) {
             Ok(()) => {}
             // mqueue and sysfs cannot be mounted from a container sharing the agent's ipc/net
             // namespace on some kernels; runc falls back to a bind mount of the host's.
@@ -214,8 +220,8 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
                 } else {
                     "/dev/mqueue"
                 };
-                mount(
-                    Some(host),
+                sys.mount(
+                    Some(Path::new(host)),
                     dest,
                     None::<&str>,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -229,36 +235,57 @@ pub fn mount_one(rootfs: &Path, m: &Mount, cgroup: &CgroupMountStyle) -> Result<
     if !opts.propagation.is_empty() {
         let pinned = PinnedDest::open(rootfs, m.destination())?;
         for p in &opts.propagation {
-            mount(None::<&str>, pinned.path(), None::<&str>, *p, None::<&str>)
+            sys.mount(None, pinned.path(), None::<&str>, *p, None::<&str>)
                 .map_err(|e| ChildError::sys(ctx("propagation"), e))?;
         }
     }
     Ok(())
 }
 
-fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::Result<()> {
+fn mount_cgroup(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    destination: &Path,
+    flags: MsFlags,
+    style: &CgroupMountStyle,
+) -> Result<(), ChildError> {
+    let fail = |e| ChildError::sys(format!("mount cgroup on {}", destination.display()), e);
     let flags = flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
+    let pinned = PinnedDest::open(rootfs, destination)?;
     match style {
-        CgroupMountStyle::V2 { root_flags } => mount(
-            Some("cgroup2"),
-            dest,
-            Some("cgroup2"),
-            flags,
-            (!root_flags.is_empty()).then_some(root_flags.as_str()),
-        ),
+        CgroupMountStyle::V2 { root_flags } => sys
+            .mount(
+                Some(Path::new("cgroup2")),
+                pinned.path(),
+                Some("cgroup2"),
+                flags,
+                (!root_flags.is_empty()).then_some(root_flags.as_str()),
+            )
+            .map_err(fail),
         CgroupMountStyle::V1(hierarchies) => {
             let base = flags & !MsFlags::MS_RDONLY;
-            mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))?;
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                pinned.path(),
+                Some("tmpfs"),
+                base,
+                Some("mode=755"),
+            )
+            .map_err(fail)?;
+            // The hierarchies go into the new tmpfs: pinned again, now resolving to its root.
+            let tmpfs = PinnedDest::open(rootfs, destination)?;
+            let dest = tmpfs.path();
             for (name, options) in hierarchies {
                 let sub = dest.join(name);
                 let _ = fs::create_dir_all(&sub);
-                mount(
-                    Some("cgroup"),
+                sys.mount(
+                    Some(Path::new("cgroup")),
                     &sub,
                     Some("cgroup"),
                     flags,
                     Some(options.as_str()),
-                )?;
+                )
+                .map_err(fail)?;
                 // cpu,cpuacct style joint mounts also get one symlink per controller.
                 if name.contains(',') {
                     for part in name.split(',') {
@@ -267,13 +294,14 @@ fn mount_cgroup(dest: &Path, flags: MsFlags, style: &CgroupMountStyle) -> nix::R
                 }
             }
             if flags.contains(MsFlags::MS_RDONLY) {
-                mount(
-                    None::<&str>,
+                sys.mount(
+                    None,
                     dest,
-                    None::<&str>,
+                    None,
                     base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                    None::<&str>,
-                )?;
+                    None,
+                )
+                .map_err(fail)?;
             }
             Ok(())
         }

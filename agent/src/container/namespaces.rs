@@ -4,12 +4,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::{open, OFlag};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::LinuxNamespaceType;
 use serde::{Deserialize, Serialize};
 
 use super::ChildError;
+use crate::syscall::Syscall;
 
 /// The namespaces the agent handles. User and time namespaces are not supported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,22 +76,24 @@ pub fn open_ns(path: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// Joins the namespace behind `fd`.
-pub fn join(kind: NsKind, fd: impl AsFd) -> Result<(), ChildError> {
-    setns(fd, kind.flag()).map_err(|e| ChildError::sys(format!("setns {:?}", kind), e))
+pub fn join(sys: &dyn Syscall, kind: NsKind, fd: impl AsFd) -> Result<(), ChildError> {
+    sys.setns(fd.as_fd(), kind.flag())
+        .map_err(|e| ChildError::sys(format!("setns {:?}", kind), e))
 }
 
 /// Joins the namespace at `path`.
-pub fn join_path(kind: NsKind, path: &Path) -> Result<(), ChildError> {
+pub fn join_path(sys: &dyn Syscall, kind: NsKind, path: &Path) -> Result<(), ChildError> {
     let fd = open_ns(path)
         .map_err(|e| ChildError::sys(format!("open namespace {}", path.display()), e))?;
-    join(kind, fd)
+    join(sys, kind, fd)
 }
 
 /// Creates new namespaces of the given kinds for the calling process.
-pub fn unshare_kinds(kinds: &[NsKind]) -> Result<(), ChildError> {
+pub fn unshare_kinds(sys: &dyn Syscall, kinds: &[NsKind]) -> Result<(), ChildError> {
     let flags = kinds.iter().fold(CloneFlags::empty(), |f, k| f | k.flag());
     if flags.is_empty() {
         return Ok(());
     }
-    unshare(flags).map_err(|e| ChildError::sys(format!("unshare {kinds:?}"), e))
+    sys.unshare(flags)
+        .map_err(|e| ChildError::sys(format!("unshare {kinds:?}"), e))
 }
