@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use vessel_protocol::errors::chain;
 
 use log::LevelFilter;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -17,12 +18,12 @@ const USAGE: &str = "usage: vessel-agent [--listen unix:///path.sock | vsock://-
 pub enum StartupError {
     #[error("{0}\n{USAGE}")]
     Usage(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("ttrpc server on {addr}: {source}")]
+    #[error("ttrpc server on {addr}")]
     Server { addr: String, source: ttrpc::Error },
 }
 
@@ -170,7 +171,7 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
     if spares > 0 {
         match crate::container::process::start_spares(spares) {
             Ok(n) => log::info!("{n} spare setup children waiting"),
-            Err(e) => log::warn!("spare setup children: {e}"),
+            Err(e) => log::warn!("spare setup children: {e}", e = chain(&e)),
         }
     }
     let service = Arc::new(AgentService {
@@ -182,7 +183,7 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
         match serve(&listen, service.clone()) {
             Ok(server) => break server,
             Err(e) if pid1 => {
-                log::error!("{e}; retrying");
+                log::error!("{e}; retrying", e = chain(&e));
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
             Err(e) => return Err(e),
@@ -198,7 +199,7 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
             Ok(sig) if !pid1 => {
                 log::info!("{sig}: removing containers and exiting");
                 if let Err(e) = sandbox.destroy_sandbox() {
-                    log::error!("cleanup on {sig}: {e}");
+                    log::error!("cleanup on {sig}: {e}", e = chain(&e));
                 }
                 if let Some(path) = listen.strip_prefix("unix://") {
                     let _ = std::fs::remove_file(path);

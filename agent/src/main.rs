@@ -8,7 +8,7 @@ fn main() {
         child_main(args.get(2).map(String::as_str) == Some(SPARE_ARG));
     }
     if let Err(e) = vessel_agent::agent::run(&args[1..]) {
-        eprintln!("vessel-agent: {e}");
+        eprintln!("vessel-agent: {}", vessel_protocol::errors::chain(&e));
         if nix::unistd::getpid().as_raw() == 1 {
             // PID 1 must not exit.
             loop {

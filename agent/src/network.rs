@@ -35,8 +35,8 @@ const IFF_UP: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("netlink socket: {0}")]
-    Socket(nix::Error),
+    #[error("netlink socket")]
+    Socket(#[source] nix::Error),
     #[error("netlink {op}: {errno}")]
     Kernel {
         op: &'static str,

@@ -7,6 +7,7 @@
 //! agent itself listens only on vsock, which no network namespace sees.
 
 use std::net::IpAddr;
+use vessel_protocol::errors::chain;
 
 use vessel_protocol::agent::{IPAddress, Interface, Route, UpdateInterfaceRequest};
 
@@ -21,9 +22,9 @@ const IFNAMSIZ: usize = 15;
 
 fn net_err(e: NetlinkError) -> RequestError {
     match e {
-        NetlinkError::Invalid { .. } => RequestError::invalid(e.to_string()),
-        NetlinkError::NoSuchLink(..) => RequestError::not_found(e.to_string()),
-        _ => RequestError::internal(e.to_string()),
+        NetlinkError::Invalid { .. } => RequestError::invalid(chain(&e)),
+        NetlinkError::NoSuchLink(..) => RequestError::not_found(chain(&e)),
+        _ => RequestError::internal(chain(&e)),
     }
 }
 
@@ -58,7 +59,7 @@ fn parse_routes(routes: &[Route]) -> RequestResult<Vec<RouteSpec>> {
             routes.len()
         )));
     }
-    let inv = |e: NetlinkError| RequestError::invalid(e.to_string());
+    let inv = |e: NetlinkError| RequestError::invalid(chain(&e));
     routes
         .iter()
         .map(|r| {
@@ -144,12 +145,12 @@ pub fn update_interface(req: &UpdateInterfaceRequest) -> RequestResult<Interface
 /// gateway's link route).
 pub fn update_routes(routes: &[Route]) -> RequestResult<()> {
     let specs = parse_routes(routes)?;
-    let mut nl = Netlink::open().map_err(|e| RequestError::internal(e.to_string()))?;
+    let mut nl = Netlink::open().map_err(|e| RequestError::internal(chain(&e)))?;
     let (direct, via): (Vec<_>, Vec<_>) = specs.iter().partition(|s| s.gateway.is_none());
     for s in direct.into_iter().chain(via) {
         nl.add_route(s).map_err(|e| match e {
-            NetlinkError::NoSuchLink(..) => RequestError::not_found(e.to_string()),
-            _ => RequestError::internal(format!("route {s:?}: {e}")),
+            NetlinkError::NoSuchLink(..) => RequestError::not_found(chain(&e)),
+            _ => RequestError::internal(format!("route {s:?}: {e}", e = chain(&e))),
         })?;
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use nix::mount::{MntFlags, MsFlags};
 
@@ -101,7 +102,7 @@ fn mount_storage(sys: &dyn Syscall, s: &StorageSpec) -> RequestResult<MountedSto
                 }
                 _ => s.fstype.as_str(),
             };
-            ensure_mountpoint(&target, false).map_err(|e| RequestError::internal(e.to_string()))?;
+            ensure_mountpoint(&target, false).map_err(|e| RequestError::internal(chain(&e)))?;
             let source = if s.source.is_empty() {
                 fstype
             } else {
@@ -122,7 +123,7 @@ fn mount_storage(sys: &dyn Syscall, s: &StorageSpec) -> RequestResult<MountedSto
                 RequestError::invalid(format!("bind storage source {:?}: {e}", s.source))
             })?;
             ensure_mountpoint(&target, !meta.is_dir())
-                .map_err(|e| RequestError::internal(e.to_string()))?;
+                .map_err(|e| RequestError::internal(chain(&e)))?;
             sys.mount(
                 Some(src),
                 &target,
@@ -207,8 +208,8 @@ impl Sandbox {
     pub fn new(state_dir: PathBuf, pid1: bool) -> std::io::Result<Sandbox> {
         fs::create_dir_all(&state_dir)?;
         let layout = CgroupLayout::detect().map_err(|e| {
-            log::error!("cgroups: {e}");
-            e.to_string()
+            log::error!("cgroups: {e}", e = chain(&e));
+            chain(&e)
         });
         Ok(Sandbox {
             containers: Mutex::new(HashMap::new()),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use protobuf::MessageField;
 use ttrpc::TtrpcContext;
@@ -44,10 +45,10 @@ fn reply<T>(method: &str, r: RequestResult<T>) -> ttrpc::Result<T> {
 fn stdio_err(e: StdioError) -> RequestError {
     match e {
         StdioError::StdinClosed | StdioError::NoStdin | StdioError::NoTerminal => {
-            RequestError::precondition(e.to_string())
+            RequestError::precondition(chain(&e))
         }
-        StdioError::Cancelled | StdioError::Deadline => RequestError::deadline(e.to_string()),
-        _ => RequestError::internal(e.to_string()),
+        StdioError::Cancelled | StdioError::Deadline => RequestError::deadline(chain(&e)),
+        _ => RequestError::internal(chain(&e)),
     }
 }
 

@@ -26,9 +26,9 @@ const POLL_SLICE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
-    #[error("creating stdio: {0}")]
+    #[error("creating stdio")]
     Create(#[source] io::Error),
-    #[error("stream I/O: {0}")]
+    #[error("stream I/O")]
     Io(#[from] io::Error),
     #[error("the process has closed its stdin")]
     StdinClosed,

@@ -13,7 +13,7 @@ pub const MAX_CAPTURE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("{what}: cannot start {program}: {source}")]
+    #[error("{what}: cannot start {program}")]
     Spawn {
         what: String,
         program: String,

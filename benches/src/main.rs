@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("vessel-bench: {e}");
+            eprintln!("vessel-bench: {}", vessel_protocol::errors::chain(&e));
             ExitCode::from(2)
         }
     }

@@ -27,9 +27,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Setup(#[from] setup::SetupError),
-    #[error("work directory: {0}")]
-    Work(std::io::Error),
-    #[error("writing results to {dir}: {source}")]
+    #[error("work directory")]
+    Work(#[source] std::io::Error),
+    #[error("writing results to {dir}")]
     Output {
         dir: PathBuf,
         source: std::io::Error,
@@ -91,7 +91,7 @@ fn tools(cli: &Cli, needs: Needs) -> Result<Tools, RunError> {
                 .status()
                 .map_err(|e| RunError::Install {
                     packages: packages.clone(),
-                    detail: e.to_string(),
+                    detail: vessel_protocol::errors::chain(&e),
                 })?;
             if !status.success() {
                 return Err(RunError::Install {
@@ -145,7 +145,7 @@ pub fn run(cli: &Cli, command_line: String) -> Result<Outcome, RunError> {
         for m in &plan.modes {
             match mode_available(*m, tools.vessel_cli.as_deref()) {
                 Ok(()) => modes.push(*m),
-                Err(e) => failures.push(e.to_string()),
+                Err(e) => failures.push(vessel_protocol::errors::chain(&e)),
             }
         }
     }
@@ -287,8 +287,8 @@ fn vessel_configs(
         match vessel_config(settings, m) {
             Ok(text) => configs.push((m, text)),
             Err(e @ setup::SetupError::ModeUnavailable { .. }) => {
-                if !failures.contains(&e.to_string()) {
-                    failures.push(e.to_string());
+                if !failures.contains(&vessel_protocol::errors::chain(&e)) {
+                    failures.push(vessel_protocol::errors::chain(&e));
                 }
                 modes.retain(|x| *x != m);
             }
@@ -380,7 +380,7 @@ fn containerd_measures(
                 took.as_secs_f64()
             )),
             Err(e) => {
-                report.failures.push(e.to_string());
+                report.failures.push(vessel_protocol::errors::chain(&e));
                 modes.retain(|m| *m != VesselMode::Snapshot);
             }
         }
@@ -408,7 +408,8 @@ fn containerd_measures(
                 .find(|(m, _)| *m == mode)
                 .map(|(_, t)| t.as_str())
                 .ok_or_else(|| format!("no config for mode {mode}"))?;
-            bed.set_vessel_config(text).map_err(|e| e.to_string())?;
+            bed.set_vessel_config(text)
+                .map_err(|e| vessel_protocol::errors::chain(&e))?;
             current = Some(mode);
         }
         Ok(())

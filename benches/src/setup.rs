@@ -24,7 +24,7 @@ pub enum SetupError {
     Image(String),
     #[error("vessel runtime config: {0}")]
     Config(String),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

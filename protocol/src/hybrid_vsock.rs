@@ -15,12 +15,12 @@ const MAX_ACK_LEN: usize = 32;
 /// Why the handshake with the VMM's vsock socket failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HybridVsockError {
-    #[error("connecting to vsock socket {path}: {source}")]
+    #[error("connecting to vsock socket {path}")]
     Connect {
         path: String,
         source: std::io::Error,
     },
-    #[error("vsock handshake i/o: {0}")]
+    #[error("vsock handshake i/o")]
     Io(#[from] std::io::Error),
     #[error("vsock handshake: VMM closed the connection before acknowledging (no listener on guest port {0}?)")]
     Closed(u32),

@@ -2,6 +2,7 @@
 //!
 //! * [`agent`] / [`agent_ttrpc`]: messages and the ttrpc client/server generated from
 //!   `proto/agent.proto` at build time.
+//! * [`errors`]: the error style, and [`errors::chain`] that prints a chain once at an edge.
 //! * [`hybrid_vsock`]: the host side of Firecracker's hybrid vsock handshake
 //!   (`CONNECT <port>\n` → `OK <port>\n`) used to reach the agent through the VMM's Unix socket.
 //! * [`ids`]: the id and containerd-namespace rules both sides apply.
@@ -48,6 +49,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod errors;
 pub mod hybrid_vsock;
 pub mod ids;
 pub mod mount_options;

@@ -10,7 +10,7 @@ pub enum CpioError {
     BadName(String),
     #[error("cpio entry {0:?} is larger than 4 GiB")]
     TooLarge(String),
-    #[error("writing cpio archive: {0}")]
+    #[error("writing cpio archive")]
     Io(#[from] std::io::Error),
 }
 

@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 /// Why building the initramfs failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path} is not a static ELF executable ({reason})")]
     NotStaticElf { path: PathBuf, reason: String },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

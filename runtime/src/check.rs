@@ -99,7 +99,7 @@ impl HostFacts {
         let kvm_api = kvm_exists.then(|| {
             kvm_ioctls::Kvm::new()
                 .map(|k| k.get_api_version())
-                .map_err(|e| e.to_string())
+                .map_err(|e| vessel_protocol::errors::chain(&e))
         });
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let flags: Vec<&str> = cpuinfo

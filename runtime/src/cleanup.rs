@@ -20,7 +20,7 @@ pub enum CleanupError {
         pid: i32,
         waited: Duration,
     },
-    #[error("sandbox dir {dir}: {source}")]
+    #[error("sandbox dir {dir}")]
     Mount { dir: PathBuf, source: MountError },
     #[error("sandbox dir {dir}: still mounted after unmount: {left:?}; not removing it")]
     StillMounted { dir: PathBuf, left: Vec<PathBuf> },
@@ -36,7 +36,7 @@ pub enum CleanupError {
         #[source]
         source: crate::host_cgroup::HostCgroupError,
     },
-    #[error("removing sandbox dir {dir}: {source}")]
+    #[error("removing sandbox dir {dir}")]
     Remove {
         dir: PathBuf,
         source: std::io::Error,
@@ -76,7 +76,7 @@ pub fn cleanup_sandbox_dir(
             | StateError::InvalidId { .. }
             | StateError::PathTooLong { .. }),
         ) => {
-            report.state_error = Some(e.to_string());
+            report.state_error = Some(vessel_protocol::errors::chain(&e));
             None
         }
     };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use vessel_protocol::agent as pb;
@@ -267,7 +268,11 @@ impl Sandbox {
                 opts.mounter.as_ref(),
                 opts.config.shutdown_timeout(),
             ) {
-                log::error!("sandbox {}: cleanup after failed start: {e}", opts.id);
+                log::error!(
+                    "sandbox {}: cleanup after failed start: {e}",
+                    opts.id,
+                    e = chain(&e)
+                );
             }
             paths.remove_empty_namespace_dir();
         };
@@ -397,7 +402,7 @@ impl Sandbox {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
         if let Err(e) = s.write(&self.paths.state_file()) {
-            log::error!("sandbox {}: saving state: {e}", self.id);
+            log::error!("sandbox {}: saving state: {e}", self.id, e = chain(&e));
         }
     }
 
@@ -462,7 +467,7 @@ impl Sandbox {
             match self.agent.remove_container(cid, timeout) {
                 Ok(()) => {}
                 Err(e) if e.code() == Some(code::NOT_FOUND) || e.is_transport() => {
-                    log::info!("sandbox {}: remove {cid}: {e}", self.id);
+                    log::info!("sandbox {}: remove {cid}: {e}", self.id, e = chain(&e));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -568,7 +573,7 @@ impl Sandbox {
         // the host-agent backend outlive their agent, so it is asked to remove them.
         if !self.vm.kill_ends_everything() && !self.vm_gone.load(Ordering::SeqCst) {
             if let Err(e) = self.agent.destroy_sandbox(timeout) {
-                log::info!("sandbox {}: DestroySandbox: {e}", self.id);
+                log::info!("sandbox {}: DestroySandbox: {e}", self.id, e = chain(&e));
             }
         }
         let t_kill = Instant::now();
@@ -596,7 +601,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            log::error!("sandbox {}: stop on drop: {e}", self.id);
+            log::error!("sandbox {}: stop on drop: {e}", self.id, e = chain(&e));
         }
     }
 }
@@ -652,7 +657,7 @@ fn connect_agent(
                 return Ok(agent);
             }
             Err(e) if Instant::now() < deadline && vm.process().exit_status().is_none() => {
-                log::debug!("sandbox {sid}: agent not ready: {e}");
+                log::debug!("sandbox {sid}: agent not ready: {e}", e = chain(&e));
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(source) => {

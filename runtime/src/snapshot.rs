@@ -29,13 +29,13 @@ const MANIFEST: &str = "vm.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotStoreError {
-    #[error("snapshot input {what} {path}: {source}")]
+    #[error("snapshot input {what} {path}")]
     Input {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("snapshot directory {path}: {source}")]
+    #[error("snapshot directory {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

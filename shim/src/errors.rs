@@ -5,13 +5,13 @@
 //! delete of a running process FAILED_PRECONDITION, a lost VM UNAVAILABLE); the message is
 //! the error with its causes.
 
-use vessel_runtime::pod::error_chain;
+use vessel_protocol::errors::chain;
 use vessel_runtime::PodError;
 
 /// A Task API call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("{0}")]
+    #[error(transparent)]
     Pod(#[from] PodError),
     #[error("{0}")]
     InvalidArgument(String),
@@ -32,7 +32,7 @@ impl TaskError {
     /// The message containerd shows: the error and its causes.
     pub fn message(&self) -> String {
         match self {
-            TaskError::Pod(e) => error_chain(e),
+            TaskError::Pod(e) => chain(e),
             other => other.to_string(),
         }
     }

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use vessel_protocol::errors::chain;
 
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags, Shim, StartOpts};
 use vessel_runtime::grouping::role_from_bundle;
 use vessel_runtime::mounts::HostMounter;
-use vessel_runtime::pod::{cleanup_after_crash, error_chain};
+use vessel_runtime::pod::cleanup_after_crash;
 use vessel_runtime::vm::vmm::VmmBackend;
 use vessel_runtime::Config;
 
@@ -127,7 +128,7 @@ impl Shim for VesselShim {
     /// container's sandbox left on the host.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let cleaned = Config::load(None)
-            .map_err(|e| format!("vessel configuration: {e}"))
+            .map_err(|e| format!("vessel configuration: {e}", e = chain(&e)))
             .and_then(|(config, _)| {
                 cleanup_after_crash(
                     &config,
@@ -136,7 +137,7 @@ impl Shim for VesselShim {
                     &self.bundle,
                     &HostMounter,
                 )
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| chain(&e))
             });
         if let Err(e) = cleaned {
             let msg = format!("cleaning up {}: {e}", self.id);
@@ -173,7 +174,7 @@ impl VesselShim {
                 log::info!("configuration from {origin}");
                 Arc::new(c)
             })
-            .map_err(|e| e.to_string());
+            .map_err(|e| chain(&e));
         if let Err(e) = &config {
             log::error!("{e}");
         }

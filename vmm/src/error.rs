@@ -13,59 +13,59 @@ use crate::seccomp::SeccompError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] ConfigError),
-    #[error("KVM: {0}")]
+    #[error("KVM")]
     Kvm(#[from] KvmError),
-    #[error("{0}")]
+    #[error(transparent)]
     Loader(#[from] LoaderError),
-    #[error("boot parameters: {0}")]
+    #[error("boot parameters")]
     BootParams(#[from] BootParamsError),
-    #[error("PVH boot data: {0}")]
+    #[error("PVH boot data")]
     Pvh(#[from] PvhError),
-    #[error("MP table: {0}")]
+    #[error("MP table")]
     Mptable(#[from] MptableError),
-    #[error("kernel command line: {0}")]
+    #[error("kernel command line")]
     Cmdline(#[from] CmdlineError),
-    #[error("{0}")]
+    #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("seccomp: {0}")]
+    #[error("seccomp")]
     Seccomp(#[from] SeccompError),
-    #[error("opening console output {path}: {source}")]
+    #[error("opening console output {path}")]
     Console {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("creating the RIP profile {path}: {source}")]
+    #[error("creating the RIP profile {path}")]
     Profile {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("creating an eventfd for {what}: {source}")]
+    #[error("creating an eventfd for {what}")]
     EventFd {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("registering {what} with KVM: {source}")]
+    #[error("registering {what} with KVM")]
     Register {
         what: String,
         source: kvm_ioctls::Error,
     },
-    #[error("device bus: {0}")]
+    #[error("device bus")]
     Bus(#[from] BusError),
     #[error("{0} virtio devices do not fit: IRQs 5..=23 are available")]
     TooManyDevices(usize),
-    #[error("vsock device: {0}")]
+    #[error("vsock device")]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
-    #[error("virtio-net device: {0}")]
+    #[error("virtio-net device")]
     Tap(#[from] crate::devices::virtio::net::TapError),
-    #[error("virtio-net device: {0}")]
-    Net(std::io::Error),
-    #[error("virtio-fs device: {0}")]
+    #[error("virtio-net device")]
+    Net(#[source] std::io::Error),
+    #[error("virtio-fs device")]
     Fs(#[from] crate::devices::virtio::fs::FsError),
-    #[error("snapshot: {0}")]
+    #[error("snapshot")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error("spawning thread {name}: {source}")]
+    #[error("spawning thread {name}")]
     Spawn {
         name: String,
         source: std::io::Error,

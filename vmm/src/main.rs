@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use vessel_protocol::errors::chain;
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
 use vessel_vmm::jail::{Access, JailSpec};
 use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
@@ -338,7 +339,7 @@ fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
     match Vm::restore(cfg) {
         Ok(vm) => run_vm(vm, !args.no_seccomp),
         Err(VmmError::Snapshot(e)) if e.is_rejected_snapshot() => {
-            log::error!("snapshot rejected: {e}");
+            log::error!("snapshot rejected: {}", chain(&e));
             Ok(ExitCode::from(EXIT_SNAPSHOT_REJECTED))
         }
         Err(e) => Err(anyhow::Error::new(e).context("restoring the VM")),
@@ -424,7 +425,7 @@ fn snapshot_check(args: &SnapshotCheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("snapshot rejected: {e}");
+            log::error!("snapshot rejected: {}", chain(&e));
             ExitCode::from(EXIT_SNAPSHOT_REJECTED)
         }
     }
@@ -456,7 +457,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e:#}");
+            log::error!("{}", chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

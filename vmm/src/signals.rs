@@ -19,7 +19,7 @@ extern "C" fn on_termination(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("installing a handler for signal {signal}: {source}")]
+#[error("installing a handler for signal {signal}")]
 pub struct SignalError {
     signal: libc::c_int,
     source: std::io::Error,

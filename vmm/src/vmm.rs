@@ -486,7 +486,7 @@ fn spawn_event_loop(
             }
             if let Some(filter) = &filter {
                 if let Err(e) = install(filter) {
-                    return fail(format!("{e}"));
+                    return fail(vessel_protocol::errors::chain(&e));
                 }
             }
             while !stopped.load(Ordering::Acquire) {

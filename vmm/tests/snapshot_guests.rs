@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use common::{require_kvm, TestGuest};
 use vessel_vmm::snapshot::{
@@ -198,7 +199,7 @@ fn damaged_or_mismatched_snapshots_are_refused_with_typed_errors() {
     }));
     assert!(matches!(err, SnapshotError::Mismatch { .. }), "{err}");
     assert!(err.is_rejected_snapshot());
-    assert!(err.to_string().contains("guest memory (MiB)"), "{err}");
+    assert!(chain(&err).contains("guest memory (MiB)"), "{err}");
 
     // The snapshot has no vsock device; asking for one is a device-set mismatch.
     let mut host = host_config(console.clone());
@@ -211,7 +212,7 @@ fn damaged_or_mismatched_snapshots_are_refused_with_typed_errors() {
         host,
         expect: RestoreExpectations::default(),
     }));
-    assert!(err.to_string().contains("vsock device"), "{err}");
+    assert!(chain(&err).contains("vsock device"), "{err}");
 
     // A short memory file.
     let mem = dir.join(MEMORY_FILE);
@@ -223,7 +224,7 @@ fn damaged_or_mismatched_snapshots_are_refused_with_typed_errors() {
         .set_len(len - 4096)
         .expect("truncate");
     let err = snapshot_err(restore(&dir, console.clone()));
-    assert!(err.to_string().contains("memory file"), "{err}");
+    assert!(chain(&err).contains("memory file"), "{}", chain(&err));
     assert!(err.is_rejected_snapshot());
 
     // A truncated manifest.

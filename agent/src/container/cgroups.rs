@@ -24,7 +24,7 @@ pub enum CgroupError {
     NoCgroupFs,
     #[error("cgroup path {0:?} must not contain '..'")]
     BadPath(PathBuf),
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,

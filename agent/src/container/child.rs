@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use vessel_protocol::errors::chain;
 
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::Mode;
@@ -230,7 +231,7 @@ pub fn child_main(spare: bool) -> ! {
                     &sync,
                     &ChildReport::Failed {
                         invalid: false,
-                        message: format!("spare setup child: {e}"),
+                        message: format!("spare setup child: {e}", e = chain(&e)),
                     },
                 );
                 std::process::exit(127)
@@ -246,7 +247,7 @@ pub fn child_main(spare: bool) -> ! {
         &sync,
         &ChildReport::Failed {
             invalid,
-            message: err.to_string(),
+            message: chain(&err),
         },
     );
     std::process::exit(127)
@@ -454,7 +455,7 @@ fn setup_init(
         crate::network::loopback_up().map_err(|e| {
             ChildError::io(
                 "bringing up lo in the new network namespace",
-                std::io::Error::other(e.to_string()),
+                std::io::Error::other(chain(&e)),
             )
         })?;
     }

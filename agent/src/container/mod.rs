@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -39,12 +40,12 @@ use crate::stdio::{ProcessStreams, StdioSetup};
 /// An error in the child while setting up a container process.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Sys {
         context: String,
         source: nix::errno::Errno,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,
@@ -121,12 +122,15 @@ impl Container {
         let cgroup = plan.cgroup.clone();
         cgroup
             .create()
-            .map_err(|e| RequestError::internal(format!("creating cgroup: {e}")))?;
+            .map_err(|e| RequestError::internal(format!("creating cgroup: {e}", e = chain(&e))))?;
         let before = format!("plan {planned:?}, cgroup {:?}", t0.elapsed() - planned);
         let result = Self::create_in(id, plan, stdin, &before);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
-                log::warn!("container {id}: removing cgroup after failed create: {e}");
+                log::warn!(
+                    "container {id}: removing cgroup after failed create: {e}",
+                    e = chain(&e)
+                );
             }
         }
         result
@@ -141,9 +145,9 @@ impl Container {
     ) -> RequestResult<Container> {
         let t_res = std::time::Instant::now();
         if let Some(res) = &plan.resources {
-            plan.cgroup
-                .apply(res)
-                .map_err(|e| RequestError::invalid(format!("applying resources: {e}")))?;
+            plan.cgroup.apply(res).map_err(|e| {
+                RequestError::invalid(format!("applying resources: {e}", e = chain(&e)))
+            })?;
         }
         let terminal = plan.config.process.terminal().unwrap_or(false);
         let mut stdio = if terminal {
@@ -151,7 +155,7 @@ impl Container {
         } else {
             StdioSetup::pipes(stdin)
         }
-        .map_err(|e| RequestError::internal(e.to_string()))?;
+        .map_err(|e| RequestError::internal(chain(&e)))?;
         let pid_ns_fd = match &plan.pid_ns_path {
             Some(p) => Some(namespaces::open_ns(p).map_err(|e| {
                 RequestError::invalid(format!("pid namespace {}: {e}", p.display()))
@@ -289,7 +293,7 @@ impl Container {
         } else {
             StdioSetup::pipes(stdin)
         }
-        .map_err(|e| RequestError::internal(e.to_string()))?;
+        .map_err(|e| RequestError::internal(chain(&e)))?;
         let ns = lock(&self.ns_fds);
         let join: Vec<NsKind> = ns
             .iter()
@@ -391,7 +395,7 @@ impl Container {
             return self
                 .cgroup
                 .signal_all(sig)
-                .map_err(|e| RequestError::internal(e.to_string()));
+                .map_err(|e| RequestError::internal(chain(&e)));
         }
         let p = self.process(exec_id)?;
         if p.exited().is_some() {
@@ -414,7 +418,7 @@ impl Container {
         let pids = self
             .cgroup
             .pids()
-            .map_err(|e| RequestError::internal(e.to_string()))?;
+            .map_err(|e| RequestError::internal(chain(&e)))?;
         Ok(pids
             .into_iter()
             .filter_map(|p| u32::try_from(p).ok())
@@ -431,7 +435,7 @@ impl Container {
         }
         self.cgroup
             .set_frozen(paused)
-            .map_err(|e| RequestError::internal(e.to_string()))?;
+            .map_err(|e| RequestError::internal(chain(&e)))?;
         self.paused.store(paused, Ordering::SeqCst);
         Ok(())
     }
@@ -441,7 +445,7 @@ impl Container {
             .map_err(|e| RequestError::invalid(format!("malformed OCI resources: {e}")))?;
         self.cgroup
             .apply(&res)
-            .map_err(|e| RequestError::invalid(format!("applying resources: {e}")))
+            .map_err(|e| RequestError::invalid(format!("applying resources: {e}", e = chain(&e))))
     }
 
     /// Kills every process, waits for them to be reaped, removes the cgroup and releases
@@ -472,7 +476,7 @@ impl Container {
         }
         self.cgroup
             .destroy()
-            .map_err(|e| RequestError::internal(format!("removing cgroup: {e}")))?;
+            .map_err(|e| RequestError::internal(format!("removing cgroup: {e}", e = chain(&e))))?;
         lock(&self.ns_fds).clear();
         lock(&self.execs).clear();
         Ok(())
@@ -483,5 +487,5 @@ impl Container {
 /// agent's streams on it.
 fn attach_console(spawned: &Spawned, size: Option<(u16, u16)>) -> RequestResult<ProcessStreams> {
     let master = spawned.recv_console()?;
-    ProcessStreams::from_pty_master(master, size).map_err(|e| RequestError::internal(e.to_string()))
+    ProcessStreams::from_pty_master(master, size).map_err(|e| RequestError::internal(chain(&e)))
 }

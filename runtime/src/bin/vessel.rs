@@ -12,12 +12,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use vessel_protocol::errors::chain;
 
 use clap::{Parser, Subcommand};
 use vessel_runtime::check::{evaluate, HostFacts};
 use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
-use vessel_runtime::pod::{error_chain, CreateRequest, ExitEvent, PodEvents, StdioPaths};
+use vessel_runtime::pod::{CreateRequest, ExitEvent, PodEvents, StdioPaths};
 use vessel_runtime::snapshot::snapshot_key;
 use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
 use vessel_runtime::vm::backend_from_config;
@@ -131,7 +132,7 @@ fn snapshot_cmd(config: &Config, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                     Ok(true) => println!("{key}: removed"),
                     Ok(false) => println!("{key}: no such snapshot"),
                     Err(e) => {
-                        eprintln!("{key}: {e}");
+                        eprintln!("{key}: {e}", e = chain(&e));
                         failed = true;
                     }
                 }
@@ -190,7 +191,7 @@ fn list(root: &std::path::Path) -> anyhow::Result<()> {
                     );
                 }
                 Ok(None) => println!("{ns_name}/{id}\t(no state file)"),
-                Err(e) => println!("{ns_name}/{id}\t({e})"),
+                Err(e) => println!("{ns_name}/{id}\t({e})", e = chain(&e)),
             }
         }
     }
@@ -231,21 +232,21 @@ fn run_bundle(config: Config, bundle: &std::path::Path, id: &str) -> anyhow::Res
         rootfs: Vec::new(),
         stdio,
     })
-    .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+    .map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
     let started = pods.start(id, "");
     let status = match started {
         Ok(_) => pods.wait(id, "").map(|info| info.exit_status),
         Err(e) => Err(e),
     };
     let deleted = pods.delete(id, "");
-    let status = status.map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+    let status = status.map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
     match deleted {
         Ok(d) => {
             if let Err(e) = d.cleanup {
-                eprintln!("vessel: cleaning up {id}: {}", error_chain(&e));
+                eprintln!("vessel: cleaning up {id}: {}", chain(&e));
             }
         }
-        Err(e) => eprintln!("vessel: deleting {id}: {}", error_chain(&e)),
+        Err(e) => eprintln!("vessel: deleting {id}: {}", chain(&e)),
     }
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
@@ -254,7 +255,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vessel: {e}");
+            eprintln!("vessel: {e}", e = chain(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -300,7 +301,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "probe failed after {:.1} s: {}",
                         started.elapsed().as_secs_f64(),
-                        error_chain(&e)
+                        chain(&e)
                     );
                     Ok(ExitCode::FAILURE)
                 }
@@ -322,7 +323,7 @@ fn run() -> anyhow::Result<ExitCode> {
                         )
                     }
                     Err(e) => {
-                        eprintln!("{id}: {}", error_chain(&e));
+                        eprintln!("{id}: {}", chain(&e));
                         failed = true;
                     }
                 }

@@ -3,6 +3,7 @@
 //! Works from the bundle's annotations and the pod's `state.json` alone.
 
 use std::path::Path;
+use vessel_protocol::errors::chain;
 
 use super::PodError;
 use crate::cleanup::{cleanup_sandbox_dir, CleanupReport};
@@ -88,7 +89,7 @@ fn member_records(paths: &SandboxPaths, id: &str) -> Vec<crate::safe_mount::Moun
             .collect(),
         Ok(None) => Vec::new(),
         Err(e) => {
-            log::warn!("container {id}: {e}");
+            log::warn!("container {id}: {e}", e = chain(&e));
             Vec::new()
         }
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use vessel_protocol::errors::chain;
 
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use vessel_protocol::agent as pb;
@@ -179,7 +180,7 @@ impl Pod {
         let undo_rootfs = || {
             if rootfs_mounted {
                 if let Err(e) = unmount_rootfs(&req.bundle, self.mounter.as_ref()) {
-                    log::error!("create {id}: rollback: {e}");
+                    log::error!("create {id}: rollback: {e}", e = chain(&e));
                 }
             }
         };
@@ -435,7 +436,7 @@ impl Pod {
             }
         }
         for e in errors.iter().skip(1) {
-            log::error!("{}", super::error_chain(e));
+            log::error!("{}", vessel_protocol::errors::chain(e));
         }
         Ok(Deleted {
             state,

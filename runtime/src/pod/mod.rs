@@ -109,22 +109,6 @@ impl PodError {
     }
 }
 
-/// The error and its causes on one line, each cause once (some messages already quote
-/// their cause).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        cause = c.source();
-    }
-    msg
-}
-
 /// A process of a pod exited (reported after its output reached its end).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitEvent {

@@ -33,13 +33,13 @@ pub enum VmError {
         what: &'static str,
         path: PathBuf,
     },
-    #[error("sandbox {sandbox}: spawning {program}: {source}")]
+    #[error("sandbox {sandbox}: spawning {program}")]
     Spawn {
         sandbox: String,
         program: PathBuf,
         source: std::io::Error,
     },
-    #[error("sandbox {sandbox}: preparing {path}: {source}")]
+    #[error("sandbox {sandbox}: preparing {path}")]
     Prepare {
         sandbox: String,
         path: PathBuf,

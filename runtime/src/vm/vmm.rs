@@ -5,6 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vessel_protocol::errors::chain;
 
 use vessel_protocol::agent::Storage;
 use vessel_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
@@ -70,7 +71,11 @@ fn usable_snapshot(req: &LaunchRequest<'_>) -> Option<PathBuf> {
     match snapshot_store(req.config).ensure(req.config, deadline) {
         Ok(path) => Some(path),
         Err(e) => {
-            log::warn!("sandbox {}: cold boot, no snapshot: {e}", req.sandbox_id);
+            log::warn!(
+                "sandbox {}: cold boot, no snapshot: {e}",
+                req.sandbox_id,
+                e = chain(&e)
+            );
             None
         }
     }
@@ -207,7 +212,7 @@ fn vsock_attempt(uds: &Path, deadline: Instant) -> Result<UnixStream, String> {
     let io_timeout = deadline
         .saturating_duration_since(Instant::now())
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
-    hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, io_timeout).map_err(|e| e.to_string())
+    hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, io_timeout).map_err(|e| chain(&e))
 }
 
 #[cfg(test)]

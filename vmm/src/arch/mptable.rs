@@ -27,7 +27,7 @@ const ENTRY_LINTSRC: u8 = 4;
 pub enum MptableError {
     #[error("{0} vCPUs do not fit in the MP table (1..={MAX_VCPUS})")]
     TooManyCpus(u8),
-    #[error("writing the MP table to guest memory: {0}")]
+    #[error("writing the MP table to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

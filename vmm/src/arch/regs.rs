@@ -49,7 +49,7 @@ impl std::str::FromStr for BootEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing boot structures to guest memory at {addr:#x}: {source}")]
+    #[error("writing boot structures to guest memory at {addr:#x}")]
     GuestMemory {
         addr: u64,
         source: vm_memory::GuestMemoryError,

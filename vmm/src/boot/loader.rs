@@ -16,14 +16,14 @@ const PAGE_SIZE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("cannot open kernel {path}: {source}")]
+    #[error("cannot open kernel {path}")]
     OpenKernel {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("kernel {0} is not an ELF vmlinux (bad magic); a bzImage is not supported")]
     NotElf(PathBuf),
-    #[error("loading kernel {path}: {source}")]
+    #[error("loading kernel {path}")]
     LoadKernel {
         path: PathBuf,
         source: linux_loader::loader::Error,
@@ -34,7 +34,7 @@ pub enum LoaderError {
     NoPvhEntry { path: PathBuf },
     #[error("kernel ends at {kernel_end:#x}, beyond guest RAM below 4 GiB ({low_end:#x})")]
     KernelTooLarge { kernel_end: u64, low_end: u64 },
-    #[error("cannot open initrd {path}: {source}")]
+    #[error("cannot open initrd {path}")]
     OpenInitrd {
         path: PathBuf,
         source: std::io::Error,
@@ -46,7 +46,7 @@ pub enum LoaderError {
         kernel_end: u64,
         low_end: u64,
     },
-    #[error("reading initrd {path} into guest memory: {source}")]
+    #[error("reading initrd {path} into guest memory")]
     ReadInitrd {
         path: PathBuf,
         source: vm_memory::GuestMemoryError,

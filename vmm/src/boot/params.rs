@@ -63,7 +63,7 @@ pub enum BootParamsError {
     TooManyEntries(usize),
     #[error("command line of {0} bytes exceeds {CMDLINE_MAX_SIZE}")]
     CmdlineTooLong(usize),
-    #[error("writing boot data to guest memory: {0}")]
+    #[error("writing boot data to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -16,7 +16,7 @@ pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 pub enum PvhError {
     #[error("{0} memory map entries do not fit the PVH memmap area")]
     TooManyEntries(usize),
-    #[error("writing PVH boot data to guest memory: {0}")]
+    #[error("writing PVH boot data to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -35,13 +35,13 @@ static XSTATE_LOG: LogLimiter = LogLimiter::new(5, Duration::from_secs(60));
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("vcpu{index}: {source}")]
+    #[error("vcpu{index}")]
     Kvm { index: u8, source: KvmError },
-    #[error("vcpu{index}: {source}")]
+    #[error("vcpu{index}")]
     Regs { index: u8, source: RegsError },
-    #[error("registering the vCPU kick signal handler: {0}")]
-    SignalHandler(vmm_sys_util::errno::Error),
-    #[error("spawning thread vcpu{index}: {source}")]
+    #[error("registering the vCPU kick signal handler")]
+    SignalHandler(#[source] vmm_sys_util::errno::Error),
+    #[error("spawning thread vcpu{index}")]
     Spawn { index: u8, source: std::io::Error },
 }
 

@@ -15,16 +15,16 @@ pub enum KvmError {
     NoKvmDevice,
     #[error("no permission to open /dev/kvm (run as root or join the kvm group)")]
     NoPermission,
-    #[error("opening /dev/kvm: {0}")]
-    Open(kvm_ioctls::Error),
+    #[error("opening /dev/kvm")]
+    Open(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0}, expected 12")]
     ApiVersion(i32),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Ioctl {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("allocating {size} bytes of guest memory at {addr:#x}: {source}")]
+    #[error("allocating {size} bytes of guest memory at {addr:#x}")]
     GuestMemory {
         addr: u64,
         size: u64,

@@ -13,12 +13,12 @@ use seccompiler::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("building seccomp filter: {0}")]
+    #[error("building seccomp filter")]
     Build(#[from] seccompiler::BackendError),
-    #[error("compiling seccomp filter: {0}")]
+    #[error("compiling seccomp filter")]
     Compile(#[from] seccompiler::Error),
-    #[error("installing seccomp filter: {0}")]
-    Install(seccompiler::Error),
+    #[error("installing seccomp filter")]
+    Install(#[source] seccompiler::Error),
 }
 
 /// Compiled filters for the VMM's threads.

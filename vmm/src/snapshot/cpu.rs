@@ -17,7 +17,7 @@ pub const MAX_MSRS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuStateError {
-    #[error("vcpu{index}: {what}: {source}")]
+    #[error("vcpu{index}: {what}")]
     Ioctl {
         index: u8,
         what: &'static str,

@@ -208,7 +208,8 @@ fn truncated_or_garbage_json_is_a_corrupt_error() {
     let mut v = serde_json::to_value(sample(&k)).expect("ser");
     v["vcpus"][0]["regs"] = serde_json::json!("00ff");
     let err = Manifest::parse(&v.to_string(), Path::new("vm.json")).expect_err("regs");
-    assert!(err.to_string().contains("kvm_regs"), "{err}");
+    let err = vessel_protocol::errors::chain(&err);
+    assert!(err.contains("kvm_regs"), "{err}");
 }
 
 #[test]

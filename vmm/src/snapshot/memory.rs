@@ -23,22 +23,22 @@ const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryFileError {
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("reading guest memory at {addr:#x}: {source}")]
+    #[error("reading guest memory at {addr:#x}")]
     ReadGuest {
         addr: u64,
         source: vm_memory::GuestMemoryError,
     },
-    #[error("opening memory file {path}: {source}")]
+    #[error("opening memory file {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -55,7 +55,7 @@ pub enum MemoryFileError {
         found: Vec<RegionInfo>,
         expected: Vec<RegionInfo>,
     },
-    #[error("mapping {path} at offset {offset:#x}: {source}")]
+    #[error("mapping {path} at offset {offset:#x}")]
     Map {
         path: PathBuf,
         offset: u64,

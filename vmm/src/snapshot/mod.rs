@@ -37,26 +37,26 @@ use crate::kvm::vm::KvmError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot directory {path}: {source}")]
+    #[error("snapshot directory {path}")]
     Dir {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path} already holds a snapshot (never overwritten in place: remove it first)")]
     Exists { path: PathBuf },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path} is {size} bytes, too large for a snapshot manifest")]
     ManifestTooLarge { path: PathBuf, size: u64 },
-    #[error("{path} is not a valid snapshot manifest: {source}")]
+    #[error("{path} is not a valid snapshot manifest")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
@@ -75,7 +75,7 @@ pub enum SnapshotError {
     },
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Memory(#[from] MemoryFileError),
     #[error("virtio device {index} (type {device_type}): {message}")]
     Device {
@@ -85,11 +85,11 @@ pub enum SnapshotError {
     },
     #[error("serial console state: {0}")]
     Serial(String),
-    #[error("vCPU state: {0}")]
+    #[error("vCPU state")]
     Vcpu(#[from] VcpuStateError),
-    #[error("VM state: {0}")]
+    #[error("VM state")]
     Vm(#[from] VmStateError),
-    #[error("KVM: {0}")]
+    #[error("KVM")]
     Kvm(#[from] KvmError),
     #[error("the VM cannot be snapshotted now: {0}")]
     NotQuiescent(String),

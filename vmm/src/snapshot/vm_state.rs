@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::raw::Raw;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}")]
 pub struct VmStateError {
     pub what: &'static str,
     pub source: kvm_ioctls::Error,

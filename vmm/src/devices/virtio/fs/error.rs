@@ -11,7 +11,7 @@ pub enum FsError {
         "virtio-fs tag {0:?} is invalid: 1 to {TAG_LEN} printable ASCII characters, no spaces or '='"
     )]
     InvalidTag(String),
-    #[error("shared directory {path} is not usable: {source}")]
+    #[error("shared directory {path} is not usable")]
     SharedDir {
         path: PathBuf,
         source: std::io::Error,
@@ -20,13 +20,13 @@ pub enum FsError {
     NotADirectory(PathBuf),
     #[error("shared directory {0} is not valid UTF-8 (fuse-backend-rs needs a UTF-8 root path)")]
     NonUtf8Path(PathBuf),
-    #[error("creating the passthrough file system for {path}: {source}")]
+    #[error("creating the passthrough file system for {path}")]
     Backend {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("creating virtio-fs queues or eventfds: {0}")]
-    EventFd(std::io::Error),
+    #[error("creating virtio-fs queues or eventfds")]
+    EventFd(#[source] std::io::Error),
 }
 
 /// Checks a tag: what the guest passes to `mount -t virtiofs <tag>`, and what our CLI splits

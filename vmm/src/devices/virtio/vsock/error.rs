@@ -9,11 +9,11 @@ pub enum VsockError {
     InvalidCid(u64),
     #[error("vsock socket path {0} already exists (stale socket of a previous VMM?)")]
     PathExists(PathBuf),
-    #[error("binding vsock socket {path}: {source}")]
+    #[error("binding vsock socket {path}")]
     Bind {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("creating vsock queues, event or timer fds: {0}")]
-    EventFd(std::io::Error),
+    #[error("creating vsock queues, event or timer fds")]
+    EventFd(#[source] std::io::Error),
 }
