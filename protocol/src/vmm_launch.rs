@@ -5,6 +5,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// The line the host writes on `vessel-vmm snapshot-create`'s stdin when the guest is ready
+/// (its agent answered `Check`): the VMM pauses the VM and writes the snapshot. End of file
+/// before it stops the VM without a snapshot.
+pub const SNAPSHOT_NOW: &str = "snapshot";
+
 /// What the VMM process is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchMode {
@@ -12,11 +17,9 @@ pub enum LaunchMode {
     Boot,
     /// Restore the snapshot in this directory (the guest flags must match it).
     Restore(PathBuf),
-    /// Boot, wait until the agent answers `Check`, save a snapshot into `dir`, exit.
-    SnapshotCreate {
-        dir: PathBuf,
-        ready_timeout_secs: u64,
-    },
+    /// Boot, wait until the host writes [`SNAPSHOT_NOW`] on the VMM's stdin (after it saw
+    /// the agent answer `Check`: see `agent_check`), save a snapshot into `dir`, exit.
+    SnapshotCreate { dir: PathBuf },
     /// Check, without starting a VM, that the snapshot in `dir` can be restored with the
     /// guest flags (exit 0, or [`crate::VMM_EXIT_SNAPSHOT_REJECTED`]).
     SnapshotCheck { dir: PathBuf },
@@ -70,15 +73,10 @@ impl VmmLaunch {
                 a.push("--restore".into());
                 a.push(dir.into());
             }
-            LaunchMode::SnapshotCreate {
-                dir,
-                ready_timeout_secs,
-            } => {
+            LaunchMode::SnapshotCreate { dir } => {
                 a.push("snapshot-create".into());
                 a.push("--snapshot-dir".into());
                 a.push(dir.into());
-                a.push("--ready-timeout-secs".into());
-                a.push(ready_timeout_secs.to_string().into());
             }
             LaunchMode::SnapshotCheck { dir } => {
                 a.push("snapshot-check".into());

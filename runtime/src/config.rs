@@ -21,6 +21,10 @@ const MAX_KERNEL_PARAMS_LEN: usize = 2048;
 const SIZE_ANNOTATION_KEYS: [&str; 2] = ["memory_mib", "vcpus"];
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
+/// A loaded configuration, or why it could not be loaded (shared by every request that
+/// needs it, so both sides are reference-counted).
+pub type LoadedConfig = Result<std::sync::Arc<Config>, std::sync::Arc<ConfigError>>;
+
 /// Why a configuration could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

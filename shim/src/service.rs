@@ -174,15 +174,15 @@ impl VesselShim {
                 log::info!("configuration from {origin}");
                 Arc::new(c)
             })
-            .map_err(|e| chain(&e));
+            .map_err(Arc::new);
         if let Err(e) = &config {
-            log::error!("{e}");
+            log::error!("{}", chain(e.as_ref()));
         }
         let events = ContainerdEvents::new(ttrpc_address, self.namespace.clone())
             .unwrap_or_else(|e| panic!("cannot start the event thread: {e}"));
         let backend = match &config {
             Ok(c) => vessel_runtime::vm::backend_from_config(c),
-            Err(_) => Arc::new(VmmBackend),
+            Err(_) => Arc::new(VmmBackend::default()),
         };
         if let Ok(c) = &config {
             if c.hypervisor.backend == "host-agent" {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vessel_protocol::errors::chain;
+use vessel_protocol::vmm_launch::SNAPSHOT_NOW;
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
 use vessel_vmm::jail::{Access, JailSpec};
 use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
@@ -35,9 +36,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot, wait until the guest agent answers Check over --vsock-uds (or --delay-secs),
-    /// save a snapshot into --snapshot-dir (keeping the Check's idle connection for the
-    /// restored VM's first client) and exit 0.
+    /// Boot, wait until the host writes `snapshot` on stdin (it does once the guest agent
+    /// answered its Check) or --delay-secs pass, save a snapshot into --snapshot-dir
+    /// (keeping an idle host connection, that Check's, for the restored VM's first client)
+    /// and exit 0. End of file on stdin first: exit 1, no snapshot.
     SnapshotCreate(SnapshotCreateArgs),
     /// Check, without starting a VM, that --snapshot-dir can be restored here and matches
     /// the given boot flags (as --restore would). Exit 0 if so, 6 if not.
@@ -57,12 +59,10 @@ struct SnapshotCreateArgs {
     /// Directory to write `vm.json` and `memory.bin` into (must not hold a snapshot).
     #[arg(long)]
     snapshot_dir: PathBuf,
-    /// Snapshot this many seconds after boot instead of waiting for the agent.
+    /// Snapshot this many seconds after boot instead of waiting for the host's
+    /// `snapshot` line on stdin.
     #[arg(long)]
     delay_secs: Option<u64>,
-    /// How long to wait for the agent's Check.
-    #[arg(long, default_value_t = 600)]
-    ready_timeout_secs: u64,
     #[command(flatten)]
     boot: BootArgs,
 }
@@ -346,6 +346,29 @@ fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Waits for the host's [`SNAPSHOT_NOW`] line on stdin (bounded: one short line).
+fn read_snapshot_request() -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match stdin.read(&mut byte).context("reading stdin")? {
+            0 => anyhow::bail!("stdin closed before the host asked for the snapshot"),
+            _ if byte[0] == b'\n' => break,
+            _ if line.len() < 64 => line.push(byte[0]),
+            _ => anyhow::bail!("stdin: a line over 64 bytes is not a snapshot request"),
+        }
+    }
+    if line != SNAPSHOT_NOW.as_bytes() {
+        anyhow::bail!(
+            "stdin: expected {SNAPSHOT_NOW:?}, got {:?}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+    Ok(())
+}
+
 fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
     let mut config = config_from(&args.boot);
     jail_if_asked(
@@ -353,50 +376,35 @@ fn snapshot_create(args: SnapshotCreateArgs) -> anyhow::Result<ExitCode> {
         &mut config,
         Some((&args.snapshot_dir, Access::Writable)),
     )?;
-    let uds = config.vsock.as_ref().map(|v| v.uds_path.clone());
-    if args.delay_secs.is_none() && uds.is_none() {
-        anyhow::bail!("snapshot-create needs --vsock-uds (to wait for the agent) or --delay-secs");
-    }
-    // The main thread stays unfiltered: it talks to the agent and writes the snapshot. The
+    // The main thread stays unfiltered: it waits for the host and writes the snapshot. The
     // vCPU and device threads run under their filters as usual.
     let mut vm = Vm::start(config).context("starting the VM")?;
     vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
     let stopped = |reason: vessel_vmm::ExitReason| {
         anyhow::anyhow!("the VM stopped before it could be snapshotted: {reason}")
     };
-    // The Check's connection stays open until the snapshot is written: the snapshot keeps it
-    // for the restored VMs' first client.
-    let _check_connection = match (args.delay_secs, uds) {
-        (Some(secs), _) => {
-            if let Some(reason) = vm.wait_timeout(Duration::from_secs(secs)) {
+    if let Some(secs) = args.delay_secs {
+        if let Some(reason) = vm.wait_timeout(Duration::from_secs(secs)) {
+            return Err(stopped(reason));
+        }
+    } else {
+        // The host checks the guest (its agent answers Check) and then says so on stdin; the
+        // VMM never speaks the agent's API. A host connection left open (that Check's) is
+        // kept in the snapshot for the restored VMs' first client.
+        let waiter = std::thread::Builder::new()
+            .name("host-wait".to_string())
+            .spawn(read_snapshot_request)
+            .context("spawning the stdin reader")?;
+        while !waiter.is_finished() {
+            if let Some(reason) = vm.wait_timeout(Duration::from_millis(100)) {
                 return Err(stopped(reason));
             }
-            None
         }
-        (None, Some(uds)) => {
-            let timeout = Duration::from_secs(args.ready_timeout_secs);
-            let waiter = std::thread::Builder::new()
-                .name("agent-check".to_string())
-                .spawn(move || vessel_vmm::snapshot::agent::wait_for_agent(&uds, timeout))
-                .context("spawning the agent check")?;
-            while !waiter.is_finished() {
-                if let Some(reason) = vm.wait_timeout(Duration::from_millis(100)) {
-                    return Err(stopped(reason));
-                }
-            }
-            let (ready, connection) = waiter
-                .join()
-                .map_err(|_| anyhow::anyhow!("the agent check panicked"))??;
-            log::info!(
-                "agent {} answered after {:?} (guest uptime {} ms)",
-                ready.version,
-                ready.waited,
-                ready.guest_uptime_ms
-            );
-            Some(connection)
-        }
-        (None, None) => unreachable!("checked above"),
-    };
+        waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stdin reader panicked"))??;
+        log::info!("snapshot requested by the host");
+    }
     let summary = vm
         .snapshot(&args.snapshot_dir, &SnapshotOptions::default())
         .context("creating the snapshot")?;
@@ -535,7 +543,6 @@ mod tests {
 
         let mut create = launch(LaunchMode::SnapshotCreate {
             dir: "/s/new".into(),
-            ready_timeout_secs: 77,
         });
         create.host.net_tap_fd = None;
         create.guest.net = false;
@@ -543,7 +550,6 @@ mod tests {
         match parse(&create).command {
             Some(Command::SnapshotCreate(a)) => {
                 assert_eq!(a.snapshot_dir, PathBuf::from("/s/new"));
-                assert_eq!(a.ready_timeout_secs, 77);
                 assert_eq!(a.delay_secs, None);
                 assert_boot_args_match(&a.boot, &create);
             }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vessel_vmm::snapshot::agent::wait_for_agent;
+use vessel_protocol::agent_check::{self, AgentReady, CheckConnection, ReadyError};
 use vessel_vmm::snapshot::{Manifest, MANIFEST_FILE};
 
 const DEFAULT_KERNEL: &str = "/var/tmp/kbuild/linux-source-6.1/vmlinux";
@@ -47,13 +47,12 @@ fn rss_pss_kib(pid: u32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
-/// "guest uptime N ms" from the snapshot-create log.
-fn uptime_at_snapshot(log: &str) -> u64 {
-    log.split("guest uptime ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no agent uptime in the snapshot-create log:\n{log}"))
+/// Waits until the agent behind `uds` answers Check (the VMM is assumed alive).
+fn wait_for_agent(
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(AgentReady, CheckConnection), ReadyError> {
+    agent_check::wait_for_agent(uds, Instant::now() + timeout, &mut || Ok(()))
 }
 
 struct Restored {
@@ -113,11 +112,11 @@ fn agent_vm_snapshot_restores_twice_and_both_agents_answer() {
     // One cold boot, snapshotted when the agent answers.
     let started = Instant::now();
     let create_log = dir.path().join("create.log");
-    let status = vmm()
+    // The test plays the host, as the runtime does: it checks the agent, then tells the VMM.
+    let mut create = vmm()
         .arg("snapshot-create")
         .arg("--snapshot-dir")
         .arg(&snapshot)
-        .args(["--ready-timeout-secs", "1200"])
         .arg("--kernel")
         .arg(&kernel)
         .arg("--initrd")
@@ -126,16 +125,31 @@ fn agent_vm_snapshot_restores_twice_and_both_agents_answer() {
         .arg(dir.path().join("create.sock"))
         .arg("--console")
         .arg(dir.path().join("create.console"))
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(&create_log).expect("log"),
         ))
-        .status()
+        .spawn()
         .expect("run snapshot-create");
+    let result = agent_check::snapshot_when_ready(
+        &mut create,
+        &dir.path().join("create.sock"),
+        started + Duration::from_secs(1200),
+        Duration::from_secs(120),
+    );
     let log = std::fs::read_to_string(&create_log).unwrap_or_default();
+    let (ready, status) = result.unwrap_or_else(|e| {
+        let _ = create.kill();
+        panic!(
+            "snapshot-create: {}:\n{log}",
+            vessel_protocol::errors::chain(&e)
+        )
+    });
     assert!(status.success(), "snapshot-create {status}:\n{log}");
+    assert!(log.contains("snapshot requested by the host"), "{log}");
     let boot_time = started.elapsed();
-    let snap_uptime = uptime_at_snapshot(&log);
+    let snap_uptime = ready.guest_uptime_ms;
     let manifest = Manifest::load(&snapshot).expect("a valid snapshot");
     assert_eq!(manifest.boot.vsock_cid, Some(3));
     assert_eq!(manifest.virtio.len(), 1);

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::exec::run_timed;
 use crate::report::{BootResult, Ratio, Series};
 use qemu::{qemu_append, qemu_args, qemu_cpu, show_command, VmmChoices};
 use vm_run::{run_vm, VmRun, Wait};
@@ -110,26 +109,48 @@ fn create_snapshot(spec: &BootSpec, dir: &Path) -> Result<(Duration, Vec<String>
         "snapshot-create".to_string(),
         "--snapshot-dir".into(),
         dir.display().to_string(),
-        "--ready-timeout-secs".into(),
-        spec.timeout.as_secs().to_string(),
     ];
     args.extend(boot_args(spec, &sock));
+    let log_path = spec.work.join("snapshot-create.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&spec.vmm);
-    cmd.args(&args);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(log)
+        .stderr(log2);
     log::info!("boot: creating the snapshot (one cold boot)");
-    let t = run_timed(
-        cmd,
-        "vessel-vmm snapshot-create",
-        spec.timeout + Duration::from_secs(60),
-    )
-    .map_err(|e| e.to_string())?
-    .check("vessel-vmm snapshot-create")
-    .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", spec.vmm.display()))?;
+    // As the runtime does: the host checks the agent, then tells the VMM to snapshot.
+    let result = vessel_protocol::agent_check::snapshot_when_ready(
+        &mut child,
+        &sock,
+        started + spec.timeout,
+        Duration::from_secs(60),
+    );
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match result {
+        Ok((_, status)) if status.success() => {}
+        Ok((_, status)) => return Err(format!("vessel-vmm snapshot-create {status}:\n{stderr}")),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "vessel-vmm snapshot-create: {}:\n{stderr}",
+                vessel_protocol::errors::chain(&e)
+            ));
+        }
+    }
+    let elapsed = started.elapsed();
     let mut notes = vec![format!(
         "snapshot made once by: {}",
         show_command(&spec.vmm, &args)
     )];
-    if let Some(line) = t.stderr.lines().find(|l| l.contains("saved in")) {
+    if let Some(line) = stderr.lines().find(|l| l.contains("saved in")) {
         notes.push(format!(
             "snapshot-create said: {}",
             line.split("INFO").last().unwrap_or(line).trim()
@@ -142,7 +163,7 @@ fn create_snapshot(spec: &BootSpec, dir: &Path) -> Result<(Duration, Vec<String>
             m.blocks() * 512 / (1 << 20)
         ));
     }
-    Ok((t.elapsed, notes))
+    Ok((elapsed, notes))
 }
 
 /// Runs the comparison: per iteration a vessel-vmm boot, a restore (if asked), then a qemu

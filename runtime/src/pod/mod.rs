@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use vessel_protocol::agent as pb;
 
-use crate::config::Config;
+use crate::config::LoadedConfig;
 use crate::grouping::ContainerRole;
 use crate::mounts::Mounter;
 use crate::rootfs::RootfsMount;
@@ -133,7 +133,7 @@ pub struct PodsDeps {
     /// containerd namespace (state dirs are keyed by it and the id).
     pub namespace: String,
     /// The runtime configuration, or why it could not be loaded (reported on create).
-    pub config: Result<Arc<Config>, String>,
+    pub config: LoadedConfig,
     pub backend: Arc<dyn VmBackend>,
     pub mounter: Arc<dyn Mounter>,
     pub events: Arc<dyn PodEvents>,
@@ -230,7 +230,10 @@ impl Pods {
             .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
         let _reservation = self.reserve(&id)?;
         let config = self.deps.config.clone().map_err(|e| {
-            PodError::InvalidArgument(format!("create {id}: vessel configuration: {e}"))
+            PodError::InvalidArgument(format!(
+                "create {id}: vessel configuration: {}",
+                vessel_protocol::errors::chain(e.as_ref())
+            ))
         })?;
         let spec = Spec::load(req.bundle.join("config.json")).map_err(|e| {
             PodError::InvalidArgument(format!(
@@ -367,11 +370,12 @@ impl Pods {
     /// Boots a pod with no container, waits for its agent, and stops it again (a health
     /// check of the host: `vessel probe`). Returns the VMM's pid.
     pub fn probe(&self, id: &str) -> Result<u32, PodError> {
-        let config = self
-            .deps
-            .config
-            .clone()
-            .map_err(|e| PodError::InvalidArgument(format!("vessel configuration: {e}")))?;
+        let config = self.deps.config.clone().map_err(|e| {
+            PodError::InvalidArgument(format!(
+                "vessel configuration: {}",
+                vessel_protocol::errors::chain(e.as_ref())
+            ))
+        })?;
         let _reservation = self.reserve(id)?;
         let pod = Pod::start(&self.deps, id, &Spec::default(), true, config)?;
         let pid = pod.task_pid();

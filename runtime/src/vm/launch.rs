@@ -5,10 +5,12 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vessel_protocol::agent_check::{self, AgentReady, ReadyError};
+use vessel_protocol::errors::chain;
 use vessel_protocol::vmm_launch::{GuestFlags, HostFlags, LaunchMode, VmmLaunch};
 use vessel_protocol::VMM_EXIT_SNAPSHOT_REJECTED;
 
@@ -17,10 +19,25 @@ use crate::diagnostics::tail_file;
 use crate::share::SHARED_FS_TAG;
 use crate::snapshot::{CheckOutcome, SnapshotStore, SnapshotTool};
 
+/// How long `vessel-vmm snapshot-create` may take to write the snapshot once told, beyond
+/// the deadline for the guest to get ready.
+const SNAPSHOT_WRITE_GRACE: Duration = Duration::from_secs(60);
+
 /// The snapshot store of `config`, making and checking snapshots with its VMM.
 pub fn snapshot_store(config: &Config) -> SnapshotStore {
-    SnapshotStore::new(config.snapshot.dir.clone(), Arc::new(VmmSnapshotTool))
+    snapshot_store_with(config, VmmSnapshotTool::default())
 }
+
+/// The snapshot store of `config`, making snapshots with `tool`.
+pub fn snapshot_store_with(config: &Config, tool: VmmSnapshotTool) -> SnapshotStore {
+    SnapshotStore::new(config.snapshot.dir.clone(), Arc::new(tool))
+}
+
+/// How the runtime sees a `vessel-vmm snapshot-create`'s guest get ready and tells the VMM to
+/// snapshot (arguments: the child, its vsock socket, the deadline, the write grace). The real
+/// one is [`agent_check::snapshot_when_ready`]: the agent answers `Check`.
+pub type SnapshotDriver =
+    fn(&mut Child, &Path, Instant, Duration) -> Result<(AgentReady, ExitStatus), ReadyError>;
 
 /// Guest-side flags: what the VM is booted from (and what a restore must match).
 pub fn guest_flags(config: &Config) -> GuestFlags {
@@ -75,7 +92,26 @@ pub fn host_flags(
 }
 
 /// The real tool: `vessel-vmm snapshot-create` and `vessel-vmm snapshot-check`.
-pub struct VmmSnapshotTool;
+#[derive(Debug, Clone, Copy)]
+pub struct VmmSnapshotTool {
+    drive: SnapshotDriver,
+}
+
+impl Default for VmmSnapshotTool {
+    fn default() -> Self {
+        VmmSnapshotTool {
+            drive: agent_check::snapshot_when_ready,
+        }
+    }
+}
+
+impl VmmSnapshotTool {
+    /// A tool that learns readiness from `drive` instead (unit tests, where a script stands
+    /// in for the VMM and no agent answers).
+    pub fn with_driver(drive: SnapshotDriver) -> Self {
+        VmmSnapshotTool { drive }
+    }
+}
 
 impl SnapshotTool for VmmSnapshotTool {
     fn create(
@@ -91,27 +127,18 @@ impl SnapshotTool for VmmSnapshotTool {
         let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let console = work.join("console.log");
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
+        let uds = work.join("vsock.sock");
         let launch = VmmLaunch {
             mode: LaunchMode::SnapshotCreate {
                 dir: target.to_path_buf(),
-                ready_timeout_secs: timeout.as_secs(),
             },
             guest: guest_flags(config),
-            host: host_flags(
-                config,
-                &work.join("vsock.sock"),
-                &console,
-                &shared,
-                &work.join("jail"),
-            )
-            .map_err(|e| format!("preparing the jail dir: {e}"))?,
+            host: host_flags(config, &uds, &console, &shared, &work.join("jail"))
+                .map_err(|e| format!("preparing the jail dir: {e}"))?,
         };
         let mut cmd = Command::new(&config.hypervisor.path);
         cmd.args(launch.to_args())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .current_dir(work);
@@ -119,28 +146,30 @@ impl SnapshotTool for VmmSnapshotTool {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("running {}: {e}", config.hypervisor.path.display()))?;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline + Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "timed out\n--- vmm log ---\n{}",
-                        tail_file(&log_path, 2048)
-                    ));
-                }
-                Err(e) => return Err(format!("waiting for the VMM: {e}")),
+        // The runtime, not the VMM, decides the guest is ready: its agent answers Check. That
+        // connection stays open until the snapshot is written (restored VMs' first client
+        // takes it over).
+        let result = (self.drive)(&mut child, &uds, deadline, SNAPSHOT_WRITE_GRACE);
+        let failure = match result {
+            Ok((ready, status)) if status.success() => {
+                log::info!(
+                    "snapshot {}: agent {} answered after {:?} (guest uptime {} ms)",
+                    target.display(),
+                    ready.version,
+                    ready.waited,
+                    ready.guest_uptime_ms
+                );
+                return Ok(());
+            }
+            Ok((_, status)) => format!("vessel-vmm snapshot-create {status}"),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                chain(&e)
             }
         };
-        if status.success() {
-            return Ok(());
-        }
         Err(format!(
-            "vessel-vmm snapshot-create {status}\n--- console tail ---\n{}\n--- vmm log tail ---\n{}",
+            "{failure}\n--- console tail ---\n{}\n--- vmm log tail ---\n{}",
             tail_file(&console, 2048).trim_end(),
             tail_file(&log_path, 2048).trim_end()
         ))
@@ -179,4 +208,4 @@ impl SnapshotTool for VmmSnapshotTool {
 
 #[cfg(test)]
 #[path = "launch_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,5 +1,31 @@
 use super::*;
 
+/// A [`SnapshotDriver`] for scripts standing in for the VMM: no agent to check, so it tells
+/// the "VMM" at once and waits for it to exit (the real driver is exercised by the VM tests).
+pub(crate) fn tell_at_once(
+    child: &mut Child,
+    _uds: &Path,
+    deadline: Instant,
+    _grace: Duration,
+) -> Result<(AgentReady, ExitStatus), ReadyError> {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "{}", vessel_protocol::vmm_launch::SNAPSHOT_NOW).map_err(ReadyError::Tell)?;
+    drop(stdin);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().map_err(ReadyError::Wait)? {
+            let ready = AgentReady {
+                waited: Duration::ZERO,
+                guest_uptime_ms: 0,
+                version: "script".into(),
+            };
+            return Ok((ready, status));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(ReadyError::SnapshotTimeout(Duration::ZERO))
+}
+
 /// A config whose VMM, kernel and initrd are files in `dir`.
 fn config_in(dir: &Path) -> Config {
     let mut config = Config::default();
@@ -28,7 +54,7 @@ fn vmm_tool_maps_exit_statuses_and_passes_the_flags() {
         format!(
             "#!/bin/sh\necho \"$@\" >> {}\ncase \"$1\" in\n\
              snapshot-check) case \"$3\" in *good) exit 0;; *stale) echo 'snapshot rejected: stale' >&2; exit 6;; *) echo boom >&2; exit 1;; esac;;\n\
-             snapshot-create) mkdir -p \"$3\" && echo '{{}}' > \"$3/vm.json\"; exit 0;;\n\
+             snapshot-create) read line; [ \"$line\" = snapshot ] || exit 3; mkdir -p \"$3\" && echo '{{}}' > \"$3/vm.json\"; exit 0;;\n\
              esac\nexit 9\n",
             args_file.display()
         ),
@@ -37,7 +63,7 @@ fn vmm_tool_maps_exit_statuses_and_passes_the_flags() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     config.hypervisor.path = script;
     config.hypervisor.seccomp = false;
-    let t = VmmSnapshotTool;
+    let t = VmmSnapshotTool::with_driver(tell_at_once);
     assert_eq!(
         t.check(&config, Path::new("/x/good")),
         Ok(CheckOutcome::Usable)

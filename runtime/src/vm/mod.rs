@@ -79,7 +79,7 @@ pub fn backend_from_config(config: &Config) -> std::sync::Arc<dyn VmBackend> {
             agent_binary: config.hypervisor.agent_path.clone(),
         })
     } else {
-        std::sync::Arc::new(vmm::VmmBackend)
+        std::sync::Arc::new(vmm::VmmBackend::default())
     }
 }
 

@@ -10,7 +10,7 @@ use vessel_protocol::errors::chain;
 use vessel_protocol::agent::Storage;
 use vessel_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
 
-use super::launch::{guest_flags, host_flags, snapshot_store};
+use super::launch::{guest_flags, host_flags, snapshot_store_with, VmmSnapshotTool};
 use super::{
     connect_until, open_log, standard_diagnostics, ChildProcess, LaunchRequest, VmBackend, VmError,
     VmInstance,
@@ -21,7 +21,16 @@ use vessel_protocol::vmm_launch::{HostFlags, LaunchMode, VmmLaunch};
 
 /// Starts `vessel-vmm` as configured in `[hypervisor]`.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct VmmBackend;
+pub struct VmmBackend {
+    snapshots: VmmSnapshotTool,
+}
+
+impl VmmBackend {
+    /// A backend making its snapshots with `snapshots` (unit tests).
+    pub fn with_snapshot_tool(snapshots: VmmSnapshotTool) -> Self {
+        VmmBackend { snapshots }
+    }
+}
 
 /// The command line for the VMM of one sandbox (separate so it can be checked in tests).
 /// Creates the jail's empty directory when jailing.
@@ -63,12 +72,12 @@ fn sandbox_host_flags(req: &LaunchRequest<'_>) -> std::io::Result<HostFlags> {
 
 /// The snapshot to restore this sandbox from, made now if needed; `None` (cold boot) when
 /// snapshots are off or one cannot be had, with the reason logged.
-fn usable_snapshot(req: &LaunchRequest<'_>) -> Option<PathBuf> {
+fn usable_snapshot(req: &LaunchRequest<'_>, tool: VmmSnapshotTool) -> Option<PathBuf> {
     if !req.config.snapshot.enabled {
         return None;
     }
     let deadline = Instant::now() + req.config.agent_timeout();
-    match snapshot_store(req.config).ensure(req.config, deadline) {
+    match snapshot_store_with(req.config, tool).ensure(req.config, deadline) {
         Ok(path) => Some(path),
         Err(e) => {
             log::warn!(
@@ -109,7 +118,7 @@ impl VmBackend for VmmBackend {
             path: req.paths.vmm_log(),
             source,
         })?;
-        let snapshot = usable_snapshot(req);
+        let snapshot = usable_snapshot(req, self.snapshots);
         let cmd = match &snapshot {
             Some(dir) => vmm_restore_command(req, dir),
             None => vmm_command(req),
@@ -319,7 +328,7 @@ mod tests {
             format!(
                 "#!/bin/sh\necho \"$@\" >> {calls}\n\
                  case \"$1\" in\n\
-                 snapshot-create) [ -e {fail} ] && exit 1; mkdir -p \"$3\" && echo {{}} > \"$3/vm.json\"; exit 0;;\n\
+                 snapshot-create) read line; [ -e {fail} ] && exit 1; mkdir -p \"$3\" && echo {{}} > \"$3/vm.json\"; exit 0;;\n\
                  snapshot-check) exit 0;;\n\
                  esac\nexit 1\n",
                 calls = calls.display(),
@@ -347,7 +356,11 @@ mod tests {
                 cgroup: None,
                 tap: None,
             };
-            let vm = VmmBackend.launch(&req).unwrap();
+            let vm = VmmBackend::with_snapshot_tool(VmmSnapshotTool::with_driver(
+                crate::vm::launch::tests::tell_at_once,
+            ))
+            .launch(&req)
+            .unwrap();
             vm.process().wait_timeout(Duration::from_secs(30));
         };
         let first_word = |n: usize| -> Vec<String> {
@@ -392,7 +405,7 @@ mod tests {
             cgroup: None,
             tap: None,
         };
-        let err = VmmBackend.launch(&req).err().unwrap();
+        let err = VmmBackend::default().launch(&req).err().unwrap();
         assert!(
             matches!(&err, VmError::MissingFile { what, .. } if what.contains("kernel")),
             "{err}"
@@ -431,7 +444,7 @@ mod tests {
             cgroup: None,
             tap: None,
         };
-        let vm = VmmBackend.launch(&req).unwrap();
+        let vm = VmmBackend::default().launch(&req).unwrap();
         let err = vm
             .connect_agent(Instant::now() + Duration::from_secs(120))
             .unwrap_err();

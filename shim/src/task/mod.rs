@@ -19,13 +19,14 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use vessel_runtime::config::LoadedConfig;
 use vessel_runtime::mounts::Mounter;
 use vessel_runtime::pod::{
     CreateRequest, ExitEvent, PodEvents, ProcInfo, ProcStatus, StdioPaths, TaskState,
 };
 use vessel_runtime::rootfs::RootfsMount;
 use vessel_runtime::vm::VmBackend;
-use vessel_runtime::{Config, Pods, PodsDeps};
+use vessel_runtime::{Pods, PodsDeps};
 
 use crate::errors::TaskError;
 use crate::events::EventSink;
@@ -35,7 +36,7 @@ pub struct TaskServiceDeps {
     pub namespace: String,
     pub events: Arc<dyn EventSink>,
     /// The runtime configuration, or why it could not be loaded (reported on Create).
-    pub config: Result<Arc<Config>, String>,
+    pub config: LoadedConfig,
     pub backend: Arc<dyn VmBackend>,
     pub mounter: Arc<dyn Mounter>,
     /// Signalled on Shutdown once no task is left: the shim then exits.
@@ -449,6 +450,7 @@ mod tests {
     use containerd_shim::protos::shim_sync::TaskClient;
     use containerd_shim::protos::ttrpc::context::Context;
     use std::sync::Mutex;
+    use vessel_runtime::Config;
 
     #[derive(Default)]
     struct RecordingEvents(Mutex<Vec<&'static str>>);
@@ -467,14 +469,14 @@ mod tests {
         exit: Arc<ExitSignal>,
     }
 
-    fn serve(config: Result<Arc<Config>, String>) -> Served {
+    fn serve(config: LoadedConfig) -> Served {
         let events = Arc::new(RecordingEvents::default());
         let exit = Arc::new(ExitSignal::default());
         let svc = TaskService::new(TaskServiceDeps {
             namespace: "t".into(),
             events: events.clone(),
             config,
-            backend: Arc::new(vessel_runtime::vm::vmm::VmmBackend),
+            backend: Arc::new(vessel_runtime::vm::vmm::VmmBackend::default()),
             mounter: Arc::new(vessel_runtime::mounts::HostMounter),
             exit: exit.clone(),
         });
@@ -567,9 +569,8 @@ mod tests {
             ..Default::default()
         };
         let inv = ttrpc::Code::INVALID_ARGUMENT;
-        let s = serve(Err(
-            "config t.toml: hypervisor.vcpus = 0: must be between 1 and 254".into(),
-        ));
+        let bad = Config::from_toml("[hypervisor]\nvcpus = 0\n", "t.toml").unwrap_err();
+        let s = serve(Err(Arc::new(bad)));
         let (c, msg) = code(s.client.create(cx(), &req("c1")));
         assert_eq!(c, inv);
         assert!(msg.contains("hypervisor.vcpus"), "{msg}");

@@ -14,7 +14,6 @@
 //! Never rewritten in place: a memory file may be mapped by running VMs, so creating a
 //! snapshot refuses a directory that already holds one.
 
-pub mod agent;
 mod cpu;
 mod create;
 pub mod format;
