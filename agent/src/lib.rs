@@ -7,7 +7,7 @@
 //! * [`reaper`]: the one place children are reaped; [`stdio`]: lossless output streams;
 //!   [`oom`]: OOM-kill events; [`network`]: rtnetlink; [`pod`]: the pod's shared namespaces.
 //! * [`fpu_workaround`]: a `GLIBC_TUNABLES` from the kernel command line, handed on to containers.
-//! * [`sys`]: the only module with `unsafe`; [`syscall`]: the seam over the privileged calls of
+//! * [`sys`] and [`sys_exec`] (the direct exec's vfork child): the only modules with `unsafe`; [`syscall`]: the seam over the privileged calls of
 //!   container and sandbox setup (a recording fake tests them without root).
 
 pub mod agent;
@@ -31,6 +31,7 @@ pub mod sandbox;
 pub mod server;
 pub mod stdio;
 pub mod sys;
+pub mod sys_exec;
 pub mod syscall;
 #[cfg(test)]
 pub mod syscall_fake;

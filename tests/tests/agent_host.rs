@@ -257,14 +257,27 @@ fn pod_members_join_the_sandbox_containers_namespaces() {
     with_agent("pod namespaces", sc::pod_namespaces);
 }
 
+/// Execs without a terminal start directly (no setup child); with one, through the setup
+/// child (the pty is opened inside the container).
 #[test]
 fn exec_joins_the_container() {
-    with_agent("exec_in_container", sc::exec_in_container);
+    let agent = HostAgent::start();
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    agent.run("exec_in_container", |c| {
+        sc::exec_in_container(c, rootfs.path())
+    });
+    let log = agent.log();
+    assert!(log.contains("exec e1 (direct)"), "{log}");
+    assert!(!log.contains("(setup child)"), "{log}");
 }
 
 #[test]
 fn exec_with_a_pty() {
-    with_agent("pty_exec", sc::pty_exec);
+    let agent = HostAgent::start();
+    let rootfs = Rootfs::busybox().expect("busybox rootfs");
+    agent.run("pty_exec", |c| sc::pty_exec(c, rootfs.path()));
+    let log = agent.log();
+    assert!(log.contains("exec t1 (setup child)"), "{log}");
 }
 
 #[test]

@@ -61,6 +61,46 @@ pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), ChildError> {
     Ok(())
 }
 
+/// The five sets as raw values for the direct exec (`crate::sys_exec`): what to drop from the
+/// bounding set, the effective, permitted and inheritable masks, and the ambient
+/// capabilities to raise — the same rules as [`apply_bounding`] and [`apply_sets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCaps {
+    pub bounding_drop: Vec<u32>,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: Vec<u32>,
+}
+
+pub fn raw(spec: Option<&LinuxCapabilities>) -> Result<RawCaps, ChildError> {
+    let supported = caps::runtime::thread_all_supported();
+    let get = |s: Option<&Capabilities>| -> Result<CapsHashSet, ChildError> {
+        Ok(to_caps(s)?.intersection(&supported).copied().collect())
+    };
+    let keep = to_caps(spec.and_then(|c| c.bounding().as_ref()))?;
+    let mut bounding_drop: Vec<u32> = supported
+        .iter()
+        .filter(|c| !keep.contains(c))
+        .map(|c| u32::from(c.index()))
+        .collect();
+    bounding_drop.sort_unstable();
+    let mask = |set: &CapsHashSet| set.iter().fold(0u64, |m, c| m | 1u64 << c.index());
+    let inh = get(spec.and_then(|c| c.inheritable().as_ref()))?;
+    let perm = get(spec.and_then(|c| c.permitted().as_ref()))?;
+    let amb = get(spec.and_then(|c| c.ambient().as_ref()))?;
+    Ok(RawCaps {
+        bounding_drop,
+        effective: mask(&get(spec.and_then(|c| c.effective().as_ref()))?),
+        permitted: mask(&perm),
+        inheritable: mask(&inh),
+        ambient: raisable_ambient(&amb, &perm, &inh)
+            .iter()
+            .map(|c| u32::from(c.index()))
+            .collect(),
+    })
+}
+
 /// The ambient capabilities the kernel lets us raise: those also permitted and inheritable.
 /// Others are left out without an error, as runc does: `runc spec`'s template lists ambient
 /// capabilities but no inheritable ones, and runc runs it with an empty ambient set.
@@ -77,6 +117,36 @@ fn raisable_ambient(amb: &CapsHashSet, perm: &CapsHashSet, inh: &CapsHashSet) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_sets_follow_the_spec() {
+        let spec: LinuxCapabilities = serde_json::from_value(serde_json::json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL", "CAP_CHOWN"],
+            "inheritable": ["CAP_CHOWN"],
+            "ambient": ["CAP_CHOWN", "CAP_KILL"]
+        }))
+        .unwrap();
+        let r = raw(Some(&spec)).unwrap();
+        let bit = |c: Cap| 1u64 << c.index();
+        assert_eq!(r.effective, bit(Cap::CAP_KILL));
+        assert_eq!(r.permitted, bit(Cap::CAP_KILL) | bit(Cap::CAP_CHOWN));
+        assert_eq!(r.inheritable, bit(Cap::CAP_CHOWN));
+        // Ambient only where also permitted and inheritable.
+        assert_eq!(r.ambient, vec![u32::from(Cap::CAP_CHOWN.index())]);
+        let kept = [Cap::CAP_KILL, Cap::CAP_CHOWN].map(|c| u32::from(c.index()));
+        assert!(kept.iter().all(|k| !r.bounding_drop.contains(k)));
+        let all = caps::runtime::thread_all_supported().len();
+        assert_eq!(r.bounding_drop.len(), all - 2);
+        // No capabilities section: every set empty, the bounding set emptied.
+        let none = raw(None).unwrap();
+        assert_eq!(
+            (none.effective, none.permitted, none.inheritable),
+            (0, 0, 0)
+        );
+        assert_eq!(none.bounding_drop.len(), all);
+    }
 
     #[test]
     fn only_permitted_and_inheritable_ambient_capabilities_are_raised() {

@@ -281,6 +281,14 @@ impl Cgroup {
     }
 
     /// Moves `pid` into the cgroup.
+    /// The `cgroup.procs` files a process joins this cgroup through (one per v1 hierarchy).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.unique_dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         for dir in self.unique_dirs() {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;

@@ -499,28 +499,32 @@ pub fn enter_namespaces(sys: &dyn Syscall, init: &InitConfig) -> Result<(), Chil
 
 fn apply_rlimits(process: &Process) -> Result<(), ChildError> {
     for rl in process.rlimits().iter().flatten() {
-        let res = match rl.typ() {
-            PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
-            PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
-            PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
-            PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
-            PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
-            PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
-            PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
-            PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
-            PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
-            PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
-            PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
-            PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
-            PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
-            PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
-            PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
-            PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
-        };
-        setrlimit(res, rl.soft(), rl.hard())
+        setrlimit(rlimit_resource(rl.typ()), rl.soft(), rl.hard())
             .map_err(|e| ChildError::sys(format!("setrlimit {:?}", rl.typ()), e))?;
     }
     Ok(())
+}
+
+/// The kernel's resource for an OCI rlimit type.
+pub fn rlimit_resource(typ: PosixRlimitType) -> Resource {
+    match typ {
+        PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+    }
 }
 
 /// Finds the program: a path with '/' as given, else the first executable file on the

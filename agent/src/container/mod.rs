@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod child;
 pub mod console;
 pub mod devices;
+pub mod direct_exec;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -313,6 +314,26 @@ impl Container {
             Some(fd) if self.own_pid_ns => PidNs::Join(fd),
             _ => PidNs::Inherit,
         };
+        let t0 = std::time::Instant::now();
+        if direct_exec::supported(&process) {
+            let joined: Vec<(NsKind, BorrowedFd<'_>)> = join.iter().copied().zip(fds).collect();
+            let (pid, exit) = direct_exec::spawn(
+                &process,
+                self.seccomp.as_ref(),
+                &joined,
+                pid_ns,
+                &self.cgroup,
+                &stdio.child,
+            )?;
+            drop(ns);
+            drop(stdio.child);
+            let handle = Arc::new(ProcessHandle {
+                pid,
+                exit,
+                streams: stdio.streams,
+            });
+            return self.register_exec(exec_id, handle, t0, "direct");
+        }
         let config = ChildConfig {
             process,
             seccomp: self.seccomp.clone(),
@@ -320,7 +341,6 @@ impl Container {
             join,
             wait_for_start: false,
         };
-        let t0 = std::time::Instant::now();
         let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
         drop(ns);
         drop(stdio.child);
@@ -342,22 +362,36 @@ impl Container {
             exit: spawned.exit.clone(),
             streams: stdio.streams,
         });
+        self.register_exec(exec_id, handle, t0, "setup child")
+    }
+
+    /// Records a started exec under `exec_id`; a second exec that raced for the same id
+    /// loses (its process is killed).
+    fn register_exec(
+        &self,
+        exec_id: &str,
+        handle: Arc<ProcessHandle>,
+        t0: std::time::Instant,
+        how: &str,
+    ) -> RequestResult<Pid> {
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {
             drop(execs);
-            spawned.abort();
+            let _ = nix::sys::signal::kill(handle.pid, nix::sys::signal::Signal::SIGKILL);
+            handle.exit.wait(None);
             return Err(RequestError::exists(format!(
                 "exec {exec_id} already exists in container {}",
                 self.id
             )));
         }
+        let pid = handle.pid;
         execs.insert(exec_id.to_string(), handle);
-        log::debug!(
-            "container {}: exec {exec_id} in {:?}",
+        log::info!(
+            "container {}: exec {exec_id} ({how}) in {:?}",
             self.id,
             t0.elapsed()
         );
-        Ok(spawned.pid)
+        Ok(pid)
     }
 
     /// Forgets an exited exec: its status and the agent's ends of its streams.

@@ -142,6 +142,36 @@ pub fn spawn(
     Ok(spawned)
 }
 
+/// Runs `fork` (which spawns, registered with the reaper) with the child's pid namespace
+/// set to `pid_ns`. The pid namespace for children is a per-thread attribute: it is switched
+/// on a short-lived thread so no request thread is ever left in a container's namespace.
+pub fn in_pid_ns<T: Send>(
+    pid_ns: PidNs<'_>,
+    fork: impl FnOnce() -> std::io::Result<T> + Send,
+) -> Result<T, RequestError> {
+    let joined = !matches!(pid_ns, PidNs::Inherit | PidNs::New);
+    let forked = std::thread::scope(|s| {
+        s.spawn(|| -> Result<T, RequestError> {
+            match pid_ns {
+                PidNs::Inherit => {}
+                PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| internal("unshare pid namespace", &e))?,
+                PidNs::Join(fd) => setns(fd, CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| internal("join pid namespace", &e))?,
+            }
+            fork().map_err(|e| match e.raw_os_error() {
+                // fork into a pid namespace whose init has exited.
+                Some(libc::ENOMEM) if joined => RequestError::precondition(
+                    "the container's pid namespace is gone (its init exited)",
+                ),
+                _ => internal("fork", &e),
+            })
+        })
+        .join()
+    });
+    forked.map_err(|_| RequestError::internal("spawn thread panicked"))?
+}
+
 /// Forks and re-executes the agent as a setup child in `pid_ns`, registered with the reaper.
 fn fork_child(
     stdio: &[OwnedFd; 3],
@@ -161,32 +191,9 @@ fn fork_child(
     let plan = crate::sys::ExecPlan::new("/proc/self/exe", &argv, &env, &fds)
         .map_err(|e| internal("exec plan", &e))?;
 
-    // The pid namespace for children is a per-thread attribute: switch it on a short-lived
-    // thread so no request thread is ever left in a container's namespace.
-    let forked = std::thread::scope(|s| {
-        s.spawn(|| -> Result<(Pid, Arc<ExitCell>), RequestError> {
-            match pid_ns {
-                PidNs::Inherit => {}
-                PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
-                    .map_err(|e| internal("unshare pid namespace", &e))?,
-                PidNs::Join(fd) => setns(fd, CloneFlags::CLONE_NEWPID)
-                    .map_err(|e| internal("join pid namespace", &e))?,
-            }
-            Reaper::global()
-                .spawn_watched(|| crate::sys::fork_exec(&plan))
-                .map_err(|e| match e.raw_os_error() {
-                    // fork into a pid namespace whose init has exited.
-                    Some(libc::ENOMEM) if !matches!(pid_ns, PidNs::Inherit | PidNs::New) => {
-                        RequestError::precondition(
-                            "the container's pid namespace is gone (its init exited)",
-                        )
-                    }
-                    _ => internal("fork", &e),
-                })
-        })
-        .join()
-    });
-    let (pid, exit) = forked.map_err(|_| RequestError::internal("spawn thread panicked"))??;
+    let (pid, exit) = in_pid_ns(pid_ns, || {
+        Reaper::global().spawn_watched(|| crate::sys::fork_exec(&plan))
+    })?;
     drop(child_end);
     Ok(Spawned {
         pid,
