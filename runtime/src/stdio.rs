@@ -140,23 +140,45 @@ impl Canceller {
     }
 }
 
-/// A non-blocking fd read through poll, so it can be cancelled.
+/// A non-blocking fd read through poll, so it can be cancelled. A cancelled read still
+/// returns what the fd already holds (up to [`DRAIN_AFTER_CANCEL`] bytes): containerd's
+/// CloseIO comes right after its client wrote the last of stdin into the fifo, and that
+/// input must reach the process before its stdin is closed.
 pub struct FdReader {
     fd: OwnedFd,
     cancel: Canceller,
+    drained: usize,
 }
+
+/// Most bytes a cancelled [`FdReader`] still reads (a fifo holds 64 KiB by default).
+pub const DRAIN_AFTER_CANCEL: usize = 1 << 20;
 
 impl FdReader {
     /// `fd` must be in non-blocking mode.
     pub fn new(fd: OwnedFd, cancel: Canceller) -> FdReader {
-        FdReader { fd, cancel }
+        FdReader {
+            fd,
+            cancel,
+            drained: 0,
+        }
     }
 }
 
 impl Read for FdReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            self.cancel.wait(&self.fd, PollFlags::POLLIN)?;
+            if let Err(cancelled) = self.cancel.wait(&self.fd, PollFlags::POLLIN) {
+                let room = DRAIN_AFTER_CANCEL
+                    .saturating_sub(self.drained)
+                    .min(buf.len());
+                return match nix::unistd::read(self.fd.as_fd(), &mut buf[..room]) {
+                    Ok(n) if n > 0 => {
+                        self.drained += n;
+                        Ok(n)
+                    }
+                    _ => Err(cancelled),
+                };
+            }
             match nix::unistd::read(self.fd.as_fd(), buf) {
                 Ok(n) => return Ok(n),
                 Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,

@@ -261,6 +261,44 @@ fn close_stdin_closes_even_without_a_writer() {
     assert!(sink.0.lock().unwrap().1);
 }
 
+/// CloseIO right after the client's last write (ctr with piped stdin): the input already in
+/// the fifo still reaches the process, then its stdin closes. Before, the cancel could win
+/// the race and the process read nothing (seen once in CI).
+#[test]
+fn close_stdin_delivers_what_the_fifo_already_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = fifo(&dir, "stdin");
+    let cancel = Canceller::new().unwrap();
+    let reader = open_fifo_reader(&p, cancel.clone()).unwrap();
+    let mut client = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nonblock()
+        .open(&p)
+        .unwrap();
+    client.write_all(b"piped input\n").unwrap();
+    // Cancel before the pump even starts: the worst order.
+    cancel.cancel();
+    let sink = RecordingInput::default();
+    let io = ProcessIo::start(
+        "t",
+        vec![],
+        Some((Box::new(reader), Box::new(sink.clone()))),
+        Canceller::new().unwrap(),
+        cancel,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sink.0.lock().unwrap().1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let g = sink.0.lock().unwrap();
+    assert_eq!(g.0, b"piped input\n");
+    assert!(g.1, "stdin not closed after the drain");
+    drop(g);
+    drop(io);
+    drop(client);
+}
+
 trait NonBlock {
     fn custom_flags_nonblock(&mut self) -> &mut Self;
 }
