@@ -1,5 +1,6 @@
-//! The agent's only `unsafe` code: thin wrappers over system calls that neither `nix` nor
-//! `std` offer safely. Each wrapper keeps its contract small and documented.
+//! The agent's `unsafe` code (with `sys_exec`, the direct exec's child): thin wrappers over
+//! system calls that neither `nix` nor `std` offer safely, and the vfork spawner both kinds of
+//! child use. Each wrapper keeps its contract small and documented.
 
 use std::ffi::CString;
 use std::io;
@@ -13,8 +14,8 @@ pub struct ExecPlan {
     path: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
-    /// (source fd in the parent, target fd number in the child); targets must be 0..n.
-    fds: Vec<(RawFd, RawFd)>,
+    /// Descriptors of the parent; `fds[i]` becomes fd `i` in the child.
+    fds: Vec<RawFd>,
 }
 
 impl ExecPlan {
@@ -31,66 +32,53 @@ impl ExecPlan {
             path: cstr(path)?,
             argv: argv.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?,
             env: env.iter().map(|e| cstr(e)).collect::<io::Result<_>>()?,
-            fds: fds
-                .iter()
-                .enumerate()
-                .map(|(i, fd)| (fd.as_raw_fd(), i as RawFd))
-                .collect(),
+            fds: fds.iter().map(|fd| fd.as_raw_fd()).collect(),
         })
     }
 }
 
-/// Stack of the spawned child until it execs (it only copies descriptors and calls execve).
+/// Stack of a vfork child until it execs (system calls only, no allocation).
 const CHILD_STACK: usize = 64 * 1024;
 
-/// What the child of [`fork_exec`] reads, prepared before the clone.
-struct ChildArgs<'a> {
-    plan: &'a ExecPlan,
-    base: RawFd,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
+/// Most descriptors [`child_install_fds`] maps.
+const MAX_CHILD_FDS: usize = 16;
+
+/// A NULL-terminated array of pointers to `strings`, for `execve`.
+pub(crate) fn c_pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    let mut p: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+    p.push(std::ptr::null());
+    p
 }
 
-/// Starts `plan` in a child process and returns its pid, the way `posix_spawn` does:
+/// Runs `child(arg)` in a child process the way `posix_spawn` does and returns its pid:
 /// `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, so the agent's memory is neither
 /// copied nor made copy-on-write (on KVM-PVM, where the guest kernel is emulated, a `fork`
 /// of the agent cost ~1.7 s in page-table copies and later copy-on-write faults), and this
 /// thread waits until the child has exec'd or exited.
 ///
-/// The child shares the agent's memory until `execve`, so it writes nothing but its own
-/// stack and makes only async-signal-safe system calls (`fcntl`, `dup2`, `sigprocmask`,
-/// `close_range`, `execve`, `_exit`). The agent handles signals by `sigwait` on blocked
-/// signals (no handler code could run in the child); the mask is cleared in the child right
-/// before `execve`.
-pub fn fork_exec(plan: &ExecPlan) -> io::Result<Pid> {
-    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let args = ChildArgs {
-        plan,
-        base: plan.fds.len() as RawFd + 3,
-        argv: &argv,
-        envp: &envp,
-    };
+/// # Safety
+///
+/// The child shares the agent's memory until `execve`: `child` must only read it (`arg`
+/// included), write nothing but its own stack, make only async-signal-safe system calls, and
+/// end in `execve` or `_exit`. The agent handles signals by `sigwait` on blocked signals, so
+/// no handler code can run in the child ([`child_unblock_signals`] clears the mask right
+/// before `execve`).
+pub(crate) unsafe fn vfork_spawn<A>(
+    arg: &A,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+) -> io::Result<Pid> {
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down: its top, 16-byte aligned.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !0xf;
-    extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `ChildArgs` below, alive until this child execs or exits
-        // (CLONE_VFORK keeps the parent's frame waiting).
-        let a = unsafe { &*(arg as *const ChildArgs<'_>) };
-        child_after_fork(a.plan, a.base, a.argv, a.envp)
-    }
-    // SAFETY: `child` runs on `stack` (ours, unused by anything else until clone returns),
-    // with the shared memory only read; CLONE_VFORK suspends this thread until the child has
-    // exec'd or exited, so `args`, `argv`, `envp` and `stack` outlive its use of them.
+    // SAFETY: `child` runs on `stack` (ours, unused by anything else until clone returns)
+    // under the caller's contract above; CLONE_VFORK suspends this thread until the child
+    // has exec'd or exited, so `arg` and `stack` outlive its use of them.
     let pid = unsafe {
         libc::clone(
             child,
             top as *mut libc::c_void,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &args as *const ChildArgs<'_> as *mut libc::c_void,
+            arg as *const A as *mut libc::c_void,
         )
     };
     drop(stack);
@@ -100,54 +88,90 @@ pub fn fork_exec(plan: &ExecPlan) -> io::Result<Pid> {
     Ok(Pid::from_raw(pid))
 }
 
-fn child_after_fork(
-    plan: &ExecPlan,
-    base: RawFd,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
-    let mut tmp = [0 as RawFd; 16];
-    if plan.fds.len() > tmp.len() {
-        child_exit();
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// In a vfork child: `fds[i]` becomes fd `i` (at most 16), every other descriptor
+/// close-on-exec. Fails with the errno.
+pub(crate) fn child_install_fds(fds: &[RawFd]) -> Result<(), i32> {
+    let mut tmp = [0 as RawFd; MAX_CHILD_FDS];
+    if fds.len() > tmp.len() {
+        return Err(libc::EMFILE);
     }
-    for (i, (src, _)) in plan.fds.iter().enumerate() {
+    // Copies above every target first, so a source that is also a target is not lost.
+    let base = fds.len() as RawFd + 3;
+    for (i, src) in fds.iter().enumerate() {
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor the parent keeps open; async-signal-safe.
         let fd = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, base) };
         if fd < 0 {
-            child_exit();
+            return Err(errno());
         }
         tmp[i] = fd;
     }
-    for (i, (_, dst)) in plan.fds.iter().enumerate() {
+    for (i, fd) in tmp[..fds.len()].iter().enumerate() {
         // SAFETY: dup2 between valid descriptors; it clears FD_CLOEXEC on the target.
-        if unsafe { libc::dup2(tmp[i], *dst) } < 0 {
-            child_exit();
+        if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
+            return Err(errno());
         }
     }
-    // SAFETY: an all-zero sigset_t is a valid (empty) set, filled by sigemptyset below.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
-    // SAFETY: installs an empty mask for this (single-threaded) child.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
-    let first_other = plan.fds.len() as libc::c_uint;
     // SAFETY: marks every descriptor above the mapped ones close-on-exec; no memory involved.
     unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first_other,
+            fds.len() as libc::c_uint,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings built before fork.
-    unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    child_exit()
+    Ok(())
 }
 
-fn child_exit() -> ! {
-    // SAFETY: _exit is async-signal-safe and never returns.
-    unsafe { libc::_exit(127) }
+/// In a vfork child: an empty signal mask (the agent blocks the signals it `sigwait`s).
+pub(crate) fn child_unblock_signals() {
+    // SAFETY: an all-zero sigset_t is a valid (empty) set, filled by sigemptyset below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t on this stack.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: installs an empty mask for this (single-threaded) child.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+}
+
+/// What the child of [`fork_exec`] reads, prepared before the clone.
+struct ChildArgs<'a> {
+    plan: &'a ExecPlan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+/// Starts `plan` in a child process ([`vfork_spawn`]) and returns its pid. The child only
+/// maps its descriptors, clears its signal mask and calls `execve`.
+pub fn fork_exec(plan: &ExecPlan) -> io::Result<Pid> {
+    let argv = c_pointers(&plan.argv);
+    let envp = c_pointers(&plan.env);
+    let args = ChildArgs {
+        plan,
+        argv: &argv,
+        envp: &envp,
+    };
+    extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildArgs` below, alive until this child execs or exits
+        // (CLONE_VFORK keeps the parent's frame waiting).
+        let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+        if child_install_fds(&a.plan.fds).is_ok() {
+            child_unblock_signals();
+            // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings built
+            // before the clone.
+            unsafe { libc::execve(a.plan.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr()) };
+        }
+        // SAFETY: _exit is async-signal-safe and never returns.
+        unsafe { libc::_exit(127) }
+    }
+    // SAFETY: `child` only reads `args`, maps descriptors, clears its mask and execs or exits.
+    unsafe { vfork_spawn(&args, child) }
 }
 
 /// Takes ownership of an inherited descriptor number (the child's sync socket).

@@ -17,6 +17,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use nix::unistd::Pid;
 
+use crate::sys::{c_pointers, child_install_fds, child_unblock_signals, errno, vfork_spawn};
+
 /// What one direct exec needs, prepared before the clone.
 pub struct DirectExec {
     /// Absolute paths to try in order (the `$PATH` search, resolved inside the container by
@@ -114,9 +116,6 @@ const CHDIR: usize = 15;
 const STDIO: usize = 16;
 const STEP_EXEC: usize = 17;
 
-/// Stack of the child until it execs (system calls only, no allocation).
-const CHILD_STACK: usize = 64 * 1024;
-
 struct ChildArgs<'a> {
     plan: &'a DirectExec,
     candidates: &'a [*const libc::c_char],
@@ -130,14 +129,9 @@ struct ChildArgs<'a> {
 /// thread's namespace for children) and under the reaper's registration.
 pub fn spawn(plan: &DirectExec) -> io::Result<(Pid, Option<DirectExecFailure>)> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let ptrs = |v: &[CString]| {
-        let mut p: Vec<*const libc::c_char> = v.iter().map(|s| s.as_ptr()).collect();
-        p.push(std::ptr::null());
-        p
-    };
-    let candidates = ptrs(&plan.candidates);
-    let argv = ptrs(&plan.argv);
-    let envp = ptrs(&plan.env);
+    let candidates = c_pointers(&plan.candidates);
+    let argv = c_pointers(&plan.argv);
+    let envp = c_pointers(&plan.env);
     let args = ChildArgs {
         plan,
         candidates: &candidates[..plan.candidates.len()],
@@ -145,8 +139,6 @@ pub fn spawn(plan: &DirectExec) -> io::Result<(Pid, Option<DirectExecFailure>)> 
         envp: &envp,
         report: report_w.as_raw_fd(),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !0xf;
     extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `ChildArgs` below, alive until this child execs or exits
         // (CLONE_VFORK keeps the parent's frame waiting).
@@ -154,22 +146,11 @@ pub fn spawn(plan: &DirectExec) -> io::Result<(Pid, Option<DirectExecFailure>)> 
         let Err((step, errno)) = run_child(a);
         report_and_exit(a.report, step, errno)
     }
-    // SAFETY: `child` runs on `stack` (ours, unused by anything else until clone returns) and
-    // only reads the shared memory; CLONE_VFORK suspends this thread until the child has
-    // exec'd or exited, so `args`, the pointer arrays and `stack` outlive its use of them.
-    let pid = unsafe {
-        libc::clone(
-            child,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &args as *const ChildArgs<'_> as *mut libc::c_void,
-        )
-    };
-    drop(stack);
+    // SAFETY: `child` only reads `args` and the plan, makes system calls on its own stack's
+    // values and ends in `execve` or `_exit` (the module comment).
+    let pid = unsafe { vfork_spawn(&args, child) };
     drop(report_w);
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let pid = pid?;
     let mut buf = [0u8; 8];
     let mut file = std::fs::File::from(report_r);
     let n = io::Read::read(&mut file, &mut buf).unwrap_or(0);
@@ -181,7 +162,7 @@ pub fn spawn(plan: &DirectExec) -> io::Result<(Pid, Option<DirectExecFailure>)> 
             source: io::Error::from_raw_os_error(errno),
         }
     });
-    Ok((Pid::from_raw(pid), failure))
+    Ok((pid, failure))
 }
 
 fn report_and_exit(report: RawFd, step: usize, errno: i32) -> ! {
@@ -193,12 +174,6 @@ fn report_and_exit(report: RawFd, step: usize, errno: i32) -> ! {
     unsafe { libc::write(report, buf.as_ptr() as *const libc::c_void, buf.len()) };
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(127) }
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 /// A system call's return value as a result (errno on failure).
@@ -280,17 +255,12 @@ fn run_child(a: &ChildArgs<'_>) -> Result<std::convert::Infallible, (usize, i32)
     if p.no_new_privs {
         load_seccomp(p).map_err(at(SECCOMP))?;
     }
-    set_stdio(p).map_err(at(STDIO))?;
+    child_install_fds(&p.stdio).map_err(at(STDIO))?;
     for &sig in &p.ignored_signals {
         // SAFETY: installs SIG_DFL (no handler code) in this child's own signal table.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-    // SAFETY: an all-zero sigset_t is a valid set to be emptied.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable sigset_t on this stack.
-    unsafe { libc::sigemptyset(&mut set) };
-    // SAFETY: installs the empty mask for this child.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    child_unblock_signals();
     // execvp's rule: go on past a missing or non-executable candidate; any other error ends
     // the search. EACCES wins over ENOENT when nothing runs.
     let mut last = libc::ENOENT;
@@ -373,35 +343,6 @@ fn set_capabilities(p: &DirectExec) -> Result<(), i32> {
     if rc < 0 {
         return Err(errno());
     }
-    Ok(())
-}
-
-/// The prepared stdio as fds 0-2; every other descriptor close-on-exec.
-fn set_stdio(p: &DirectExec) -> Result<(), i32> {
-    let mut tmp = [0 as RawFd; 3];
-    for (i, src) in p.stdio.iter().enumerate() {
-        // SAFETY: F_DUPFD_CLOEXEC above the standard fds, on a descriptor the parent keeps.
-        let fd = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 3) };
-        if fd < 0 {
-            return Err(errno());
-        }
-        tmp[i] = fd;
-    }
-    for (i, fd) in tmp.iter().enumerate() {
-        // SAFETY: dup2 between valid descriptors; it clears FD_CLOEXEC on the target.
-        if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
-            return Err(errno());
-        }
-    }
-    // SAFETY: marks every descriptor above 2 close-on-exec; no memory involved.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
     Ok(())
 }
 

@@ -46,16 +46,20 @@ fn environment(process: &Process) -> Vec<String> {
     env
 }
 
+/// The process's `$PATH`, or the default.
+fn search_path(env: &[String]) -> &str {
+    env.iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+}
+
 /// Where `execve` looks for `name`: itself when it holds a '/', else each `$PATH` entry.
 pub fn candidates(name: &str, env: &[String]) -> Vec<String> {
     if name.contains('/') {
         return vec![name.to_string()];
     }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
+    search_path(env)
+        .split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name).display().to_string())
         .collect()
@@ -170,10 +174,7 @@ pub fn spawn(
     let name = args.first().map(String::as_str).unwrap_or("");
     if failure.not_found() {
         let env = environment(process);
-        let path = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH);
+        let path = search_path(&env);
         return Err(RequestError::invalid(if name.contains('/') {
             format!("executable {name} not found in the container")
         } else {

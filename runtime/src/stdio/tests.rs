@@ -209,12 +209,8 @@ fn wait_outputs_is_bounded_by_grace() {
     assert!(io.wait_outputs(Duration::from_secs(60)));
 }
 
-#[test]
-fn stdin_from_fifo_reaches_sink_then_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = fifo(&dir, "stdin");
-    let cancel = Canceller::new().unwrap();
-    let reader = open_fifo_reader(&p, cancel.clone()).unwrap();
+/// A stdin pump from `reader` (cancelled by `cancel`) into a recording sink.
+fn pump_stdin(reader: FdReader, cancel: Canceller) -> (ProcessIo, RecordingInput) {
     let sink = RecordingInput::default();
     let io = ProcessIo::start(
         "t",
@@ -224,14 +220,29 @@ fn stdin_from_fifo_reaches_sink_then_closes() {
         cancel,
     )
     .unwrap();
-    {
-        let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        w.write_all(b"input line\n").unwrap();
-    }
+    (io, sink)
+}
+
+/// Waits (up to 30 s) until the pump has closed the process's stdin.
+fn wait_stdin_closed(sink: &RecordingInput) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sink.0.lock().unwrap().1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn stdin_from_fifo_reaches_sink_then_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = fifo(&dir, "stdin");
+    let cancel = Canceller::new().unwrap();
+    let reader = open_fifo_reader(&p, cancel.clone()).unwrap();
+    let (io, sink) = pump_stdin(reader, cancel);
+    {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.write_all(b"input line\n").unwrap();
+    }
+    wait_stdin_closed(&sink);
     let g = sink.0.lock().unwrap();
     assert_eq!(g.0, b"input line\n");
     assert!(g.1);
@@ -244,20 +255,9 @@ fn close_stdin_closes_even_without_a_writer() {
     let p = fifo(&dir, "stdin");
     let cancel = Canceller::new().unwrap();
     let reader = open_fifo_reader(&p, cancel.clone()).unwrap();
-    let sink = RecordingInput::default();
-    let io = ProcessIo::start(
-        "t",
-        vec![],
-        Some((Box::new(reader), Box::new(sink.clone()))),
-        Canceller::new().unwrap(),
-        cancel,
-    )
-    .unwrap();
+    let (io, sink) = pump_stdin(reader, cancel);
     io.close_stdin();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sink.0.lock().unwrap().1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_stdin_closed(&sink);
     assert!(sink.0.lock().unwrap().1);
 }
 
@@ -278,19 +278,8 @@ fn close_stdin_delivers_what_the_fifo_already_holds() {
     client.write_all(b"piped input\n").unwrap();
     // Cancel before the pump even starts: the worst order.
     cancel.cancel();
-    let sink = RecordingInput::default();
-    let io = ProcessIo::start(
-        "t",
-        vec![],
-        Some((Box::new(reader), Box::new(sink.clone()))),
-        Canceller::new().unwrap(),
-        cancel,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sink.0.lock().unwrap().1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (io, sink) = pump_stdin(reader, cancel);
+    wait_stdin_closed(&sink);
     let g = sink.0.lock().unwrap();
     assert_eq!(g.0, b"piped input\n");
     assert!(g.1, "stdin not closed after the drain");
