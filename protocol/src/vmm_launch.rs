@@ -38,6 +38,18 @@ pub struct GuestFlags {
     pub net: bool,
 }
 
+/// The tap behind `--net-tap-fd`, as the runtime makes it and the VMM checks it: its
+/// `TUNSETIFF` flags are exactly `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (Ethernet frames, no
+/// packet information, each frame behind a `virtio_net_hdr`, which the VMM sets to 12 bytes
+/// and uses for the checksum and segmentation offloads).
+pub mod tap_flags {
+    pub const IFF_TAP: u16 = 0x0002;
+    pub const IFF_NO_PI: u16 = 0x1000;
+    pub const IFF_VNET_HDR: u16 = 0x4000;
+    /// What `--net-tap-fd` must be open on.
+    pub const REQUIRED: u16 = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+}
+
 /// This VM's host side: its sockets, console, shared directories and confinement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostFlags {

@@ -37,13 +37,12 @@ fn write_zero(path: &CString) {
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: u16 = 0x0002;
-const IFF_NO_PI: u16 = 0x1000;
 /// `sizeof(struct ifreq)` on x86_64; the name takes the first `IFNAMSIZ` (16) bytes.
 const IFREQ_LEN: usize = 40;
 
 /// Creates tap `name` (at most 15 bytes) in the calling thread's network namespace and
-/// returns its queue fd (close-on-exec): `IFF_TAP | IFF_NO_PI`, no vnet header, not
+/// returns its queue fd (close-on-exec) with the flags the VMM requires
+/// ([`vessel_protocol::vmm_launch::tap_flags::REQUIRED`]: frames behind a vnet header), not
 /// persistent — the tap goes away when the last fd on it closes.
 pub(crate) fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
@@ -60,7 +59,7 @@ pub(crate) fn open_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
         .open("/dev/net/tun")?;
     let mut ifr = [0u8; IFREQ_LEN];
     ifr[..name.len()].copy_from_slice(name.as_bytes());
-    ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    ifr[16..18].copy_from_slice(&vessel_protocol::vmm_launch::tap_flags::REQUIRED.to_ne_bytes());
     // SAFETY: TUNSETIFF reads and writes back one `struct ifreq` (IFREQ_LEN bytes) in `ifr`,
     // which we own and which outlives the call; `file` is an open /dev/net/tun fd.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) };

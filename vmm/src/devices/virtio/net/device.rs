@@ -12,6 +12,7 @@ use super::super::chain::{SegmentError, Segments};
 use super::super::device::{
     read_config_bytes, ActivateError, DeviceCore, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use super::offload::{self, OFFLOAD_FEATURES};
 use super::tap::Tap;
 use super::{
     BURST, DEFAULT_MAC, DEFAULT_MTU, ETH_HDR_LEN, MAX_FRAME, NET_HDR_LEN, NUM_QUEUES,
@@ -100,8 +101,8 @@ pub struct Net {
     pub(super) tap_polled: bool,
     /// Queue fds are registered with the event loop (after the first activation).
     pub(super) subscribed: bool,
-    /// `virtio_net_hdr_v1` followed by a frame read from the tap: `rx_len` bytes of frame
-    /// wait for an RX buffer when `Some`.
+    /// `virtio_net_hdr_v1` followed by a frame, as read from the tap: `rx_len` bytes of
+    /// frame (after the header) wait for an RX buffer when `Some`.
     rx_buf: Vec<u8>,
     rx_len: Option<usize>,
     /// Header and frame of the TX chain being sent.
@@ -119,14 +120,12 @@ impl Net {
     /// A NIC whose host end is `tap` (`None`: frames from the guest are dropped).
     pub fn new(tap: Option<Tap>) -> io::Result<Net> {
         // One byte past the largest frame: a longer one shows as cut.
-        let mut rx_buf = vec![0u8; NET_HDR_LEN + MAX_FRAME + 1];
-        // num_buffers = 1 (no mergeable buffers: every frame in one buffer).
-        rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let rx_buf = vec![0u8; NET_HDR_LEN + MAX_FRAME + 1];
         Ok(Net {
             core: DeviceCore::new(
                 NUM_QUEUES,
                 QUEUE_MAX_SIZE,
-                VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU,
+                VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU | OFFLOAD_FEATURES,
             )?,
             tap,
             tap_polled: false,
@@ -184,6 +183,7 @@ impl Net {
         let Some(mem) = self.core.mem.as_ref() else {
             return (false, false);
         };
+        let acked = self.core.acked_features;
         let queue = &mut self.core.queues[TXQ_INDEX];
         let mut used = false;
         for _ in 0..BURST {
@@ -198,13 +198,14 @@ impl Net {
                 return (used, false);
             };
             let head = chain.head_index();
-            match read_tx_frame(chain, mem, &mut self.tx_buf) {
+            match read_tx_frame(chain, mem, acked, &mut self.tx_buf) {
                 Ok(()) => {
-                    let frame = &self.tx_buf[NET_HDR_LEN..];
+                    // Header and frame: the tap takes the offload fields as they are.
+                    let frame = &self.tx_buf[..];
                     match self.tap.as_ref().map(|t| t.write_frame(frame)) {
                         Some(Ok(n)) if n == frame.len() => {
                             inc(&self.metrics.tx_frames);
-                            add(&self.metrics.tx_bytes, n);
+                            add(&self.metrics.tx_bytes, n - NET_HDR_LEN);
                         }
                         Some(Ok(n)) => {
                             inc(&self.metrics.tx_dropped);
@@ -243,18 +244,28 @@ impl Net {
         let (Some(mem), Some(tap)) = (self.core.mem.as_ref(), self.tap.as_ref()) else {
             return round;
         };
+        let acked = self.core.acked_features;
         let queue = &mut self.core.queues[RXQ_INDEX];
         for _ in 0..BURST {
             let len = match self.rx_len {
                 Some(len) => len,
-                None => match tap.read_frame(&mut self.rx_buf[NET_HDR_LEN..]) {
-                    Ok(n) if !(ETH_HDR_LEN..=MAX_FRAME).contains(&n) => {
+                None => match tap.read_frame(&mut self.rx_buf) {
+                    Ok(n)
+                        if !(NET_HDR_LEN + ETH_HDR_LEN..=NET_HDR_LEN + MAX_FRAME).contains(&n) =>
+                    {
                         // Cut (the host sent more than the guest's MTU allows), or not an
                         // Ethernet frame.
                         inc(&self.metrics.rx_dropped);
                         continue;
                     }
-                    Ok(n) => n,
+                    Ok(n) => match offload::prepare_rx(&mut self.rx_buf[..n], acked) {
+                        Ok(()) => n - NET_HDR_LEN,
+                        Err(e) => {
+                            inc(&self.metrics.rx_dropped);
+                            net_warn!("virtio-net: dropping a frame from the tap: {e}");
+                            continue;
+                        }
+                    },
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
                             inc(&self.metrics.internal_errors);
@@ -323,14 +334,18 @@ impl Net {
 pub(super) enum TxError {
     #[error(transparent)]
     Chain(#[from] SegmentError),
-    #[error("chain of {0} bytes: not a header and a frame of {ETH_HDR_LEN}..={MAX_FRAME} bytes")]
-    Size(usize),
+    #[error("chain of {len} bytes: not a header and a frame of {ETH_HDR_LEN}..={max} bytes")]
+    Size { len: usize, max: usize },
+    #[error(transparent)]
+    Header(#[from] offload::TxHeaderError),
 }
 
-/// Reads a TX chain (header + frame) into `buf`.
+/// Reads a TX chain (header + frame) into `buf` and checks its header against the features
+/// the guest acked (`acked`).
 fn read_tx_frame<M>(
     chain: virtio_queue::DescriptorChain<M>,
     mem: &GuestMemory,
+    acked: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), TxError>
 where
@@ -338,11 +353,14 @@ where
 {
     let segs = Segments::collect(chain, mem, false)?;
     let len = segs.len();
-    if !(NET_HDR_LEN + ETH_HDR_LEN..=NET_HDR_LEN + MAX_FRAME).contains(&len) {
-        return Err(TxError::Size(len));
+    // Bounded before anything is copied: at most one GSO frame.
+    let max = offload::max_tx_frame(acked);
+    if !(NET_HDR_LEN + ETH_HDR_LEN..=NET_HDR_LEN + max).contains(&len) {
+        return Err(TxError::Size { len, max });
     }
     buf.resize(len, 0);
     segs.read_at(mem, 0, buf)?;
+    offload::check_tx(buf, acked)?;
     Ok(())
 }
 

@@ -3,10 +3,12 @@
 //! redirects, and hands the tap's fd to the VMM).
 //!
 //! What the guest sees: one device (ID 1) with a receive and a transmit queue, features
-//! `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_MTU` only — no checksum or
-//! segmentation offloads, no mergeable buffers, no control queue. So every frame is at most
-//! MTU + Ethernet header long and travels with a 12-byte `virtio_net_hdr_v1` whose only
-//! meaningful field on receive is `num_buffers` = 1.
+//! `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MAC`, `VIRTIO_NET_F_MTU` and the offloads of
+//! [`offload`]: checksums both ways and TCP segmentation on transmit (frames of up to 64 KiB
+//! from the guest, segmented by the host kernel behind the tap). No segmentation offload on
+//! receive, no mergeable buffers, no control queue: a frame to the guest is at most MTU +
+//! Ethernet header long and fills one buffer (`num_buffers` = 1). Every frame travels with
+//! its 12-byte `virtio_net_hdr_v1`, which the tap (`IFF_VNET_HDR`) reads and writes too.
 //!
 //! The MAC and MTU in the config space are fixed ([`DEFAULT_MAC`], [`DEFAULT_MTU`]): a
 //! snapshot's device must look the same at every restore. The agent gives the guest
@@ -17,12 +19,14 @@
 //! its own pod (the fd is a host-side setting, like the vsock socket path).
 //!
 //! Everything the guest writes is bounded: a TX chain is read only when it holds a header
-//! and a frame of 14..=[`MAX_FRAME`] bytes, an RX chain only when it is device-writable and
+//! and a frame of 14..=[`MAX_FRAME`] bytes ([`offload::MAX_GSO_FRAME`] with TSO acked), and
+//! is sent only when its header passes [`offload::check_tx`], an RX chain only when it is device-writable and
 //! in guest memory; a frame that does not fit the buffer the guest posted is dropped; each
 //! event handles at most [`BURST`] frames per direction (TX re-kicks itself for the rest).
 
 mod device;
 mod event_handler;
+pub mod offload;
 mod tap;
 
 #[cfg(test)]

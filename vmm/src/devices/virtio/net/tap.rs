@@ -1,6 +1,7 @@
 //! The host end of the NIC: a tap device's fd, handed to the VMM by the runtime (which made
 //! the tap in the pod's network namespace; the jailed VMM has a network namespace of its own
-//! and could not open it). One `read` is one frame from the host, one `write` one frame to it.
+//! and could not open it). One `read` is one frame from the host, one `write` one frame to it,
+//! each behind its 12-byte `virtio_net_hdr_v1` (`IFF_VNET_HDR`, see [`super::offload`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -11,9 +12,14 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `sizeof(struct ifreq)` on x86_64.
 const IFREQ_LEN: usize = 40;
-const IFF_TAP: u16 = 0x0002;
-const IFF_NO_PI: u16 = 0x1000;
-const IFF_VNET_HDR: u16 = 0x4000;
+use vessel_protocol::vmm_launch::tap_flags::{IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, REQUIRED};
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)` (the flags are the argument itself).
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETVNETHDRSZ`: `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// The tap may hand over frames whose checksum is still to be filled in; never GSO frames
+/// (`TUN_F_TSO4/6` stay off: the guest's buffers take one MTU-sized frame).
+const TUN_F_CSUM: libc::c_ulong = 0x01;
 
 /// The fd given for the NIC is not a usable tap.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +38,16 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    #[error("tap {name} (fd {fd}) has flags {flags:#x}: it must be a tap (IFF_TAP) with IFF_NO_PI and without IFF_VNET_HDR")]
+    #[error("tap {name} (fd {fd}) has flags {flags:#x}: it must be a tap (IFF_TAP) with IFF_NO_PI and IFF_VNET_HDR")]
     Flags { fd: RawFd, name: String, flags: u16 },
+    #[error("setting tap {name} (fd {fd}) up for the virtio-net header ({what})")]
+    Offload {
+        fd: RawFd,
+        name: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("making tap fd {fd} non-blocking")]
     Nonblocking {
         fd: RawFd,
@@ -50,8 +64,9 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Takes a copy of the inherited fd `fd`, checked to be a tap with `IFF_NO_PI` and no
-    /// vnet header (what the runtime makes: frames are plain Ethernet), made non-blocking.
+    /// Takes a copy of the inherited fd `fd`, checked to be a tap with `IFF_NO_PI` and
+    /// `IFF_VNET_HDR` (what the runtime makes), set to a 12-byte header and checksum
+    /// offload, made non-blocking.
     pub fn from_inherited(fd: RawFd) -> Result<Tap, TapError> {
         // SAFETY: F_GETFD only reads the fd flags of whatever `fd` is; a closed number gives
         // EBADF and nothing else happens.
@@ -77,8 +92,34 @@ impl Tap {
         let name_len = ifr[..16].iter().position(|&b| b == 0).unwrap_or(16);
         let name = String::from_utf8_lossy(&ifr[..name_len]).into_owned();
         let flags = u16::from_ne_bytes([ifr[16], ifr[17]]);
-        if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 || flags & IFF_VNET_HDR != 0 {
+        if flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) != REQUIRED {
             return Err(TapError::Flags { fd, name, flags });
+        }
+        let hdr_len: libc::c_int = super::NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which points at
+        // `hdr_len` for the whole call.
+        let rc = unsafe { libc::ioctl(owned.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) };
+        if rc != 0 {
+            let source = io::Error::last_os_error();
+            let what = "TUNSETVNETHDRSZ";
+            return Err(TapError::Offload {
+                fd,
+                name,
+                what,
+                source,
+            });
+        }
+        // SAFETY: TUNSETOFFLOAD takes its flags by value and touches no memory of ours.
+        let rc = unsafe { libc::ioctl(owned.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM) };
+        if rc != 0 {
+            let source = io::Error::last_os_error();
+            let what = "TUNSETOFFLOAD";
+            return Err(TapError::Offload {
+                fd,
+                name,
+                what,
+                source,
+            });
         }
         Self::nonblocking(owned, name)
     }
@@ -104,13 +145,13 @@ impl Tap {
         &self.name
     }
 
-    /// Reads one frame into `buf` (a frame longer than `buf` is cut: the caller sizes `buf`
-    /// one byte past the largest frame it takes, so a cut frame shows).
+    /// Reads one header + frame into `buf` (a frame longer than `buf` is cut: the caller
+    /// sizes `buf` one byte past the largest it takes, so a cut frame shows).
     pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         nix::unistd::read(&self.fd, buf).map_err(io::Error::from)
     }
 
-    /// Writes one frame.
+    /// Writes one header + frame.
     pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
         nix::unistd::write(&self.fd, frame).map_err(io::Error::from)
     }

@@ -1,5 +1,6 @@
 //! The NIC on mock guest memory, run by a real `EventManager` as the VMM's event loop runs it,
-//! with a datagram socket pair standing for the tap (one read or write = one frame).
+//! with a datagram socket pair standing for the tap (one read or write = one header + frame,
+//! as on a tap with `IFF_VNET_HDR`).
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
@@ -42,6 +43,11 @@ fn queue(q: u64) -> DriverQueue {
 
 impl Rig {
     fn new(with_tap: bool) -> Rig {
+        Rig::acking(with_tap, None)
+    }
+
+    /// A rig whose driver acks `acked` (all the device offers when `None`).
+    fn acking(with_tap: bool, acked: Option<u64>) -> Rig {
         let (host, dev) = UnixDatagram::pair().expect("socket pair");
         host.set_nonblocking(true).expect("non-blocking");
         let tap = with_tap.then(|| Tap::from_fd_unchecked(OwnedFd::from(dev)));
@@ -51,7 +57,7 @@ impl Rig {
         let (rx, tx) = (queue(0), queue(1));
         rx.configure(&mut net.queues_mut()[RXQ_INDEX]);
         tx.configure(&mut net.queues_mut()[TXQ_INDEX]);
-        net.set_acked_features(net.avail_features());
+        net.set_acked_features(acked.unwrap_or(net.avail_features()));
         net.activate(mem.clone()).expect("activate");
         let net = Arc::new(Mutex::new(net));
         let mut em = EventManager::<Arc<Mutex<Net>>>::new().expect("event manager");
@@ -123,6 +129,13 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
 }
 
+/// `frame` behind a header with nothing to offload (as the guest or the tap sends it).
+fn with_hdr(frame: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; NET_HDR_LEN];
+    v.extend_from_slice(frame);
+    v
+}
+
 fn readable(b: &[u8]) -> Part<'_> {
     Part {
         bytes: Some(b),
@@ -137,8 +150,15 @@ fn features_and_config_space() {
     assert_eq!(net.device_type(), VIRTIO_ID_NET);
     assert_eq!(
         net.avail_features(),
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU,
-        "no offloads, no mergeable buffers, no control queue"
+        VIRTIO_F_VERSION_1
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_MTU
+            | offload::VIRTIO_NET_F_CSUM
+            | offload::VIRTIO_NET_F_GUEST_CSUM
+            | offload::VIRTIO_NET_F_HOST_TSO4
+            | offload::VIRTIO_NET_F_HOST_TSO6,
+        "checksums both ways and TSO on transmit; no receive GSO, no mergeable buffers, no \
+         control queue"
     );
     let mut cfg = [0u8; 12];
     net.read_config(0, &mut cfg);
@@ -160,7 +180,7 @@ fn a_guest_frame_reaches_the_tap_whole() {
     // Header and frame split over three descriptors, as a guest may.
     rig.send(&[readable(&hdr[..8]), readable(&hdr[8..]), readable(&f)]);
     rig.run();
-    assert_eq!(rig.host_frames(), vec![f]);
+    assert_eq!(rig.host_frames(), vec![with_hdr(&f)]);
     let used = rig.tx.harvest(&rig.mem);
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].len, 0, "TX buffers are only read");
@@ -174,7 +194,7 @@ fn a_host_frame_reaches_the_guest_with_its_header() {
     rig.kick(RXQ_INDEX);
     rig.run();
     let f = frame(342, 9);
-    rig.host.send(&f).expect("host frame");
+    rig.host.send(&with_hdr(&f)).expect("host frame");
     rig.run();
     let used = rig.rx.harvest(&rig.mem);
     assert_eq!(used.len(), 1);
@@ -194,8 +214,8 @@ fn a_host_frame_reaches_the_guest_with_its_header() {
 fn a_frame_waits_for_an_rx_buffer_without_spinning() {
     let mut rig = Rig::new(true);
     let (a, b) = (frame(60, 1), frame(61, 2));
-    rig.host.send(&a).expect("host frame");
-    rig.host.send(&b).expect("host frame");
+    rig.host.send(&with_hdr(&a)).expect("host frame");
+    rig.host.send(&with_hdr(&b)).expect("host frame");
     // No buffer posted: the loop goes idle (run() panics if it spins) with the frame kept.
     rig.run();
     assert!(rig.get(&rig.metrics.rx_no_buffer) >= 1);
@@ -222,7 +242,9 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
     rig.post_rx(512);
     rig.kick(RXQ_INDEX);
     rig.run();
-    rig.host.send(&frame(1000, 3)).expect("big frame");
+    rig.host
+        .send(&with_hdr(&frame(1000, 3)))
+        .expect("big frame");
     rig.run();
     assert!(
         rig.rx.harvest(&rig.mem).is_empty(),
@@ -230,7 +252,7 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
     );
     assert_eq!(rig.get(&rig.metrics.rx_dropped), 1);
     let small = frame(100, 4);
-    rig.host.send(&small).expect("small frame");
+    rig.host.send(&with_hdr(&small)).expect("small frame");
     rig.run();
     let used = rig.rx.harvest(&rig.mem);
     assert_eq!(used.len(), 1);
@@ -245,7 +267,7 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
     // Longer than any frame the guest's MTU allows: dropped even with room.
     rig.post_rx(4096);
     rig.host
-        .send(&frame(MAX_FRAME + 1, 5))
+        .send(&with_hdr(&frame(MAX_FRAME + 1, 5)))
         .expect("oversized frame");
     rig.kick(RXQ_INDEX);
     rig.run();
@@ -275,12 +297,20 @@ fn malformed_tx_chains_are_returned_unsent() {
     rig.tx
         .add_raw(&rig.mem, &[(200, MEM_SIZE as u64 - 8, 64, 0, 0)], 200);
     rig.kick(TXQ_INDEX);
+    // A header with a flag the guest may not set on transmit.
+    let mut bad_hdr = hdr;
+    bad_hdr[0] = offload::HDR_F_DATA_VALID;
+    rig.send(&[readable(&bad_hdr), readable(&f)]);
     // And a good one after them.
     rig.send(&[readable(&hdr), readable(&f)]);
     rig.run();
-    assert_eq!(rig.host_frames(), vec![f], "only the well-formed frame");
-    assert_eq!(rig.get(&rig.metrics.tx_malformed), 4);
-    assert_eq!(rig.tx.harvest(&rig.mem).len(), 5, "every chain returned");
+    assert_eq!(
+        rig.host_frames(),
+        vec![with_hdr(&f)],
+        "only the well-formed frame"
+    );
+    assert_eq!(rig.get(&rig.metrics.tx_malformed), 5);
+    assert_eq!(rig.tx.harvest(&rig.mem).len(), 6, "every chain returned");
 }
 
 #[test]
@@ -301,7 +331,8 @@ fn a_tx_burst_yields_to_the_loop_and_finishes() {
     rig.run();
     let got = rig.host_frames();
     assert_eq!(got.len(), frames.len());
-    assert_eq!(got, frames, "all frames, in order");
+    let sent: Vec<Vec<u8>> = frames.iter().map(|f| with_hdr(f)).collect();
+    assert_eq!(got, sent, "all frames, in order");
     assert_eq!(
         rig.get(&rig.metrics.tx_kicks),
         1,
@@ -333,7 +364,7 @@ fn reset_stops_the_device_and_it_can_start_again() {
             virtio_queue::QueueT::reset(q);
         }
     }
-    rig.host.send(&frame(60, 1)).expect("host frame");
+    rig.host.send(&with_hdr(&frame(60, 1))).expect("host frame");
     rig.run();
     assert!(
         !rig.net.lock().unwrap().tap_polled,
@@ -359,4 +390,77 @@ fn reset_stops_the_device_and_it_can_start_again() {
         1,
         "the frame sent while reset arrives after reactivation"
     );
+}
+
+/// A TSO frame as the guest's stack hands it over: up to 64 KiB with the checksum to fill.
+fn tso_chain(frame_len: usize) -> Vec<u8> {
+    let mut h = vec![offload::HDR_F_NEEDS_CSUM, offload::GSO_TCPV4];
+    for v in [54u16, 1448, 34, 16, 0] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h.extend_from_slice(&frame(frame_len, 8));
+    h
+}
+
+#[test]
+fn a_tso_frame_reaches_the_tap_whole_with_its_header() {
+    let mut rig = Rig::new(true);
+    let chain = tso_chain(60_000);
+    // Header alone, then the frame in pieces, as the guest's scatter-gather list does.
+    let parts: Vec<Part<'_>> = std::iter::once(&chain[..NET_HDR_LEN])
+        .chain(chain[NET_HDR_LEN..].chunks(4096))
+        .map(readable)
+        .collect();
+    rig.send(&parts);
+    rig.run();
+    assert_eq!(rig.host_frames(), vec![chain]);
+    assert_eq!(rig.get(&rig.metrics.tx_bytes), 60_000);
+    assert_eq!(rig.get(&rig.metrics.tx_malformed), 0);
+}
+
+#[test]
+fn offloads_follow_what_the_guest_acked() {
+    let basic = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU;
+    let mut rig = Rig::acking(true, Some(basic));
+    // A guest that did not ack TSO or CSUM may not use them.
+    rig.send(&[readable(&tso_chain(9000))]);
+    let mut csum_only = tso_chain(100);
+    csum_only[1] = offload::GSO_NONE;
+    rig.send(&[readable(&csum_only)]);
+    rig.run();
+    assert!(rig.host_frames().is_empty());
+    assert_eq!(rig.get(&rig.metrics.tx_malformed), 2);
+    // The tap's partial checksum is filled in for it, and no flag reaches it.
+    rig.post_rx(2048);
+    rig.kick(RXQ_INDEX);
+    rig.run();
+    let mut from_tap = with_hdr(&frame(80, 2));
+    from_tap[0] = offload::HDR_F_NEEDS_CSUM;
+    from_tap[6..8].copy_from_slice(&34u16.to_le_bytes());
+    from_tap[8..10].copy_from_slice(&16u16.to_le_bytes());
+    rig.host.send(&from_tap).expect("host frame");
+    rig.run();
+    let used = rig.rx.harvest(&rig.mem);
+    assert_eq!(used.len(), 1);
+    let got = used[0]
+        .chain
+        .as_ref()
+        .expect("chain")
+        .written(&rig.mem, used[0].len);
+    assert_eq!(got[0], 0, "no NEEDS_CSUM for a guest without GUEST_CSUM");
+    let mut want = from_tap[NET_HDR_LEN..].to_vec();
+    offload::fill_checksum(&mut want, 34, 16).expect("inside");
+    assert_ne!(
+        want,
+        from_tap[NET_HDR_LEN..],
+        "the checksum changed the frame"
+    );
+    assert_eq!(got[NET_HDR_LEN..], want[..]);
+    // A GSO frame from the tap (never allowed to send one) is dropped.
+    let mut gso = with_hdr(&frame(200, 3));
+    gso[1] = offload::GSO_TCPV4;
+    rig.host.send(&gso).expect("host frame");
+    rig.run();
+    assert!(rig.rx.harvest(&rig.mem).is_empty());
+    assert_eq!(rig.get(&rig.metrics.rx_dropped), 1);
 }
