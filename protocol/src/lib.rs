@@ -10,6 +10,7 @@
 //! * [`hybrid_vsock`]: the host side of Firecracker's hybrid vsock handshake
 //!   (`CONNECT <port>\n` → `OK <port>\n`) used to reach the agent through the VMM's Unix socket.
 //! * [`ids`]: the id and containerd-namespace rules both sides apply.
+//! * [`log_format`]: the host processes' log line formats (`text`, `json`).
 //! * [`mount_options`]: the one parser of mount(8)-style options (host and guest mounts).
 //! * [`sync`]: the poison-tolerant lock every process uses.
 //! * [`vmm_launch`]: the typed `vessel-vmm` command line the runtime builds.
@@ -60,6 +61,7 @@ pub mod agent_check;
 pub mod errors;
 pub mod hybrid_vsock;
 pub mod ids;
+pub mod log_format;
 pub mod mount_options;
 pub mod sync;
 pub mod vmm_launch;

@@ -65,6 +65,10 @@ pub struct HostFlags {
     pub jail: Option<PathBuf>,
     /// The NIC's host end: an inherited fd open on a tap.
     pub net_tap_fd: Option<i32>,
+    /// How the VMM writes its log lines (`--log-format`, left out for text).
+    pub log_format: crate::log_format::LogFormat,
+    /// The sandbox the VMM runs, named in its JSON log lines (`--log-sandbox`).
+    pub log_sandbox: Option<String>,
 }
 
 /// One `vessel-vmm` launch.
@@ -139,6 +143,14 @@ impl VmmLaunch {
         if let Some(fd) = h.net_tap_fd {
             a.push("--net-tap-fd".into());
             a.push(fd.to_string().into());
+        }
+        if h.log_format != crate::log_format::LogFormat::Text {
+            a.push("--log-format".into());
+            a.push(h.log_format.as_str().into());
+        }
+        if let Some(id) = &h.log_sandbox {
+            a.push("--log-sandbox".into());
+            a.push(id.into());
         }
         a
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vessel_protocol::log_format::LogFormat;
 
 /// The built-in configuration, also installed as the documented example.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
@@ -106,6 +107,9 @@ pub struct RuntimeConfig {
     pub agent_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub log_level: String,
+    /// How the shim and the VMM write their log lines: `text` (the default) or `json` (one
+    /// object per line; `vessel_protocol::log_format`).
+    pub log_format: String,
     /// The guest's console log (`<state>/console.log`, on a tmpfs: host memory) is cut back
     /// to empty when it would grow past this.
     pub console_log_max_bytes: u64,
@@ -118,6 +122,7 @@ impl Default for RuntimeConfig {
             agent_timeout_secs: 600,
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
+            log_format: "text".to_string(),
             console_log_max_bytes: 1 << 20,
         }
     }
@@ -308,6 +313,13 @@ impl Config {
                 "must be one of error, warn, info, debug, trace",
             );
         }
+        if r.log_format.parse::<LogFormat>().is_err() {
+            return invalid(
+                "runtime.log_format",
+                r.log_format.clone(),
+                "must be one of text, json",
+            );
+        }
         Ok(())
     }
 
@@ -317,6 +329,11 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.runtime.shutdown_timeout_secs)
+    }
+
+    /// The log line format named by `runtime.log_format` (validated).
+    pub fn log_format(&self) -> LogFormat {
+        self.runtime.log_format.parse().unwrap_or_default()
     }
 
     /// The `log` level filter named by `runtime.log_level` (validated).
@@ -382,6 +399,7 @@ mod tests {
                 "runtime.agent_timeout_secs",
             ),
             ("[runtime]\nlog_level = \"loud\"\n", "runtime.log_level"),
+            ("[runtime]\nlog_format = \"yaml\"\n", "runtime.log_format"),
             ("[runtime]\nstate_root = \"run\"\n", "runtime.state_root"),
             ("[snapshot]\ndir = \"snaps\"\n", "snapshot.dir"),
             ("[hypervisor]\nbackend = \"qemu\"\n", "hypervisor.backend"),

@@ -17,6 +17,7 @@ use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc::{MethodHandler, Server};
 use containerd_shim::{Shim, StartOpts, Task};
 use protobuf::Message;
+use vessel_protocol::log_format::LogFormat;
 
 use crate::service::{socket_path, socket_serving, VesselShim, RUNTIME_ID};
 
@@ -112,12 +113,11 @@ fn serve(flags: &containerd_shim::Flags) -> containerd_shim::Result<()> {
             "-socket is required".into(),
         ));
     }
-    let level = vessel_runtime::Config::load(None)
-        .map(|(c, _)| c.runtime.log_level)
-        .unwrap_or_else(|_| "info".to_string());
+    let (level, format) = vessel_runtime::Config::load(None)
+        .map(|(c, _)| (c.runtime.log_level.clone(), c.log_format()))
+        .unwrap_or_else(|_| ("info".to_string(), LogFormat::Text));
     // Logs go to the `log` fifo containerd made in the bundle; without one, nowhere.
-    if let Err(e) = containerd_shim::logger::init(flags.debug, &level, &flags.namespace, &flags.id)
-    {
+    if let Err(e) = crate::logging::init(format, flags, &level) {
         eprintln!("{RUNTIME_ID}: logger: {e}");
     }
     let mut shim = new_shim(flags);

@@ -7,6 +7,7 @@
 pub mod bootstrap;
 pub mod errors;
 pub mod events;
+pub mod logging;
 pub mod service;
 pub mod stats;
 pub mod task;

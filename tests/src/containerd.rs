@@ -219,6 +219,12 @@ disabled_plugins = [{disabled_cri}"io.containerd.snapshotter.v1.btrfs", "io.cont
         self.child.as_ref().map(Child::id)
     }
 
+    /// containerd's whole log (shim logs land here too).
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read(self.dir.path().join("containerd.log")).unwrap_or_default();
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
     /// The last 4 KiB of containerd's log (shim logs land here too).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read(self.dir.path().join("containerd.log")).unwrap_or_default();

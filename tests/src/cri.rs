@@ -64,6 +64,8 @@ pub struct VesselConfigSpec {
     pub initrd: PathBuf,
     pub agent_timeout_secs: u64,
     pub log_level: String,
+    /// `runtime.log_format`: `text` or `json`.
+    pub log_format: String,
     /// More TOML appended verbatim (whole tables, e.g. `[snapshot]\nenabled = false\n`).
     pub extra_toml: String,
 }
@@ -104,6 +106,7 @@ impl VesselConfigSpec {
             initrd,
             agent_timeout_secs,
             log_level: "debug".into(),
+            log_format: "text".into(),
             extra_toml: String::new(),
         })
     }
@@ -124,13 +127,15 @@ impl VesselTestConfig {
         let path = dir.path().join("vessel.toml");
         let text = format!(
             "[hypervisor]\nbackend = \"vmm\"\npath = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\n\
-             [runtime]\nstate_root = \"{}\"\nagent_timeout_secs = {}\nlog_level = \"{}\"\n{}",
+             [runtime]\nstate_root = \"{}\"\nagent_timeout_secs = {}\nlog_level = \"{}\"\n\
+             log_format = \"{}\"\n{}",
             spec.vmm.display(),
             spec.kernel.display(),
             spec.initrd.display(),
             dir.path().join("state").display(),
             spec.agent_timeout_secs,
             spec.log_level,
+            spec.log_format,
             spec.extra_toml
         );
         std::fs::write(&path, text)?;
@@ -272,6 +277,11 @@ impl CriContainerd {
 
     pub fn log_tail(&self) -> String {
         self.containerd().log_tail()
+    }
+
+    /// containerd's whole log.
+    pub fn log_text(&self) -> String {
+        self.containerd().log_text()
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {

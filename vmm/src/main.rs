@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vessel_protocol::errors::chain;
+use vessel_protocol::log_format::{self, LogFormat, LogSource};
 use vessel_protocol::vmm_launch::SNAPSHOT_NOW;
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
 use vessel_vmm::jail::{Access, JailSpec};
@@ -133,6 +134,12 @@ struct BootArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
+    /// Log line format: text, or json (one object per line; `vessel_protocol::log_format`).
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+    /// The sandbox this VM runs, named in JSON log lines.
+    #[arg(long)]
+    log_sandbox: Option<String>,
     /// Run jailed (see `vessel_vmm::jail`): a pid namespace of its own, a mount namespace
     /// holding only what the VM needs built on this empty directory, new ipc/uts/net
     /// namespaces, capped limits, only the capabilities virtio-fs needs, no_new_privs.
@@ -161,12 +168,15 @@ impl log::Log for StderrLogger {
         }
         if self.enabled(record.metadata()) {
             let thread = std::thread::current();
-            let line = format!(
-                "vessel-vmm [{}] {:<5} {}\n",
-                thread.name().unwrap_or("?"),
-                record.level(),
-                record.args()
-            );
+            let line = match JSON_SOURCE.get() {
+                Some(source) => log_format::json_line(source, record, thread.name()),
+                None => format!(
+                    "vessel-vmm [{}] {:<5} {}\n",
+                    thread.name().unwrap_or("?"),
+                    record.level(),
+                    record.args()
+                ),
+            };
             // One write per line, so lines from threads do not interleave.
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
@@ -176,6 +186,8 @@ impl log::Log for StderrLogger {
 }
 
 static LOGGER: StderrLogger = StderrLogger;
+/// Set when `--log-format json`: what every JSON line names.
+static JSON_SOURCE: std::sync::OnceLock<LogSource> = std::sync::OnceLock::new();
 
 fn config_from(args: &BootArgs) -> VmConfig {
     VmConfig {
@@ -455,12 +467,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match &cli.command {
-        Some(Command::SnapshotCreate(a)) => a.boot.log_level,
-        Some(Command::SnapshotCheck(a)) => a.boot.log_level,
-        None => cli.boot.log_level,
+    let boot = match &cli.command {
+        Some(Command::SnapshotCreate(a)) => &a.boot,
+        Some(Command::SnapshotCheck(a)) => &a.boot,
+        None => &cli.boot,
     };
-    log::set_max_level(level);
+    log::set_max_level(boot.log_level);
+    if boot.log_format == LogFormat::Json {
+        let _ = JSON_SOURCE.set(LogSource {
+            process: "vmm",
+            sandbox: boot.log_sandbox.clone(),
+            namespace: None,
+        });
+    }
     let _ = log::set_logger(&LOGGER);
     match run(cli) {
         Ok(code) => code,
@@ -504,6 +523,8 @@ mod tests {
         assert_eq!(b.no_seccomp, h.no_seccomp);
         assert_eq!(b.jail, h.jail);
         assert_eq!(b.net_tap_fd, h.net_tap_fd);
+        assert_eq!(b.log_format, h.log_format);
+        assert_eq!(b.log_sandbox, h.log_sandbox);
     }
 
     fn launch(mode: LaunchMode) -> VmmLaunch {
@@ -525,6 +546,8 @@ mod tests {
                 no_seccomp: false,
                 jail: Some("/run/v/sb/jail".into()),
                 net_tap_fd: Some(7),
+                log_format: LogFormat::Json,
+                log_sandbox: Some("sb-1".into()),
             },
         }
     }
@@ -547,6 +570,8 @@ mod tests {
         create.host.net_tap_fd = None;
         create.guest.net = false;
         create.host.no_seccomp = true;
+        create.host.log_format = LogFormat::Text;
+        create.host.log_sandbox = None;
         match parse(&create).command {
             Some(Command::SnapshotCreate(a)) => {
                 assert_eq!(a.snapshot_dir, PathBuf::from("/s/new"));

@@ -214,6 +214,7 @@ impl Pod {
             }
         };
         log::info!(
+            container = id;
             "pod {}: container {id}: created (rootfs {t_rootfs:?}, agent {:?}, stdio {:?})",
             self.id,
             t_created - t_rootfs,
@@ -333,7 +334,7 @@ impl Pod {
                 return;
             }
             let info = p.info();
-            log::info!("{}: exited with status {status}", p.label());
+            log::info!(container = p.container_id.as_str(); "{}: exited with status {status}", p.label());
             pod.events.exited(&ExitEvent {
                 container_id: p.container_id.clone(),
                 exec_id: p.exec_id.clone(),
@@ -529,7 +530,7 @@ fn start_oom_poller(pod: &Arc<Pod>) {
             };
             let Some(pod) = weak.upgrade() else { return };
             if pod.knows(&cid) {
-                log::info!("container {cid}: OOM");
+                log::info!(container = cid.as_str(); "container {cid}: OOM");
                 pod.events.oom(&cid);
             }
             drop(pod);

@@ -78,6 +78,7 @@ pub fn host_flags(
         console_max_bytes: Some(config.runtime.console_log_max_bytes),
         shared_dirs: vec![(SHARED_FS_TAG.to_string(), shared.to_path_buf())],
         no_seccomp: !config.hypervisor.seccomp,
+        log_format: config.log_format(),
         ..HostFlags::default()
     };
     if config.hypervisor.jail {

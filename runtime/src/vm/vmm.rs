@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vessel_protocol::errors::chain;
+use vessel_protocol::log_format::LogFormat;
 
 use vessel_protocol::agent::Storage;
 use vessel_protocol::{hybrid_vsock, AGENT_VSOCK_PORT};
@@ -66,6 +67,9 @@ fn sandbox_host_flags(req: &LaunchRequest<'_>) -> std::io::Result<HostFlags> {
     if let Some(tap) = req.tap {
         use std::os::fd::AsRawFd;
         flags.net_tap_fd = Some(tap.as_raw_fd());
+    }
+    if flags.log_format == LogFormat::Json {
+        flags.log_sandbox = Some(req.sandbox_id.to_string());
     }
     Ok(flags)
 }
@@ -289,6 +293,21 @@ mod tests {
             .collect();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&tap).to_string();
         assert_eq!(args[args.len() - 2..], ["--net-tap-fd".to_string(), fd]);
+        // JSON logs: the format and the sandbox the lines name.
+        let mut json = config.clone();
+        json.runtime.log_format = "json".into();
+        let args: Vec<String> = vmm_command(&LaunchRequest {
+            config: &json,
+            ..req
+        })
+        .unwrap()
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--log-format", "json", "--log-sandbox", "sb1"]
+        );
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        log::info!("Create {} (bundle {})", req.id, req.bundle);
+        log::info!(container = req.id.as_str(); "Create {} (bundle {})", req.id, req.bundle);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -209,7 +209,7 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        log::info!("Start {} {}", req.id, req.exec_id);
+        log::info!(container = req.id.as_str(); "Start {} {}", req.id, req.exec_id);
         let pid = self
             .pods
             .start(&req.id, &req.exec_id)
@@ -241,7 +241,7 @@ impl Task for TaskService {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        log::info!("Delete {} {}", req.id, req.exec_id);
+        log::info!(container = req.id.as_str(); "Delete {} {}", req.id, req.exec_id);
         let deleted = self
             .pods
             .delete(&req.id, &req.exec_id)
@@ -287,6 +287,7 @@ impl Task for TaskService {
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         log::info!(
+            container = req.id.as_str();
             "Kill {} {} signal {} all={}",
             req.id,
             req.exec_id,
@@ -301,6 +302,7 @@ impl Task for TaskService {
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         log::info!(
+            container = req.id.as_str();
             "Exec {} {} terminal={} stdin={:?}",
             req.id,
             req.exec_id,
