@@ -22,6 +22,7 @@ pub mod config;
 pub mod diagnostics;
 pub mod grouping;
 pub mod host_cgroup;
+pub mod monitor;
 pub mod mounts;
 pub mod network;
 pub mod pod;

@@ -128,6 +128,53 @@ impl SandboxPaths {
 
 /// Identifies a process across pid reuse: its pid plus its start time in clock ticks since
 /// boot (field 22 of `/proc/<pid>/stat`).
+/// A sandbox found under the state root, with what its state file says.
+#[derive(Debug)]
+pub struct ListedSandbox {
+    pub namespace: String,
+    pub id: String,
+    pub paths: SandboxPaths,
+    /// `Ok(None)`: no state file (yet).
+    pub state: Result<Option<SandboxStateFile>, StateError>,
+}
+
+/// Every `<root>/<namespace>/<id>` whose names are valid, in directory order (none when the
+/// root does not exist).
+pub fn list_sandboxes(root: &Path) -> Result<Vec<ListedSandbox>, StateError> {
+    let namespaces = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StateError::Io {
+                op: "reading",
+                path: root.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for ns in namespaces.flatten() {
+        let namespace = ns.file_name().to_string_lossy().into_owned();
+        let Ok(ids) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for entry in ids.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(paths) = SandboxPaths::new(root, &namespace, &id) else {
+                continue;
+            };
+            let state = SandboxStateFile::read(&paths.state_file());
+            out.push(ListedSandbox {
+                namespace: namespace.clone(),
+                id,
+                paths,
+                state,
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     pub pid: i32,

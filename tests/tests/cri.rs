@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vessel_tests::containerd::mounts_under;
+
+#[path = "cri/observability.rs"]
+mod observability;
+use observability::{json_logs_name_the_pod, monitor_scrapes_the_pod};
 use vessel_tests::cri::{
     cgroup_path_of, cmdline_of, eventually, http_get, log_messages, parse_log, parse_sandbox_info,
     processes_mentioning, ContainerState, CriContainerd, Pod, PodSandboxState, VesselConfigSpec,
@@ -147,53 +151,6 @@ fn keep(src: &Path, name: &str) -> String {
         }
         Err(e) => format!("could not keep {}: {e}\n", src.display()),
     }
-}
-
-/// With `log_format = "json"`: the shim's lines in containerd's log are JSON objects naming
-/// the pod's sandbox, and its `Create` of `container` names that container; every line of the
-/// VMM's log (in the sandbox's state dir) is a JSON object naming the sandbox.
-fn json_logs_name_the_pod(
-    c: &mut Checks,
-    containerd_log: &str,
-    sandbox_dir: &Path,
-    sandbox: &str,
-    container: &str,
-) {
-    let objects = |text: &str| -> Vec<serde_json::Value> {
-        text.lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
-    let shim = objects(containerd_log);
-    let create = shim.iter().find(|o| {
-        o["process"] == "shim"
-            && o["sandbox"] == sandbox
-            && o["container"] == container
-            && o["msg"].as_str().is_some_and(|m| m.starts_with("Create "))
-    });
-    c.check(
-        create.is_some(),
-        format!(
-            "a JSON shim line in containerd's log names sandbox {sandbox} and container {container} on its Create ({} JSON lines)",
-            shim.len()
-        ),
-    );
-    let vmm_log = std::fs::read_to_string(sandbox_dir.join("vmm.log")).unwrap_or_default();
-    let lines: Vec<&str> = vmm_log.lines().filter(|l| !l.is_empty()).collect();
-    let vmm = objects(&vmm_log);
-    c.check(
-        !lines.is_empty()
-            && vmm.len() == lines.len()
-            && vmm
-                .iter()
-                .all(|o| o["process"] == "vmm" && o["sandbox"] == sandbox),
-        format!(
-            "every vmm.log line is a JSON object naming sandbox {sandbox} ({} of {} lines)",
-            vmm.len(),
-            lines.len()
-        ),
-    );
 }
 
 /// Prerequisites, as a failure with the reason (never a silent skip).
@@ -408,6 +365,10 @@ fn scenarios(handler: &str) {
     if let Some(v) = &vessel {
         let sandbox_dir = v.state_root().join("k8s.io").join(&pod.id);
         json_logs_name_the_pod(&mut c, &cri.log_text(), &sandbox_dir, &pod.id, &web);
+        monitor_scrapes_the_pod(&mut c, v.path(), &pod.id, || {
+            // Guest work between the scrapes: the VMM's vCPU thread runs it.
+            let _ = cri.client().exec_sync(&idle, &["/bin/true"], 60);
+        });
     }
 
     // 5. ExecSync: stdout, exit 0; then a non-zero exit with stderr.

@@ -20,7 +20,7 @@ use vessel_runtime::cleanup::cleanup_sandbox_dir;
 use vessel_runtime::mounts::HostMounter;
 use vessel_runtime::pod::{CreateRequest, ExitEvent, PodEvents, StdioPaths};
 use vessel_runtime::snapshot::snapshot_key;
-use vessel_runtime::state::{SandboxPaths, SandboxStateFile};
+use vessel_runtime::state::SandboxPaths;
 use vessel_runtime::vm::backend_from_config;
 use vessel_runtime::{Config, Pods, PodsDeps};
 
@@ -45,6 +45,13 @@ enum Cmd {
     Config,
     /// List sandboxes in the state root.
     List,
+    /// Serve Prometheus metrics of this host's pods on `GET /metrics` (prints the address it
+    /// listens on, then serves until killed).
+    Monitor {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+    },
     /// Kill leftover VMMs, unmount and remove the state of the named sandboxes.
     Cleanup {
         /// containerd namespace of the sandboxes.
@@ -160,39 +167,25 @@ impl log::Log for StderrLogger {
 
 /// `<root>/<namespace>/<id>` entries with their VMM and mounts.
 fn list(root: &std::path::Path) -> anyhow::Result<()> {
-    let namespaces = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", root.display())),
-    };
-    for ns in namespaces.flatten() {
-        let ns_name = ns.file_name().to_string_lossy().into_owned();
-        let Ok(ids) = std::fs::read_dir(ns.path()) else {
-            continue;
-        };
-        for entry in ids.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            let Ok(paths) = SandboxPaths::new(root, &ns_name, &id) else {
-                continue;
-            };
-            match SandboxStateFile::read(&paths.state_file()) {
-                Ok(Some(s)) => {
-                    let vmm = s.vmm.map(|v| {
-                        format!(
-                            "{} ({})",
-                            v.pid,
-                            if v.is_alive() { "running" } else { "gone" }
-                        )
-                    });
-                    println!(
-                        "{ns_name}/{id}\tvmm={}\tmounts={}",
-                        vmm.unwrap_or_else(|| "-".into()),
-                        s.mounts.len()
-                    );
-                }
-                Ok(None) => println!("{ns_name}/{id}\t(no state file)"),
-                Err(e) => println!("{ns_name}/{id}\t({e})", e = chain(&e)),
+    for sb in vessel_runtime::state::list_sandboxes(root)? {
+        let name = format!("{}/{}", sb.namespace, sb.id);
+        match sb.state {
+            Ok(Some(s)) => {
+                let vmm = s.vmm.map(|v| {
+                    format!(
+                        "{} ({})",
+                        v.pid,
+                        if v.is_alive() { "running" } else { "gone" }
+                    )
+                });
+                println!(
+                    "{name}\tvmm={}\tmounts={}",
+                    vmm.unwrap_or_else(|| "-".into()),
+                    s.mounts.len()
+                );
             }
+            Ok(None) => println!("{name}\t(no state file)"),
+            Err(e) => println!("{name}\t({e})", e = chain(&e)),
         }
     }
     Ok(())
@@ -284,6 +277,14 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::List => {
             list(&config.runtime.state_root)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Monitor { listen } => {
+            let listener = std::net::TcpListener::bind(listen)
+                .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+            println!("vessel monitor: http://{}/metrics", listener.local_addr()?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            vessel_runtime::monitor::serve(&listener, &config.runtime.state_root);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe { id } => {

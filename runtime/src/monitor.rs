@@ -1,0 +1,319 @@
+//! `vessel monitor`: a Prometheus endpoint for the host's pods (`kata-monitor`'s role).
+//!
+//! Decision: one process per host that reads what is already on the host at each scrape —
+//! the runtime's state root (`<root>/<namespace>/<sandbox>/state.json`, which names each
+//! pod's VMM by pid and start time) and `/proc` of each VMM — rather than an endpoint in every
+//! shim: nothing runs or listens per pod, a scrape costs no guest work (on KVM-PVM every
+//! request into a guest costs tens of milliseconds of emulated kernel), and a pod whose shim
+//! is gone still shows (as down) until `vessel cleanup`. What only the VMM or the guest knows
+//! (exits by kind, device counters, guest memory) is not exported yet.
+//!
+//! Series, per pod (labels `sandbox`, `namespace`): `vessel_pod_up`, the VMM's (summed over
+//! its process tree: the jail's outer process and the VM below it)
+//! `vessel_vmm_rss_bytes`, `vessel_vmm_pss_bytes`, `vessel_vmm_cpu_seconds_total`,
+//! `vessel_vmm_threads`, and `vessel_pod_shared_containers` (containers whose rootfs the
+//! runtime shared into the VM); per host `vessel_pods` and `vessel_state_unreadable`. Encoded
+//! by `prometheus-client` (OpenMetrics text).
+//!
+//! The HTTP side is a few lines over `std::net` on purpose: one `GET /metrics` per scrape,
+//! no keep-alive, requests bounded in size and time; the runtime has no async runtime to host
+//! a server framework in.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::{list_sandboxes, ProcessIdentity, StateError};
+
+/// The labels of a pod's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub sandbox: String,
+    pub namespace: String,
+}
+
+/// What `/proc` says about one VMM.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VmmUsage {
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub threads: u64,
+}
+
+/// One pod at the time of a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSample {
+    pub labels: PodLabels,
+    /// The VMM is the process its state file names (pid and start time) and is running.
+    pub up: bool,
+    /// `None` when it is not up or `/proc` could not be read.
+    pub vmm: Option<VmmUsage>,
+    pub shared_containers: usize,
+}
+
+/// Everything one scrape exports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSample {
+    pub pods: Vec<PodSample>,
+    /// Sandbox directories whose state file could not be read.
+    pub unreadable: usize,
+}
+
+/// The `kB` value of `key:` in a `smaps_rollup` text.
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// (utime + stime in ticks, num_threads) from a `/proc/<pid>/stat` text.
+fn stat_fields(stat: &str) -> Option<(u64, u64)> {
+    // After the ")" that ends comm: field 3 (state) is index 0, utime (14) index 11,
+    // stime (15) index 12, num_threads (20) index 17.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let num = |i: usize| rest.get(i)?.parse::<u64>().ok();
+    Some((num(11)? + num(12)?, num(17)?))
+}
+
+/// The direct children of `pid` (from every thread's `children` file).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// `pid` and every process below it, bounded (a jailed VMM is a small tree).
+fn process_tree(pid: i32) -> Vec<i32> {
+    const MAX_PROCESSES: usize = 64;
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_PROCESSES {
+        for c in children(out[i]) {
+            if !out.contains(&c) && out.len() < MAX_PROCESSES {
+                out.push(c);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// One process's usage from `/proc`.
+fn process_usage(pid: i32, hz: f64) -> Option<VmmUsage> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (ticks, threads) = stat_fields(&stat)?;
+    Some(VmmUsage {
+        rss_bytes: kb_field(&rollup, "Rss:")?,
+        pss_bytes: kb_field(&rollup, "Pss:")?,
+        cpu_seconds: ticks as f64 / hz,
+        threads,
+    })
+}
+
+/// The usage of the VMM whose pid is `pid`, summed over its process tree: with
+/// `hypervisor.jail` the recorded process is the jail's outer one and the VM (vCPU threads,
+/// guest memory) runs in a child in a pid namespace of its own. RSS is a plain sum (pages
+/// shared between the processes count twice); PSS splits them.
+pub fn vmm_usage(pid: i32) -> Option<VmmUsage> {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)
+        .unwrap_or(100) as f64;
+    let mut total = process_usage(pid, hz)?;
+    for child in process_tree(pid).into_iter().skip(1) {
+        // A child that exits between the listing and the read is left out.
+        if let Some(u) = process_usage(child, hz) {
+            total.rss_bytes += u.rss_bytes;
+            total.pss_bytes += u.pss_bytes;
+            total.cpu_seconds += u.cpu_seconds;
+            total.threads += u.threads;
+        }
+    }
+    Some(total)
+}
+
+/// Looks at every sandbox under `root`.
+pub fn collect(root: &Path) -> Result<HostSample, StateError> {
+    let mut host = HostSample::default();
+    for sb in list_sandboxes(root)? {
+        let labels = PodLabels {
+            sandbox: sb.id,
+            namespace: sb.namespace,
+        };
+        let state = match sb.state {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!(
+                    "monitor: {}: {}",
+                    sb.paths.dir().display(),
+                    vessel_protocol::errors::chain(&e)
+                );
+                host.unreadable += 1;
+                continue;
+            }
+        };
+        let vmm: Option<ProcessIdentity> = state.as_ref().and_then(|s| s.vmm);
+        let up = vmm.is_some_and(|v| v.is_alive());
+        let mut containers: Vec<&str> = state
+            .iter()
+            .flat_map(|s| s.mounts.iter().map(|m| m.container.as_str()))
+            .collect();
+        containers.sort_unstable();
+        containers.dedup();
+        host.pods.push(PodSample {
+            labels,
+            up,
+            vmm: vmm.filter(|_| up).and_then(|v| vmm_usage(v.pid)),
+            shared_containers: containers.len(),
+        });
+    }
+    Ok(host)
+}
+
+/// The OpenMetrics text of `sample`.
+pub fn encode_sample(sample: &HostSample) -> String {
+    let mut registry = Registry::with_prefix("vessel");
+    let gauge = |registry: &mut Registry, name: &str, help: &str| {
+        let f = Family::<PodLabels, Gauge<i64>>::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+    let up = gauge(
+        &mut registry,
+        "pod_up",
+        "1 while the pod's VMM (the process its state file names) runs",
+    );
+    let shared = gauge(
+        &mut registry,
+        "pod_shared_containers",
+        "Containers whose rootfs the runtime shared into the pod's VM",
+    );
+    let rss = gauge(
+        &mut registry,
+        "vmm_rss_bytes",
+        "Resident memory of the pod's VMM (guest memory it touched included)",
+    );
+    let pss = gauge(
+        &mut registry,
+        "vmm_pss_bytes",
+        "Proportional set size of the pod's VMM",
+    );
+    let threads = gauge(&mut registry, "vmm_threads", "Threads of the pod's VMM");
+    let cpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "vmm_cpu_seconds",
+        "User and system CPU time of the pod's VMM (its vCPUs run the guest)",
+        cpu.clone(),
+    );
+    let pods = Gauge::<i64>::default();
+    registry.register("pods", "Pods whose VMM runs", pods.clone());
+    let unreadable = Gauge::<i64>::default();
+    registry.register(
+        "state_unreadable",
+        "Sandbox directories whose state file could not be read",
+        unreadable.clone(),
+    );
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for p in &sample.pods {
+        up.get_or_create(&p.labels).set(i64::from(p.up));
+        shared
+            .get_or_create(&p.labels)
+            .set(clamp(p.shared_containers as u64));
+        if let Some(u) = p.vmm {
+            rss.get_or_create(&p.labels).set(clamp(u.rss_bytes));
+            pss.get_or_create(&p.labels).set(clamp(u.pss_bytes));
+            threads.get_or_create(&p.labels).set(clamp(u.threads));
+            cpu.get_or_create(&p.labels).inc_by(u.cpu_seconds);
+        }
+    }
+    pods.set(clamp(sample.pods.iter().filter(|p| p.up).count() as u64));
+    unreadable.set(clamp(sample.unreadable as u64));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+/// Longest request line and headers read from a scraper.
+const MAX_REQUEST_BYTES: u64 = 8192;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers one HTTP request on `stream`: `GET /metrics` with the state under `root`.
+pub fn answer(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?.take(MAX_REQUEST_BYTES));
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // The headers up to the blank line (bounded by the take above); none is used.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 0 && header.trim_end() != "" {
+        header.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (status, content_type, body) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => match collect(root) {
+            Ok(sample) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                encode_sample(&sample),
+            ),
+            Err(e) => (
+                "500 Internal Server Error",
+                "text/plain",
+                format!("{}\n", vessel_protocol::errors::chain(&e)),
+            ),
+        },
+        (Some("GET"), _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /metrics\n".into(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+/// Serves scrapes on `listener` until the process ends, one at a time.
+pub fn serve(listener: &TcpListener, root: &Path) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                if let Err(e) = answer(s, root) {
+                    log::debug!("monitor: answering a scrape: {e}");
+                }
+            }
+            Err(e) => log::warn!("monitor: accept: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "monitor_tests.rs"]
+mod tests;
