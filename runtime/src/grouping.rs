@@ -10,6 +10,28 @@ use std::collections::HashMap;
 
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The Kubernetes pod a CRI sandbox is (for metrics labels).
+pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+
+/// Longest pod name or namespace kept (Kubernetes allows 253).
+const MAX_POD_NAME: usize = 253;
+
+/// The Kubernetes pod of a CRI sandbox spec's annotations: (name, namespace), each cut to 253
+/// bytes at a character boundary; `None` without a name.
+pub fn cri_pod_name(annotations: Option<&HashMap<String, String>>) -> Option<(String, String)> {
+    let a = annotations?;
+    let cut = |s: &str| {
+        let mut end = s.len().min(MAX_POD_NAME);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    let name = a.get(SANDBOX_NAME).filter(|n| !n.is_empty())?;
+    let namespace = a.get(SANDBOX_NAMESPACE).map(String::as_str).unwrap_or("");
+    Some((cut(name), cut(namespace)))
+}
 
 /// The role of a container in its pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,5 +157,25 @@ mod tests {
             ContainerRole::from_annotations("a", Some(&weird)),
             Err(GroupingError::UnknownType { .. })
         ));
+    }
+
+    #[test]
+    fn the_cri_pod_name_comes_from_the_sandbox_annotations() {
+        let mut a = HashMap::new();
+        assert_eq!(cri_pod_name(Some(&a)), None);
+        a.insert(SANDBOX_NAME.to_string(), "web-0".to_string());
+        assert_eq!(
+            cri_pod_name(Some(&a)),
+            Some(("web-0".to_string(), String::new()))
+        );
+        a.insert(SANDBOX_NAMESPACE.to_string(), "shop".to_string());
+        a.insert(SANDBOX_NAME.to_string(), "é".repeat(200));
+        let (name, ns) = cri_pod_name(Some(&a)).expect("named");
+        assert_eq!(
+            (name.len(), ns.as_str()),
+            (252, "shop"),
+            "cut at a char boundary"
+        );
+        assert_eq!(cri_pod_name(None), None);
     }
 }

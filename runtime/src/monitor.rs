@@ -8,7 +8,8 @@
 //! is gone still shows (as down) until `vessel cleanup`. What only the VMM or the guest knows
 //! (exits by kind, device counters, guest memory) is not exported yet.
 //!
-//! Series, per pod (labels `sandbox`, `namespace`): `vessel_pod_up`, the VMM's (summed over
+//! Series, per pod (labels `sandbox`, `namespace`, and `pod_name`, `pod_namespace` from a CRI
+//! sandbox's annotations): `vessel_pod_up`, `vessel_pod_start_seconds`, the VMM's (summed over
 //! its process tree: the jail's outer process and the VM below it)
 //! `vessel_vmm_rss_bytes`, `vessel_vmm_pss_bytes`, `vessel_vmm_cpu_seconds_total`,
 //! `vessel_vmm_threads`, and `vessel_pod_shared_containers` (containers whose rootfs the
@@ -34,11 +35,14 @@ use prometheus_client::registry::Registry;
 
 use crate::state::{list_sandboxes, ProcessIdentity, StateError};
 
-/// The labels of a pod's series.
+/// The labels of a pod's series: the sandbox, its containerd namespace, and for a CRI pod the
+/// Kubernetes pod's name and namespace (empty otherwise).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PodLabels {
     pub sandbox: String,
     pub namespace: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
 }
 
 /// What `/proc` says about one VMM.
@@ -59,6 +63,8 @@ pub struct PodSample {
     /// `None` when it is not up or `/proc` could not be read.
     pub vmm: Option<VmmUsage>,
     pub shared_containers: usize,
+    /// Seconds from the start until the agent's `CreateSandbox` answered.
+    pub start_seconds: Option<f64>,
 }
 
 /// Everything one scrape exports.
@@ -157,9 +163,11 @@ pub fn vmm_usage(pid: i32) -> Option<VmmUsage> {
 pub fn collect(root: &Path) -> Result<HostSample, StateError> {
     let mut host = HostSample::default();
     for sb in list_sandboxes(root)? {
-        let labels = PodLabels {
+        let mut labels = PodLabels {
             sandbox: sb.id,
             namespace: sb.namespace,
+            pod_name: String::new(),
+            pod_namespace: String::new(),
         };
         let state = match sb.state {
             Ok(s) => s,
@@ -173,6 +181,10 @@ pub fn collect(root: &Path) -> Result<HostSample, StateError> {
                 continue;
             }
         };
+        if let Some((name, namespace)) = state.as_ref().and_then(|s| s.cri_pod.clone()) {
+            labels.pod_name = name;
+            labels.pod_namespace = namespace;
+        }
         let vmm: Option<ProcessIdentity> = state.as_ref().and_then(|s| s.vmm);
         let up = vmm.is_some_and(|v| v.is_alive());
         let mut containers: Vec<&str> = state
@@ -186,6 +198,10 @@ pub fn collect(root: &Path) -> Result<HostSample, StateError> {
             up,
             vmm: vmm.filter(|_| up).and_then(|v| vmm_usage(v.pid)),
             shared_containers: containers.len(),
+            start_seconds: state
+                .as_ref()
+                .and_then(|s| s.start_ms)
+                .map(|ms| ms as f64 / 1000.0),
         });
     }
     Ok(host)
@@ -226,6 +242,12 @@ pub fn encode_sample(sample: &HostSample) -> String {
         "User and system CPU time of the pod's VMM (its vCPUs run the guest)",
         cpu.clone(),
     );
+    let start = Family::<PodLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "pod_start_seconds",
+        "Seconds from the pod's start until its agent's CreateSandbox answered (restore or boot included)",
+        start.clone(),
+    );
     let pods = Gauge::<i64>::default();
     registry.register("pods", "Pods whose VMM runs", pods.clone());
     let unreadable = Gauge::<i64>::default();
@@ -240,6 +262,9 @@ pub fn encode_sample(sample: &HostSample) -> String {
         shared
             .get_or_create(&p.labels)
             .set(clamp(p.shared_containers as u64));
+        if let Some(t) = p.start_seconds {
+            start.get_or_create(&p.labels).set(t);
+        }
         if let Some(u) = p.vmm {
             rss.get_or_create(&p.labels).set(clamp(u.rss_bytes));
             pss.get_or_create(&p.labels).set(clamp(u.pss_bytes));

@@ -37,6 +37,8 @@ fn fixture() -> tempfile::TempDir {
     let mut running = SandboxStateFile::new("sb1");
     running.vmm = ProcessIdentity::of(std::process::id() as i32);
     running.mounts = vec![mount("c1", 1), mount("c1", 2), mount("c2", 3)];
+    running.cri_pod = Some(("web-0".into(), "shop".into()));
+    running.start_ms = Some(5250);
     sandbox(dir.path(), "k8s.io", "sb1", Some(running));
     let mut gone = SandboxStateFile::new("gone");
     let mut me = ProcessIdentity::of(std::process::id() as i32).expect("own identity");
@@ -129,6 +131,23 @@ fn a_scrape_names_every_pod_and_says_which_run() {
         .expect("threads")
         .labels;
     assert_eq!(labels.get("namespace"), Some("k8s.io"));
+    assert_eq!(labels.get("pod_name"), Some("web-0"));
+    assert_eq!(labels.get("pod_namespace"), Some("shop"));
+    assert_eq!(
+        value(&scrape, "vessel_pod_start_seconds", Some("sb1")),
+        Some(5.25)
+    );
+    assert_eq!(
+        value(&scrape, "vessel_pod_start_seconds", Some("gone")),
+        None
+    );
+    let gone_labels = &scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "vessel_pod_up" && s.labels.get("sandbox") == Some("gone"))
+        .expect("gone's up")
+        .labels;
+    assert_eq!(gone_labels.get("pod_name"), Some(""), "not a CRI pod");
 }
 
 #[test]

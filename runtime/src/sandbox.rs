@@ -132,6 +132,8 @@ pub struct SandboxOptions {
     /// The pod's network namespace on the host (CNI's, from the sandbox spec): wired to the
     /// VM's NIC (`crate::network`). `None`: the guest has `lo` only.
     pub netns: Option<PathBuf>,
+    /// The Kubernetes pod (name, namespace) of a CRI sandbox: recorded for metrics.
+    pub cri_pod: Option<(String, String)>,
 }
 
 /// Size of a pod's /dev/shm, as containerd's CRI gives a runc pod.
@@ -198,7 +200,9 @@ impl Sandbox {
             )?;
         }
         paths.create()?;
+        let t_start = Instant::now();
         let mut state = SandboxStateFile::new(&opts.id);
+        state.cri_pod = opts.cri_pod.clone();
         if let Some(cg) = &opts.cgroup {
             state.cgroup = cg.dirs();
         }
@@ -347,6 +351,15 @@ impl Sandbox {
             agent_took,
             t_create.elapsed()
         );
+        state.start_ms = Some(u64::try_from(t_start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = state.write(&paths.state_file()) {
+            // Only metrics read it: the pod runs on.
+            log::warn!(
+                "sandbox {}: recording its start time: {}",
+                opts.id,
+                chain(&e)
+            );
+        }
         Ok(Sandbox {
             id: opts.id,
             config: opts.config,

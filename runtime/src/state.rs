@@ -246,6 +246,12 @@ pub struct SandboxStateFile {
     #[serde(default)]
     pub network: Option<crate::network::NetworkRecord>,
     pub created_unix_secs: u64,
+    /// The Kubernetes pod (name, namespace) of a CRI sandbox, for `vessel monitor`'s labels.
+    #[serde(default)]
+    pub cri_pod: Option<(String, String)>,
+    /// Milliseconds from the start until the agent's `CreateSandbox` answered.
+    #[serde(default)]
+    pub start_ms: Option<u64>,
 }
 
 impl SandboxStateFile {
@@ -257,6 +263,8 @@ impl SandboxStateFile {
             mounts: Vec::new(),
             cgroup: Vec::new(),
             network: None,
+            cri_pod: None,
+            start_ms: None,
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -365,7 +365,7 @@ fn scenarios(handler: &str) {
     if let Some(v) = &vessel {
         let sandbox_dir = v.state_root().join("k8s.io").join(&pod.id);
         json_logs_name_the_pod(&mut c, &cri.log_text(), &sandbox_dir, &pod.id, &web);
-        monitor_scrapes_the_pod(&mut c, v.path(), &pod.id, || {
+        monitor_scrapes_the_pod(&mut c, v.path(), &pod.id, &pod_name, || {
             // Guest work between the scrapes: the VMM's vCPU thread runs it.
             let _ = cri.client().exec_sync(&idle, &["/bin/true"], 60);
         });

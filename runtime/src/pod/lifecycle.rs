@@ -97,6 +97,7 @@ impl Pod {
             cgroup,
             pod_shm: !standalone,
             netns: namespaces::host_netns(spec),
+            cri_pod: crate::grouping::cri_pod_name(spec.annotations().as_ref()),
         })
         .map_err(|e| PodError::sandbox(format!("create {id}: starting the pod's VM"), e))?;
         let pod = Arc::new(Pod {

@@ -58,6 +58,7 @@ pub(crate) fn monitor_scrapes_the_pod(
     c: &mut Checks,
     config: &Path,
     sandbox: &str,
+    pod_name: &str,
     work: impl FnOnce(),
 ) {
     use std::io::{BufRead, Read, Write};
@@ -114,6 +115,22 @@ pub(crate) fn monitor_scrapes_the_pod(
     c.check(
         value(&after, "vessel_pod_up") == Some(1.0),
         format!("monitor: vessel_pod_up{{sandbox={sandbox}}} is 1"),
+    );
+    let named = after.samples.iter().any(|x| {
+        x.metric == "vessel_pod_up"
+            && x.labels.get("sandbox") == Some(sandbox)
+            && x.labels.get("pod_name") == Some(pod_name)
+    });
+    c.check(
+        named,
+        format!("monitor: the pod is labelled pod_name={pod_name}"),
+    );
+    c.check(
+        value(&after, "vessel_pod_start_seconds").is_some_and(|v| v > 0.0),
+        format!(
+            "monitor: the pod's start time ({:?} s)",
+            value(&after, "vessel_pod_start_seconds")
+        ),
     );
     c.check(
         value(&after, "vessel_vmm_rss_bytes").is_some_and(|v| v > 0.0)
