@@ -40,7 +40,7 @@ impl log::Log for JsonLogger {
         let thread = std::thread::current();
         let line = log_format::json_line(&self.source, record, thread.name());
         // containerd's relay may be gone for a while (a restart): the line is lost, the shim
-        // goes on (SIGPIPE is ignored by the shim crate, so this is EPIPE).
+        // goes on (Rust programs start with SIGPIPE ignored, so this is EPIPE).
         let _ = lock(&self.out).write_all(line.as_bytes());
     }
 
