@@ -39,7 +39,7 @@ pub struct GuestFlags {
 }
 
 /// The tap behind `--net-tap-fd`, as the runtime makes it and the VMM checks it: its
-/// `TUNSETIFF` flags are exactly `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (Ethernet frames, no
+/// `TUNSETIFF` flags include `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (Ethernet frames, no
 /// packet information, each frame behind a `virtio_net_hdr`, which the VMM sets to 12 bytes
 /// and uses for the checksum and segmentation offloads).
 pub mod tap_flags {
