@@ -95,32 +95,28 @@ impl Tap {
         if flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) != REQUIRED {
             return Err(TapError::Flags { fd, name, flags });
         }
+        // Reads errno right after the call it follows.
+        let checked = |rc: libc::c_int, what: &'static str| {
+            if rc == 0 {
+                return Ok(());
+            }
+            let source = io::Error::last_os_error();
+            let name = name.clone();
+            Err(TapError::Offload {
+                fd,
+                name,
+                what,
+                source,
+            })
+        };
         let hdr_len: libc::c_int = super::NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which points at
         // `hdr_len` for the whole call.
         let rc = unsafe { libc::ioctl(owned.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) };
-        if rc != 0 {
-            let source = io::Error::last_os_error();
-            let what = "TUNSETVNETHDRSZ";
-            return Err(TapError::Offload {
-                fd,
-                name,
-                what,
-                source,
-            });
-        }
+        checked(rc, "TUNSETVNETHDRSZ")?;
         // SAFETY: TUNSETOFFLOAD takes its flags by value and touches no memory of ours.
         let rc = unsafe { libc::ioctl(owned.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM) };
-        if rc != 0 {
-            let source = io::Error::last_os_error();
-            let what = "TUNSETOFFLOAD";
-            return Err(TapError::Offload {
-                fd,
-                name,
-                what,
-                source,
-            });
-        }
+        checked(rc, "TUNSETOFFLOAD")?;
         Self::nonblocking(owned, name)
     }
 
