@@ -5,6 +5,7 @@
 # /run/vessel-demo/containerd.sock, imports a busybox image built locally, and runs:
 #   ctr run --rm --runtime io.containerd.vessel.v2 <busybox> <id> sh -c 'echo ...'
 # The containerd keeps running afterwards for your own `ctr` commands (printed at the end).
+# Then the same under podman: podman --runtime /usr/local/bin/vessel-runc run --rm ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (KVM, mounts, containerd)" >&2; exit 1; }
@@ -23,9 +24,9 @@ set -a
 . build/vessel-release.env
 set +a
 
-echo "demo: installing to /usr/local (bin: vessel-vmm, containerd-shim-vessel-v2, vessel; share/vessel: vmlinux, initrd.cpio)" >&2
+echo "demo: installing to /usr/local (bin: vessel-vmm, containerd-shim-vessel-v2, vessel, vessel-runc; share/vessel: vmlinux, initrd.cpio)" >&2
 install -m 0755 "$VESSEL_BIN_DIR/vessel-vmm" "$VESSEL_BIN_DIR/containerd-shim-vessel-v2" \
-    "$VESSEL_BIN_DIR/vessel" /usr/local/bin/
+    "$VESSEL_BIN_DIR/vessel" "$VESSEL_BIN_DIR/vessel-runc" /usr/local/bin/
 install -d /usr/local/share/vessel
 install -m 0644 "$VESSEL_KERNEL" /usr/local/share/vessel/vmlinux
 install -m 0644 "$VESSEL_INITRD" /usr/local/share/vessel/initrd.cpio
@@ -55,8 +56,8 @@ TOML
     ctr version >/dev/null || { tail -n 20 "$demo/containerd.log" >&2; exit 1; }
 fi
 
+tar=$("$VESSEL_BIN_DIR/vessel-busybox-image" build/busybox-image | tail -n1)
 if ! ctr images ls -q | grep -qx "$image"; then
-    tar=$("$VESSEL_BIN_DIR/vessel-busybox-image" build/busybox-image | tail -n1)
     ctr images import "$tar" >&2
 fi
 
@@ -67,10 +68,22 @@ start=$(date +%s.%N)
 ctr run --rm --runtime io.containerd.vessel.v2 "$image" "$id" \
     sh -c 'echo "hello from a vessel VM: kernel $(uname -r), hostname $(hostname)"'
 echo "demo: done in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-6) s" >&2
+
+# The same VM runtime under podman, through the OCI runtime CLI (oci-cli/README.md).
+if command -v podman >/dev/null; then
+    podman image exists "$image" || podman load -i "$tar" >&2
+    echo "demo: podman --runtime /usr/local/bin/vessel-runc run --rm $image ..." >&2
+    start=$(date +%s.%N)
+    podman --runtime /usr/local/bin/vessel-runc run --rm "$image" \
+        sh -c 'echo "hello from podman in a vessel VM: kernel $(uname -r)"'
+    echo "demo: podman done in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-6) s" >&2
+fi
 cat >&2 <<HINT
 
 containerd is still running for you:
   ctr --address $sock run --rm --runtime io.containerd.vessel.v2 $image t1 uname -a
   ctr --address $sock run --rm --runtime io.containerd.runc.v2 $image t2 uname -a   # compare: runc
 stop it with: kill \$(cat $demo/containerd.pid)
+podman with vessel:
+  podman --runtime /usr/local/bin/vessel-runc run --rm $image uname -a
 HINT

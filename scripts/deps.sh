@@ -8,6 +8,8 @@ packages=(
     linux-source-6.1 build-essential bc flex bison libelf-dev xz-utils cpio
     # real components the tests and the demo drive
     containerd runc busybox-static qemu-system-x86
+    # podman (with conmon) for the OCI runtime CLI test (tests/tests/oci_cli.rs) and the demo
+    podman
     # CNI plugins (bridge, host-local, loopback) for the CRI tests and the bench's CRI measure
     containernetworking-plugins
     # protoc: the k8s-cri crate (CRI client of tests/src/cri.rs) compiles the CRI protos

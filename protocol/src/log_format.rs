@@ -62,7 +62,7 @@ impl FromStr for LogFormat {
 /// What every line of one process carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogSource {
-    /// `shim` or `vmm`.
+    /// `shim`, `vmm` or `vessel-runc`.
     pub process: &'static str,
     pub sandbox: Option<String>,
     /// The containerd namespace.

@@ -39,6 +39,17 @@ pub fn rootfs_path(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
+/// Where the container's root is on the host. containerd's mounts always go to
+/// `<bundle>/rootfs`; with none, the spec's `root.path` says (runc's rule: relative to the
+/// bundle unless absolute; podman names its overlay mount by absolute path), and a spec
+/// without a root means `<bundle>/rootfs`.
+pub fn host_rootfs(bundle: &Path, mounts: &[RootfsMount], spec_root: Option<&Path>) -> PathBuf {
+    match spec_root {
+        Some(root) if mounts.is_empty() => bundle.join(root),
+        _ => rootfs_path(bundle),
+    }
+}
+
 /// Unmounts everything below `bundle` (the rootfs and anything stacked in it), each mount
 /// through an fd: the guest writes inside the rootfs and could plant symlinks there.
 pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), MountError> {
@@ -48,6 +59,37 @@ pub fn unmount_rootfs(bundle: &Path, mounter: &dyn Mounter) -> Result<(), MountE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_rootfs_follows_the_spec_unless_containerd_mounts_it() {
+        let b = Path::new("/b");
+        let overlay = RootfsMount {
+            typ: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![],
+        };
+        assert_eq!(host_rootfs(b, &[], None), Path::new("/b/rootfs"));
+        assert_eq!(
+            host_rootfs(b, &[], Some(Path::new("rootfs"))),
+            Path::new("/b/rootfs")
+        );
+        assert_eq!(
+            host_rootfs(b, &[], Some(Path::new("root"))),
+            Path::new("/b/root")
+        );
+        assert_eq!(
+            host_rootfs(b, &[], Some(Path::new("/var/lib/containers/o/merged"))),
+            Path::new("/var/lib/containers/o/merged")
+        );
+        assert_eq!(
+            host_rootfs(
+                b,
+                std::slice::from_ref(&overlay),
+                Some(Path::new("/elsewhere"))
+            ),
+            Path::new("/b/rootfs")
+        );
+    }
 
     /// A real overlay mount and unmount at `<bundle>/rootfs` (root only).
     #[test]

@@ -98,16 +98,18 @@ pub fn setup(
     };
 
     if let Some(linux) = linux {
+        // Sysctls first, as runc does: /proc/sys is among the read-only paths (podman names
+        // it, and sets net.ipv4.ping_group_range).
+        for (key, value) in linux.sysctl().iter().flatten() {
+            write_sysctl(sys, &root, key, value)?;
+        }
         for p in linux.masked_paths().iter().flatten() {
             mask_path(sys, &root, p)?;
         }
         for p in linux.readonly_paths().iter().flatten() {
             readonly_path(sys, &root, p)?;
         }
-        for (key, value) in linux.sysctl().iter().flatten() {
-            write_sysctl(sys, &root, key, value)?;
-        }
-        step("rootfs: masked and read-only paths, sysctls");
+        step("rootfs: sysctls, masked and read-only paths");
     }
     if spec
         .root()

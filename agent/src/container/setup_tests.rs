@@ -368,6 +368,11 @@ fn masked_and_read_only_paths_sysctls_and_a_read_only_root_after_pivot() {
     assert_eq!(
         calls[pivot + 4..],
         [
+            // Sysctls before /proc/sys turns read-only (runc's order).
+            Call::Sysctl {
+                path: "/proc/sys/net/ipv4/ip_forward".into(),
+                value: "1".into()
+            },
             // A file is masked by /dev/null, a directory by an empty read-only tmpfs; a
             // path that does not exist is left alone.
             mount(Some("/dev/null"), "/proc/kcore", None, MsFlags::MS_BIND),
@@ -388,10 +393,6 @@ fn masked_and_read_only_paths_sysctls_and_a_read_only_root_after_pivot() {
                 None,
                 rec_bind
             ),
-            Call::Sysctl {
-                path: "/proc/sys/net/ipv4/ip_forward".into(),
-                value: "1".into()
-            },
             mount(None, "/", None, BIND_REMOUNT_RO),
         ],
         "{calls:#?}"

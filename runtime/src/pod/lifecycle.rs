@@ -16,7 +16,7 @@ use super::{io, CreateRequest, Deleted, ExitEvent, PodError, PodEvents, PodsDeps
 use crate::config::Config;
 use crate::host_cgroup::HostCgroup;
 use crate::mounts::Mounter;
-use crate::rootfs::{mount_rootfs, rootfs_path, unmount_rootfs};
+use crate::rootfs::{host_rootfs, mount_rootfs, unmount_rootfs};
 use crate::sandbox::{ContainerConfig, Sandbox, SandboxOptions};
 use crate::sizing;
 
@@ -187,7 +187,11 @@ impl Pod {
         };
         let t_rootfs = t0.elapsed();
         let shm = (!self.standalone).then(|| self.sandbox.guest_pod_shm());
-        let host_rootfs = rootfs_path(&req.bundle);
+        let host_rootfs = host_rootfs(
+            &req.bundle,
+            &req.rootfs,
+            spec.root().as_ref().map(|r| r.path().as_path()),
+        );
         let created = self.sandbox.create_container(ContainerConfig {
             id,
             spec: &guest_spec,
