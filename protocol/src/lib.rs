@@ -65,6 +65,7 @@ pub mod log_format;
 pub mod mount_options;
 pub mod sync;
 pub mod vmm_launch;
+pub mod vmm_metrics;
 
 /// The vsock port the agent serves its ttrpc API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -65,6 +65,9 @@ pub struct HostFlags {
     pub jail: Option<PathBuf>,
     /// The NIC's host end: an inherited fd open on a tap.
     pub net_tap_fd: Option<i32>,
+    /// An inherited fd open on the file the VMM rewrites its counters in
+    /// (`crate::vmm_metrics`).
+    pub metrics_fd: Option<i32>,
     /// How the VMM writes its log lines (`--log-format`, left out for text).
     pub log_format: crate::log_format::LogFormat,
     /// The sandbox the VMM runs, named in its JSON log lines (`--log-sandbox`).
@@ -142,6 +145,10 @@ impl VmmLaunch {
         }
         if let Some(fd) = h.net_tap_fd {
             a.push("--net-tap-fd".into());
+            a.push(fd.to_string().into());
+        }
+        if let Some(fd) = h.metrics_fd {
+            a.push("--metrics-fd".into());
             a.push(fd.to_string().into());
         }
         if h.log_format != crate::log_format::LogFormat::Text {

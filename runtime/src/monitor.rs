@@ -5,16 +5,29 @@
 //! pod's VMM by pid and start time) and `/proc` of each VMM — rather than an endpoint in every
 //! shim: nothing runs or listens per pod, a scrape costs no guest work (on KVM-PVM every
 //! request into a guest costs tens of milliseconds of emulated kernel), and a pod whose shim
-//! is gone still shows (as down) until `vessel cleanup`. What only the VMM or the guest knows
-//! (exits by kind, device counters, guest memory) is not exported yet.
+//! is gone still shows (as down) until `vessel cleanup`. What only the VMM knows (vCPU exits by
+//! kind, device counters) it rewrites every 2 s in the sandbox's `vmm-metrics.json`
+//! (`vessel_protocol::vmm_metrics`), which a scrape reads like the rest. What only the guest
+//! knows (its containers' cgroup memory, CPU and pids) the process that owns the pod samples
+//! every 10 s into `guest-stats.json` (`crate::pod::guest_stats`); the VMM's RSS and the vCPU
+//! threads' CPU time are the host's measure of the whole guest.
 //!
 //! Series, per pod (labels `sandbox`, `namespace`, and `pod_name`, `pod_namespace` from a CRI
-//! sandbox's annotations): `vessel_pod_up`, `vessel_pod_start_seconds`, the VMM's (summed over
-//! its process tree: the jail's outer process and the VM below it)
-//! `vessel_vmm_rss_bytes`, `vessel_vmm_pss_bytes`, `vessel_vmm_cpu_seconds_total`,
-//! `vessel_vmm_threads`, and `vessel_pod_shared_containers` (containers whose rootfs the
-//! runtime shared into the VM); per host `vessel_pods` and `vessel_state_unreadable`. Encoded
-//! by `prometheus-client` (OpenMetrics text).
+//! sandbox's annotations): `vessel_pod_up`, `vessel_pod_start_seconds`,
+//! `vessel_pod_restored` (1: from a snapshot, 0: cold boot), the VMM's (summed over its
+//! process tree: the jail's outer process and the VM below it) `vessel_vmm_rss_bytes`,
+//! `vessel_vmm_pss_bytes`, `vessel_vmm_cpu_seconds_total`, `vessel_vmm_threads`,
+//! `vessel_guest_vcpu_seconds_total` (the vCPU threads alone: the guest's CPU time),
+//! `vessel_vcpu_exits_total{kind}`, `vessel_vmm_device_counter_total{device,counter}` (virtio
+//! net, vsock and fs counters), the process that owns the pod (the containerd shim, or
+//! `vessel-runc`'s holder) as `vessel_shim_rss_bytes` and `vessel_shim_cpu_seconds_total`, and
+//! `vessel_pod_shared_containers` (containers whose rootfs the runtime shared into the VM),
+//! and per container (label `container`) `vessel_container_memory_bytes`,
+//! `vessel_container_memory_limit_bytes`, `vessel_container_cpu_seconds_total` and
+//! `vessel_container_pids`, the guest's view;
+//! per host `vessel_pods`, `vessel_pods_restored`, `vessel_pods_cold_booted` (the snapshot's
+//! hits and misses among the running pods) and `vessel_state_unreadable`. Encoded by
+//! `prometheus-client` (OpenMetrics text).
 //!
 //! The HTTP side is a few lines over `std::net` on purpose: one `GET /metrics` per scrape,
 //! no keep-alive, requests bounded in size and time; the runtime has no async runtime to host
@@ -33,6 +46,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use vessel_protocol::vmm_metrics::{self, VmmMetrics};
+
+use crate::pod::guest_stats::{self, GuestStats};
 use crate::state::{list_sandboxes, ProcessIdentity, StateError};
 
 /// The labels of a pod's series: the sandbox, its containerd namespace, and for a CRI pod the
@@ -45,6 +61,35 @@ pub struct PodLabels {
     pub pod_namespace: String,
 }
 
+/// A pod's labels and one more (a counter's kind, a device's counter).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub sandbox: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub sandbox: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub device: String,
+    pub counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerLabels {
+    pub sandbox: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub container: String,
+}
+
 /// What `/proc` says about one VMM.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct VmmUsage {
@@ -52,6 +97,15 @@ pub struct VmmUsage {
     pub pss_bytes: u64,
     pub cpu_seconds: f64,
     pub threads: u64,
+    /// CPU time of the threads named `vcpu*` (the guest's own).
+    pub vcpu_seconds: f64,
+}
+
+/// What `/proc` says about the process that owns a pod (the VMM's parent).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnerUsage {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
 }
 
 /// One pod at the time of a scrape.
@@ -65,6 +119,14 @@ pub struct PodSample {
     pub shared_containers: usize,
     /// Seconds from the start until the agent's `CreateSandbox` answered.
     pub start_seconds: Option<f64>,
+    /// Restored from a snapshot (Some(false): cold boot; None: not recorded yet).
+    pub restored: Option<bool>,
+    /// The VMM's last counters record, while it is up.
+    pub vmm_metrics: Option<VmmMetrics>,
+    /// The shim (or holder) that owns the pod, while it is up.
+    pub owner: Option<OwnerUsage>,
+    /// The guest's last sample of its containers (`pod::guest_stats`), while it is up.
+    pub guest: Option<GuestStats>,
 }
 
 /// Everything one scrape exports.
@@ -123,6 +185,29 @@ fn process_tree(pid: i32) -> Vec<i32> {
     out
 }
 
+/// CPU ticks of `pid`'s threads whose name starts with `vcpu`.
+fn vcpu_ticks(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu"))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| stat_fields(&stat).map(|(ticks, _)| ticks))
+        .sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)
+        .unwrap_or(100) as f64
+}
+
 /// One process's usage from `/proc`.
 fn process_usage(pid: i32, hz: f64) -> Option<VmmUsage> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -133,7 +218,49 @@ fn process_usage(pid: i32, hz: f64) -> Option<VmmUsage> {
         pss_bytes: kb_field(&rollup, "Pss:")?,
         cpu_seconds: ticks as f64 / hz,
         threads,
+        vcpu_seconds: vcpu_ticks(pid) as f64 / hz,
     })
+}
+
+/// Field 4 (ppid) of a `/proc/<pid>/stat` text.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The usage of the process that started VMM `pid` (its shim, or `vessel-runc`'s holder);
+/// None once the VMM was orphaned (its parent is then init).
+pub fn owner_usage(pid: i32) -> Option<OwnerUsage> {
+    let parent = parent_of(pid).filter(|&p| p > 1)?;
+    let u = process_usage(parent, clock_ticks_per_second())?;
+    Some(OwnerUsage {
+        rss_bytes: u.rss_bytes,
+        cpu_seconds: u.cpu_seconds,
+    })
+}
+
+/// The VMM's last counters record from `path`; a read that raced its rewrite is tried again.
+pub fn read_vmm_metrics(path: &Path) -> Option<VmmMetrics> {
+    for _ in 0..3 {
+        let mut bytes = Vec::with_capacity(vmm_metrics::RECORD_LEN);
+        let f = std::fs::File::open(path).ok()?;
+        f.take(vmm_metrics::RECORD_LEN as u64)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.is_empty() {
+            // Not written yet (the VMM writes its first record after 2 s).
+            return None;
+        }
+        match vmm_metrics::decode(&bytes) {
+            Ok(m) => return Some(m),
+            Err(e) => log::debug!("monitor: {}: {e}", path.display()),
+        }
+    }
+    None
 }
 
 /// The usage of the VMM whose pid is `pid`, summed over its process tree: with
@@ -141,11 +268,7 @@ fn process_usage(pid: i32, hz: f64) -> Option<VmmUsage> {
 /// guest memory) runs in a child in a pid namespace of its own. RSS is a plain sum (pages
 /// shared between the processes count twice); PSS splits them.
 pub fn vmm_usage(pid: i32) -> Option<VmmUsage> {
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&h| h > 0)
-        .unwrap_or(100) as f64;
+    let hz = clock_ticks_per_second();
     let mut total = process_usage(pid, hz)?;
     for child in process_tree(pid).into_iter().skip(1) {
         // A child that exits between the listing and the read is left out.
@@ -154,6 +277,7 @@ pub fn vmm_usage(pid: i32) -> Option<VmmUsage> {
             total.pss_bytes += u.pss_bytes;
             total.cpu_seconds += u.cpu_seconds;
             total.threads += u.threads;
+            total.vcpu_seconds += u.vcpu_seconds;
         }
     }
     Some(total)
@@ -202,6 +326,14 @@ pub fn collect(root: &Path) -> Result<HostSample, StateError> {
                 .as_ref()
                 .and_then(|s| s.start_ms)
                 .map(|ms| ms as f64 / 1000.0),
+            restored: state.as_ref().and_then(|s| s.restored),
+            vmm_metrics: up
+                .then(|| read_vmm_metrics(&sb.paths.vmm_metrics()))
+                .flatten(),
+            owner: vmm.filter(|_| up).and_then(|v| owner_usage(v.pid)),
+            guest: up
+                .then(|| GuestStats::read(&sb.paths.dir().join(guest_stats::FILE_NAME)))
+                .flatten(),
         });
     }
     Ok(host)
@@ -248,8 +380,78 @@ pub fn encode_sample(sample: &HostSample) -> String {
         "Seconds from the pod's start until its agent's CreateSandbox answered (restore or boot included)",
         start.clone(),
     );
+    let restored = gauge(
+        &mut registry,
+        "pod_restored",
+        "1 if the pod's VM was restored from a snapshot, 0 if it booted cold",
+    );
+    let vcpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "guest_vcpu_seconds",
+        "CPU time of the pod's vCPU threads: the guest's own, as the host measures it",
+        vcpu.clone(),
+    );
+    let exits = Family::<KindLabels, Counter<u64>>::default();
+    registry.register(
+        "vcpu_exits",
+        "vCPU exits to the VMM by kind, all vCPUs of the pod together",
+        exits.clone(),
+    );
+    let device = Family::<DeviceLabels, Counter<u64>>::default();
+    registry.register(
+        "vmm_device_counter",
+        "Counters of the pod's virtio devices (net, vsock, fs), by name",
+        device.clone(),
+    );
+    let owner_rss = gauge(
+        &mut registry,
+        "shim_rss_bytes",
+        "Resident memory of the process that owns the pod (containerd shim or vessel-runc holder)",
+    );
+    let owner_cpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "shim_cpu_seconds",
+        "CPU time of the process that owns the pod",
+        owner_cpu.clone(),
+    );
+    let c_memory = Family::<ContainerLabels, Gauge<i64>>::default();
+    registry.register(
+        "container_memory_bytes",
+        "Memory of a container's cgroup in the guest (the agent's view, sampled every 10 s)",
+        c_memory.clone(),
+    );
+    let c_limit = Family::<ContainerLabels, Gauge<i64>>::default();
+    registry.register(
+        "container_memory_limit_bytes",
+        "Memory limit of a container's cgroup in the guest (0: none)",
+        c_limit.clone(),
+    );
+    let c_cpu = Family::<ContainerLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "container_cpu_seconds",
+        "CPU time of a container's cgroup in the guest",
+        c_cpu.clone(),
+    );
+    let c_pids = Family::<ContainerLabels, Gauge<i64>>::default();
+    registry.register(
+        "container_pids",
+        "Processes in a container's cgroup in the guest",
+        c_pids.clone(),
+    );
     let pods = Gauge::<i64>::default();
     registry.register("pods", "Pods whose VMM runs", pods.clone());
+    let pods_restored = Gauge::<i64>::default();
+    registry.register(
+        "pods_restored",
+        "Running pods whose VM was restored from a snapshot (the snapshot's hits)",
+        pods_restored.clone(),
+    );
+    let pods_cold = Gauge::<i64>::default();
+    registry.register(
+        "pods_cold_booted",
+        "Running pods whose VM booted cold (the snapshot's misses, or snapshots off)",
+        pods_cold.clone(),
+    );
     let unreadable = Gauge::<i64>::default();
     registry.register(
         "state_unreadable",
@@ -265,14 +467,73 @@ pub fn encode_sample(sample: &HostSample) -> String {
         if let Some(t) = p.start_seconds {
             start.get_or_create(&p.labels).set(t);
         }
+        if let Some(r) = p.restored {
+            restored.get_or_create(&p.labels).set(i64::from(r));
+        }
         if let Some(u) = p.vmm {
             rss.get_or_create(&p.labels).set(clamp(u.rss_bytes));
             pss.get_or_create(&p.labels).set(clamp(u.pss_bytes));
             threads.get_or_create(&p.labels).set(clamp(u.threads));
             cpu.get_or_create(&p.labels).inc_by(u.cpu_seconds);
+            vcpu.get_or_create(&p.labels).inc_by(u.vcpu_seconds);
+        }
+        if let Some(o) = p.owner {
+            owner_rss.get_or_create(&p.labels).set(clamp(o.rss_bytes));
+            owner_cpu.get_or_create(&p.labels).inc_by(o.cpu_seconds);
+        }
+        for (container, g) in p.guest.iter().flat_map(|g| g.containers.iter()) {
+            let l = &p.labels;
+            let labels = ContainerLabels {
+                sandbox: l.sandbox.clone(),
+                namespace: l.namespace.clone(),
+                pod_name: l.pod_name.clone(),
+                pod_namespace: l.pod_namespace.clone(),
+                container: container.clone(),
+            };
+            c_memory.get_or_create(&labels).set(clamp(g.memory_bytes));
+            c_limit
+                .get_or_create(&labels)
+                .set(clamp(g.memory_limit_bytes));
+            c_cpu
+                .get_or_create(&labels)
+                .inc_by(g.cpu_usage_usec as f64 / 1e6);
+            c_pids.get_or_create(&labels).set(clamp(g.pids));
+        }
+        if let Some(m) = &p.vmm_metrics {
+            let l = &p.labels;
+            for (kind, n) in &m.vcpu_exits {
+                let labels = KindLabels {
+                    sandbox: l.sandbox.clone(),
+                    namespace: l.namespace.clone(),
+                    pod_name: l.pod_name.clone(),
+                    pod_namespace: l.pod_namespace.clone(),
+                    kind: kind.clone(),
+                };
+                exits.get_or_create(&labels).inc_by(*n);
+            }
+            for (name, counters) in &m.devices {
+                for (counter, n) in counters {
+                    let labels = DeviceLabels {
+                        sandbox: l.sandbox.clone(),
+                        namespace: l.namespace.clone(),
+                        pod_name: l.pod_name.clone(),
+                        pod_namespace: l.pod_namespace.clone(),
+                        device: name.clone(),
+                        counter: counter.clone(),
+                    };
+                    device.get_or_create(&labels).inc_by(*n);
+                }
+            }
         }
     }
-    pods.set(clamp(sample.pods.iter().filter(|p| p.up).count() as u64));
+    let running = || sample.pods.iter().filter(|p| p.up);
+    pods.set(clamp(running().count() as u64));
+    pods_restored.set(clamp(
+        running().filter(|p| p.restored == Some(true)).count() as u64,
+    ));
+    pods_cold.set(clamp(
+        running().filter(|p| p.restored == Some(false)).count() as u64,
+    ));
     unreadable.set(clamp(sample.unreadable as u64));
     let mut text = String::new();
     // Writing into a String cannot fail.

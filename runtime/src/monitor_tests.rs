@@ -239,3 +239,143 @@ fn the_endpoint_answers_metrics_and_refuses_the_rest() {
     assert!(body.contains("reading"), "{body}");
     std::fs::remove_file(dir.path()).expect("cleanup");
 }
+
+/// The first sample of `metric` for `sandbox` whose label `key` is `value`.
+fn labelled(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    sandbox: &str,
+    key: &str,
+    val: &str,
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && s.labels.get("sandbox") == Some(sandbox)
+                && s.labels.get(key) == Some(val)
+        })
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn the_vmms_counters_start_mode_owner_and_vcpu_time_are_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut running = SandboxStateFile::new("sb1");
+    running.vmm = ProcessIdentity::of(std::process::id() as i32);
+    running.restored = Some(true);
+    let paths = sandbox(dir.path(), "default", "sb1", Some(running));
+    let mut cold = SandboxStateFile::new("cold");
+    cold.vmm = ProcessIdentity::of(std::process::id() as i32);
+    cold.restored = Some(false);
+    sandbox(dir.path(), "default", "cold", Some(cold));
+    // What the VMM writes (vessel_protocol::vmm_metrics), torn first: the reader retries
+    // and, the file staying torn, gives up without a series.
+    let mut m = vessel_protocol::vmm_metrics::VmmMetrics {
+        seq: 4,
+        ..Default::default()
+    };
+    m.vcpu_exits.insert("mmio_write".into(), 1234);
+    m.devices
+        .entry("vsock".into())
+        .or_default()
+        .insert("rx_bytes".into(), 4096);
+    let record = vessel_protocol::vmm_metrics::encode(&m).expect("encode");
+    std::fs::write(paths.vmm_metrics(), &record[5..]).expect("torn record");
+    assert_eq!(read_vmm_metrics(&paths.vmm_metrics()), None);
+    std::fs::write(paths.vmm_metrics(), &record).expect("record");
+    // The owner's last sample of the guest's containers.
+    let mut guest = GuestStats::default();
+    guest.containers.insert(
+        "web".into(),
+        guest_stats::ContainerGuestStats {
+            memory_bytes: 5 << 20,
+            memory_limit_bytes: 0,
+            cpu_usage_usec: 2_500_000,
+            pids: 3,
+        },
+    );
+    std::fs::write(
+        paths.dir().join(guest_stats::FILE_NAME),
+        serde_json::to_vec(&guest).expect("json"),
+    )
+    .expect("guest stats");
+    // A thread named like a vCPU burns CPU: the guest's CPU time is that thread's.
+    let spin = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(|| {
+            let t = std::time::Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_millis(300) {
+                x = x.wrapping_mul(31).wrapping_add(1);
+            }
+            std::hint::black_box(x);
+            // Stay alive for the scrape.
+            std::thread::sleep(Duration::from_millis(500));
+        })
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(400));
+    let scrape = parse(&encode_sample(&collect(dir.path()).expect("collect")));
+    spin.join().expect("join");
+    assert_eq!(
+        labelled(
+            &scrape,
+            "vessel_vcpu_exits_total",
+            "sb1",
+            "kind",
+            "mmio_write"
+        ),
+        Some(1234.0)
+    );
+    assert_eq!(
+        labelled(
+            &scrape,
+            "vessel_vmm_device_counter_total",
+            "sb1",
+            "counter",
+            "rx_bytes"
+        ),
+        Some(4096.0)
+    );
+    assert_eq!(
+        labelled(
+            &scrape,
+            "vessel_vmm_device_counter_total",
+            "sb1",
+            "device",
+            "vsock"
+        ),
+        Some(4096.0)
+    );
+    assert_eq!(
+        value(&scrape, "vessel_vcpu_exits_total", Some("cold")),
+        None,
+        "no record, no series"
+    );
+    assert_eq!(
+        value(&scrape, "vessel_pod_restored", Some("sb1")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&scrape, "vessel_pod_restored", Some("cold")),
+        Some(0.0)
+    );
+    assert_eq!(value(&scrape, "vessel_pods_restored", None), Some(1.0));
+    assert_eq!(value(&scrape, "vessel_pods_cold_booted", None), Some(1.0));
+    let vcpu = value(&scrape, "vessel_guest_vcpu_seconds_total", Some("sb1")).expect("vcpu");
+    let all = value(&scrape, "vessel_vmm_cpu_seconds_total", Some("sb1")).expect("cpu");
+    assert!(vcpu >= 0.1 && vcpu <= all, "vcpu {vcpu} s of {all} s");
+    let web = |metric| labelled(&scrape, metric, "sb1", "container", "web");
+    assert_eq!(web("vessel_container_memory_bytes"), Some(5242880.0));
+    assert_eq!(web("vessel_container_cpu_seconds_total"), Some(2.5));
+    assert_eq!(web("vessel_container_pids"), Some(3.0));
+    assert_eq!(web("vessel_container_memory_limit_bytes"), Some(0.0));
+    // The "owner" is this test's parent (for a pod: the shim or the holder).
+    assert!(value(&scrape, "vessel_shim_rss_bytes", Some("sb1")).is_some_and(|v| v > 0.0));
+}

@@ -352,6 +352,7 @@ impl Sandbox {
             t_create.elapsed()
         );
         state.start_ms = Some(u64::try_from(t_start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        state.restored = Some(vm.restored());
         if let Err(e) = state.write(&paths.state_file()) {
             // Only metrics read it: the pod runs on.
             log::warn!(
@@ -573,12 +574,33 @@ impl Sandbox {
         Ok(self.agent.tty_win_resize(cid, exec_id, rows, cols)?)
     }
 
+    /// Whether [`Sandbox::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Writes the guest's stats for `vessel monitor` (`pod::guest_stats`) into the state dir,
+    /// atomically; nothing once the sandbox is stopping (its directory is going away).
+    pub fn record_guest_stats(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let _state = vessel_protocol::sync::lock(&self.state);
+        if self.is_stopped() {
+            return Ok(());
+        }
+        let path = self.paths.dir().join(crate::pod::guest_stats::FILE_NAME);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    }
+
     /// Destroys the sandbox in the agent (best effort, bounded), kills the VM, unmounts and
     /// removes the state dir. Idempotent.
     pub fn stop(&self) -> Result<(), SandboxError> {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // A guest stats write in flight finishes before the directory goes (it holds the
+        // state lock; any later one sees `stopped`).
+        drop(vessel_protocol::sync::lock(&self.state));
         let timeout = self.config.shutdown_timeout();
         // A VM's containers die with it, and nothing of the guest is worth saving (virtio-fs
         // writes go through at once): kill it. Asking the agent first costs seconds on an

@@ -84,6 +84,10 @@ impl SandboxPaths {
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// The counters the VMM rewrites (`vessel_protocol::vmm_metrics`).
+    pub fn vmm_metrics(&self) -> PathBuf {
+        self.dir.join(vessel_protocol::vmm_metrics::FILE_NAME)
+    }
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
@@ -252,6 +256,9 @@ pub struct SandboxStateFile {
     /// Milliseconds from the start until the agent's `CreateSandbox` answered.
     #[serde(default)]
     pub start_ms: Option<u64>,
+    /// Whether the VM was restored from a snapshot (false: cold boot), once it is up.
+    #[serde(default)]
+    pub restored: Option<bool>,
 }
 
 impl SandboxStateFile {
@@ -265,6 +272,7 @@ impl SandboxStateFile {
             network: None,
             cri_pod: None,
             start_ms: None,
+            restored: None,
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -26,6 +26,7 @@ pub mod fuzz_api;
 pub mod jail;
 pub mod kvm;
 pub mod log_limit;
+pub mod metrics_file;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

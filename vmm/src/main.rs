@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use vessel_protocol::errors::chain;
 use vessel_protocol::log_format::{self, LogFormat, LogSource};
 use vessel_protocol::vmm_launch::SNAPSHOT_NOW;
+use vessel_protocol::vmm_metrics;
 use vessel_vmm::config::{DEFAULT_INITRD, DEFAULT_KERNEL, DEFAULT_MEM_MIB, DEFAULT_VSOCK_CID};
 use vessel_vmm::jail::{Access, JailSpec};
+use vessel_vmm::metrics_file::MetricsFile;
 use vessel_vmm::snapshot::{RestoreConfig, RestoreExpectations, SnapshotOptions};
 use vessel_vmm::{
     BootEntry, ConsoleConfig, HostKindChoice, RunningVm, SharedDirConfig, Vm, VmConfig, VmmError,
@@ -106,10 +108,14 @@ struct BootArgs {
     /// it must be restored with it.
     #[arg(long)]
     net: bool,
-    /// The NIC's host end: an inherited fd open on a tap (IFF_TAP | IFF_NO_PI, no vnet
-    /// header). Without it the NIC drops what the guest sends.
+    /// The NIC's host end: an inherited fd open on a tap (IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR). Without it the NIC drops what the guest sends.
     #[arg(long, requires = "net", value_name = "FD")]
     net_tap_fd: Option<i32>,
+    /// An inherited fd open on a regular file: the VMM rewrites its counters there (vCPU
+    /// exits, virtio devices) every 2 s and when the VM stops (`vessel_protocol::vmm_metrics`).
+    #[arg(long, value_name = "FD")]
+    metrics_fd: Option<i32>,
     /// Serial console output file (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
@@ -322,14 +328,31 @@ fn jail_if_asked(
 }
 
 /// Waits for the VM, with the main thread under the VMM filter, and maps its end to a status.
-fn run_vm(vm: RunningVm, seccomp: bool) -> anyhow::Result<ExitCode> {
+/// With `--metrics-fd` it rewrites the VM's counters there while it waits.
+fn run_vm(mut vm: RunningVm, args: &BootArgs) -> anyhow::Result<ExitCode> {
     vessel_vmm::signals::stop_on_termination_signals(&vm).context("handling SIGTERM")?;
-    if seccomp {
-        // This thread now only waits for the VM and tears it down.
+    let mut metrics = args
+        .metrics_fd
+        .map(MetricsFile::from_inherited)
+        .transpose()
+        .context("the metrics file")?;
+    if !args.no_seccomp {
+        // This thread now only waits for the VM, writes its counters and tears it down.
         let filters = vessel_vmm::seccomp::default_filters().context("building seccomp filters")?;
         vessel_vmm::seccomp::install(&filters.vmm).context("filtering the main thread")?;
     }
-    let reason = vm.wait();
+    let reason = match metrics.as_mut() {
+        None => vm.wait(),
+        Some(file) => loop {
+            let stopped = vm.wait_timeout(vmm_metrics::PERIOD);
+            if let Err(e) = file.write(&vm.metrics()) {
+                log::warn!("writing the metrics file: {e}");
+            }
+            if let Some(reason) = stopped {
+                break reason;
+            }
+        },
+    };
     let code = reason.exit_code();
     if code != 0 {
         log::error!("VM failed (exit status {code})");
@@ -349,7 +372,7 @@ fn restore(dir: PathBuf, args: &BootArgs) -> anyhow::Result<ExitCode> {
         expect: expectations_from(args),
     };
     match Vm::restore(cfg) {
-        Ok(vm) => run_vm(vm, !args.no_seccomp),
+        Ok(vm) => run_vm(vm, args),
         Err(VmmError::Snapshot(e)) if e.is_rejected_snapshot() => {
             log::error!("snapshot rejected: {}", chain(&e));
             Ok(ExitCode::from(EXIT_SNAPSHOT_REJECTED))
@@ -460,7 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = config_from(&cli.boot);
             jail_if_asked(&cli.boot, &mut cfg, None)?;
             let vm = Vm::start(cfg).context("starting the VM")?;
-            run_vm(vm, !cli.boot.no_seccomp)
+            run_vm(vm, &cli.boot)
         }
     }
 }
@@ -523,6 +546,7 @@ mod tests {
         assert_eq!(b.no_seccomp, h.no_seccomp);
         assert_eq!(b.jail, h.jail);
         assert_eq!(b.net_tap_fd, h.net_tap_fd);
+        assert_eq!(b.metrics_fd, h.metrics_fd);
         assert_eq!(b.log_format, h.log_format);
         assert_eq!(b.log_sandbox, h.log_sandbox);
     }
@@ -546,6 +570,7 @@ mod tests {
                 no_seccomp: false,
                 jail: Some("/run/v/sb/jail".into()),
                 net_tap_fd: Some(7),
+                metrics_fd: Some(8),
                 log_format: LogFormat::Json,
                 log_sandbox: Some("sb-1".into()),
             },
@@ -568,6 +593,7 @@ mod tests {
             dir: "/s/new".into(),
         });
         create.host.net_tap_fd = None;
+        create.host.metrics_fd = None;
         create.guest.net = false;
         create.host.no_seccomp = true;
         create.host.log_format = LogFormat::Text;

@@ -33,12 +33,24 @@ use crate::devices::virtio::device::VirtioDevice;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::error::VmmError;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::kvm::exit_counters::ExitCounters;
 use crate::kvm::profile::{RipHistogram, Sampler};
 use crate::kvm::vcpu::{create_vcpu, kick_signal, register_kick_handler, VcpuBoot, VcpuRunner};
 use crate::kvm::vm::KvmVm;
 use crate::seccomp::{filters_for, install, ThreadFilters, ThreadNeeds};
 
 pub use crate::devices::virtio::handle::{SharedSubscriber, VirtioDeviceHandle};
+pub use vessel_protocol::vmm_metrics::VmmMetrics;
+
+/// A virtio device's name in the metrics (its virtio type otherwise).
+fn device_name(device_type: u32) -> String {
+    match device_type {
+        crate::devices::virtio::net::VIRTIO_ID_NET => "net".into(),
+        crate::devices::virtio::vsock::VIRTIO_ID_VSOCK => "vsock".into(),
+        crate::devices::virtio::fs::VIRTIO_ID_FS => "fs".into(),
+        other => format!("virtio{other}"),
+    }
+}
 
 /// What the VMM chose for this VM (also logged at start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +263,10 @@ pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
         transports,
         ..
     } = virtio;
+    let exits = Arc::new(ExitCounters::default());
     let mut running = RunningVm {
+        exits: exits.clone(),
+        metrics_seq: 0,
         exit: exit.clone(),
         stop: stop.clone(),
         vcpus: Vec::new(),
@@ -281,6 +296,7 @@ pub(crate) fn launch(l: Launch) -> Result<RunningVm, VmmError> {
             rip_samples: running.profile.as_ref().map(|p| p.samples.clone()),
             vmm_emulation,
             vmm_emulated: 0,
+            exits: exits.clone(),
         };
         let name = format!("vcpu{index}");
         let handle = std::thread::Builder::new()
@@ -544,6 +560,10 @@ pub struct RunningVm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     /// What the VM was booted with (a snapshot records it).
     pub(crate) config: VmConfig,
+    /// vCPU exits by kind, all vCPUs together.
+    pub(crate) exits: Arc<ExitCounters>,
+    /// Records [`RunningVm::metrics`] has made.
+    pub(crate) metrics_seq: u64,
 }
 
 /// How long teardown keeps kicking a vCPU thread before giving up on it.
@@ -552,6 +572,29 @@ const KICK_TIMEOUT: Duration = Duration::from_secs(5);
 impl RunningVm {
     pub fn info(&self) -> &VmInfo {
         &self.info
+    }
+
+    /// The VM's counters now: vCPU exits by kind and each virtio device's counters, by the
+    /// device's name (`net`, `vsock`, `fs`).
+    pub fn metrics(&mut self) -> VmmMetrics {
+        self.metrics_seq += 1;
+        let mut m = VmmMetrics {
+            seq: self.metrics_seq,
+            vcpu_exits: self.exits.snapshot(),
+            devices: Default::default(),
+        };
+        for d in &self.devices {
+            let d = d.lock().unwrap_or_else(|e| e.into_inner());
+            let counters = d.counters();
+            if !counters.is_empty() {
+                let name = device_name(d.device_type());
+                let entry = m.devices.entry(name).or_default();
+                for (k, v) in counters {
+                    *entry.entry(k.to_string()).or_default() += v;
+                }
+            }
+        }
+        m
     }
 
     pub fn stopper(&self) -> VmStopper {

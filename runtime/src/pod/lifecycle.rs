@@ -109,6 +109,7 @@ impl Pod {
             containers: Mutex::default(),
         });
         start_oom_poller(&pod);
+        super::guest_stats::start_sampler(&pod);
         Ok(pod)
     }
 
@@ -480,6 +481,36 @@ impl Pod {
             .map_err(|e| PodError::sandbox(format!("resume {id}"), e))?;
         c.init.set_status(ProcStatus::Running);
         Ok(())
+    }
+
+    /// Asks the guest for every container's stats and records them for `vessel monitor`
+    /// (`guest_stats`). False once the pod is stopped (the sampler then ends).
+    pub(super) fn sample_guest_stats(&self) -> bool {
+        if self.sandbox.is_stopped() {
+            return false;
+        }
+        let ids: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        let answers: Vec<(String, pb::StatsContainerResponse)> = ids
+            .into_iter()
+            .filter_map(|id| match self.sandbox.stats_container(&id) {
+                Ok(r) => Some((id, r)),
+                Err(e) => {
+                    log::debug!("pod {}: stats of {id}: {}", self.id, chain(&e));
+                    None
+                }
+            })
+            .collect();
+        let stats =
+            super::guest_stats::from_responses(answers.iter().map(|(id, r)| (id.as_str(), r)));
+        match serde_json::to_vec(&stats) {
+            Ok(bytes) => {
+                if let Err(e) = self.sandbox.record_guest_stats(&bytes) {
+                    log::debug!("pod {}: recording guest stats: {e}", self.id);
+                }
+            }
+            Err(e) => log::debug!("pod {}: guest stats: {e}", self.id),
+        }
+        true
     }
 
     pub(super) fn stats(&self, id: &str) -> Result<pb::StatsContainerResponse, PodError> {

@@ -11,6 +11,7 @@
 //! [`PodEvents`]; the caller turns it into containerd events.
 
 mod crash;
+pub mod guest_stats;
 mod io;
 mod lifecycle;
 pub mod namespaces;

@@ -110,6 +110,10 @@ pub trait VmInstance: Send + Sync {
     fn guest_pod_dir(&self) -> PathBuf;
     /// Console and VMM log tails, for error messages.
     fn diagnostics(&self) -> String;
+    /// Whether the machine was restored from a snapshot (false: a cold boot).
+    fn restored(&self) -> bool {
+        false
+    }
     /// Killing the process ends everything of the sandbox (a VM: its guest processes die
     /// with it); false when processes outlive it (the host agent's containers).
     fn kill_ends_everything(&self) -> bool {

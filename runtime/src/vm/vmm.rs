@@ -18,6 +18,7 @@ use super::{
 };
 use crate::share::{GUEST_POD_DIR, GUEST_SHARED_ROOT, SHARED_FS_TAG};
 use crate::state::SandboxPaths;
+use std::os::fd::AsRawFd;
 use vessel_protocol::vmm_launch::{HostFlags, LaunchMode, VmmLaunch};
 
 /// Starts `vessel-vmm` as configured in `[hypervisor]`.
@@ -46,10 +47,21 @@ pub fn vmm_restore_command(req: &LaunchRequest<'_>, snapshot: &Path) -> std::io:
 }
 
 fn launch_command(req: &LaunchRequest<'_>, mode: LaunchMode) -> std::io::Result<Command> {
+    launch_command_with_metrics(req, mode, None)
+}
+
+/// The launch, with `--metrics-fd` when the VMM inherits a metrics file under that number.
+fn launch_command_with_metrics(
+    req: &LaunchRequest<'_>,
+    mode: LaunchMode,
+    metrics_fd: Option<std::os::fd::RawFd>,
+) -> std::io::Result<Command> {
+    let mut host = sandbox_host_flags(req)?;
+    host.metrics_fd = metrics_fd;
     let launch = VmmLaunch {
         mode,
         guest: guest_flags(req.config),
-        host: sandbox_host_flags(req)?,
+        host,
     };
     let mut cmd = Command::new(&req.config.hypervisor.path);
     cmd.args(launch.to_args());
@@ -65,7 +77,6 @@ fn sandbox_host_flags(req: &LaunchRequest<'_>) -> std::io::Result<HostFlags> {
         &req.paths.jail(),
     )?;
     if let Some(tap) = req.tap {
-        use std::os::fd::AsRawFd;
         flags.net_tap_fd = Some(tap.as_raw_fd());
     }
     if flags.log_format == LogFormat::Json {
@@ -122,11 +133,14 @@ impl VmBackend for VmmBackend {
             path: req.paths.vmm_log(),
             source,
         })?;
+        // The VMM's counters (`vessel monitor` reads them): a file it rewrites in place.
+        let metrics = open_metrics_file(req)?;
         let snapshot = usable_snapshot(req, self.snapshots);
-        let cmd = match &snapshot {
-            Some(dir) => vmm_restore_command(req, dir),
-            None => vmm_command(req),
+        let mode = match &snapshot {
+            Some(dir) => LaunchMode::Restore(dir.clone()),
+            None => LaunchMode::Boot,
         };
+        let cmd = launch_command_with_metrics(req, mode, Some(metrics.as_raw_fd()));
         let mut cmd = cmd.map_err(|source| VmError::Prepare {
             sandbox: req.sandbox_id.to_string(),
             path: req.paths.jail(),
@@ -137,10 +151,10 @@ impl VmBackend for VmmBackend {
             crate::host_cgroup::join_before_exec(&mut cmd, cg);
         }
         if let Some(tap) = req.tap {
-            use std::os::fd::AsRawFd;
             // The VMM inherits the tap under the number `--net-tap-fd` names.
             crate::sys::keep_fd_across_exec(&mut cmd, tap.as_raw_fd());
         }
+        crate::sys::keep_fd_across_exec(&mut cmd, metrics.as_raw_fd());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -169,19 +183,41 @@ impl VmBackend for VmmBackend {
             sandbox: req.sandbox_id.to_string(),
             paths: req.paths.clone(),
             process,
+            restored: snapshot.is_some(),
         }))
     }
+}
+
+/// Creates (empty) the sandbox's metrics file, for the VMM to inherit.
+fn open_metrics_file(req: &LaunchRequest<'_>) -> Result<std::fs::File, VmError> {
+    let path = req.paths.vmm_metrics();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|source| VmError::Prepare {
+            sandbox: req.sandbox_id.to_string(),
+            path,
+            source,
+        })
 }
 
 struct VmmInstance {
     sandbox: String,
     paths: SandboxPaths,
     process: ChildProcess,
+    restored: bool,
 }
 
 impl VmInstance for VmmInstance {
     fn process(&self) -> &ChildProcess {
         &self.process
+    }
+
+    fn restored(&self) -> bool {
+        self.restored
     }
 
     fn connect_agent(&self, deadline: Instant) -> Result<UnixStream, VmError> {

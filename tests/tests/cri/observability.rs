@@ -53,7 +53,8 @@ pub(crate) fn json_logs_name_the_pod(
 }
 
 /// `vessel monitor` (the real binary, on the test's config) scraped twice around `work`: the
-/// pod's series are there, parse as Prometheus text, and its VMM's CPU counter moves.
+/// pod's series are there, parse as Prometheus text, and its VMM's CPU counter, vCPU exits
+/// and vsock counters move.
 pub(crate) fn monitor_scrapes_the_pod(
     c: &mut Checks,
     config: &Path,
@@ -145,6 +146,89 @@ pub(crate) fn monitor_scrapes_the_pod(
         format!(
             "monitor: at least the three containers shared ({:?})",
             value(&after, "vessel_pod_shared_containers")
+        ),
+    );
+    // What only the VMM knows (its metrics file): exits by kind and device counters.
+    let sum = |s: &prometheus_parse::Scrape, metric: &str, key: &str, val: Option<&str>| {
+        s.samples
+            .iter()
+            .filter(|x| {
+                x.metric == metric
+                    && x.labels.get("sandbox") == Some(sandbox)
+                    && val.is_none_or(|v| x.labels.get(key) == Some(v))
+            })
+            .filter_map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .sum::<f64>()
+    };
+    let exits = |s: &prometheus_parse::Scrape| sum(s, "vessel_vcpu_exits_total", "kind", None);
+    c.check(
+        exits(&after) > exits(&before) && exits(&before) > 0.0,
+        format!(
+            "monitor: the vCPU exits moved with an exec ({} → {})",
+            exits(&before),
+            exits(&after)
+        ),
+    );
+    let vsock_rx = |s: &prometheus_parse::Scrape| {
+        sum(
+            s,
+            "vessel_vmm_device_counter_total",
+            "device",
+            Some("vsock"),
+        )
+    };
+    c.check(
+        vsock_rx(&after) > vsock_rx(&before),
+        format!(
+            "monitor: the vsock counters moved with an exec ({} → {})",
+            vsock_rx(&before),
+            vsock_rx(&after)
+        ),
+    );
+    c.check(
+        sum(
+            &after,
+            "vessel_vmm_device_counter_total",
+            "device",
+            Some("net"),
+        ) > 0.0
+            && sum(
+                &after,
+                "vessel_vmm_device_counter_total",
+                "device",
+                Some("fs"),
+            ) > 0.0,
+        "monitor: virtio-net and virtio-fs counters are there",
+    );
+    c.check(
+        value(&after, "vessel_pod_restored").is_some()
+            && value(&after, "vessel_guest_vcpu_seconds_total").is_some_and(|v| v > 0.0)
+            && value(&after, "vessel_shim_rss_bytes").is_some_and(|v| v > 0.0),
+        format!(
+            "monitor: start mode {:?}, the guest's vCPU seconds {:?}, the shim's RSS {:?}",
+            value(&after, "vessel_pod_restored"),
+            value(&after, "vessel_guest_vcpu_seconds_total"),
+            value(&after, "vessel_shim_rss_bytes")
+        ),
+    );
+    // The guest's own view of its containers, sampled by the shim every 10 s.
+    let guest_memory = sum(&after, "vessel_container_memory_bytes", "container", None);
+    let containers = after
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "vessel_container_memory_bytes" && x.labels.get("sandbox") == Some(sandbox)
+        })
+        .count();
+    c.check(
+        containers >= 3 && guest_memory > 0.0,
+        format!(
+            "monitor: the guest's cgroup memory of the pod's containers ({containers} containers, {guest_memory} bytes)"
         ),
     );
     let cpu = |s: &prometheus_parse::Scrape| value(s, "vessel_vmm_cpu_seconds_total");

@@ -1,5 +1,6 @@
 //! KVM: the VM, its vCPUs and how their exits are handled.
 
+pub mod exit_counters;
 pub mod exits;
 pub mod profile;
 pub mod vcpu;

@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::exit_counters::{self, ExitCounters};
 use super::exits::{build_report, internal_error_data, vmm_emulation};
 use super::profile::RipHistogram;
 use super::vm::{ioctl_err, KvmError};
@@ -157,6 +158,8 @@ pub struct VcpuRunner {
     pub vmm_emulation: bool,
     /// How many instructions the VMM completed so far.
     pub vmm_emulated: u64,
+    /// Exits by kind, shared by the VM's vCPUs (`RunningVm::metrics`).
+    pub exits: Arc<ExitCounters>,
 }
 
 /// The extended-state switching of one vCPU (see [`xstate`]).
@@ -282,7 +285,8 @@ impl VcpuRunner {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Step::Interrupted
+                self.exits.count_interrupted();
+                return Step::Interrupted;
             }
             Err(e) => {
                 return Step::Stop(ExitReason::VcpuFailed {
@@ -291,6 +295,7 @@ impl VcpuRunner {
                 })
             }
         };
+        self.exits.count(exit_counters::kind_of(&exit));
         match exit {
             VcpuExit::IoIn(port, data) => {
                 if !self.io_bus.read(u64::from(port), data) {

@@ -72,6 +72,11 @@ pub trait VirtioDevice: Send {
     }
     /// Why the device cannot be snapshotted right now (e.g. open host connections); `None`
     /// when it can. A snapshot waits for this to clear.
+    /// The device's counters by name, for the VMM's metrics (none by default).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     fn snapshot_blocker(&self) -> Option<String> {
         None
     }

@@ -303,6 +303,14 @@ impl VirtioDevice for Fs {
         VIRTIO_ID_FS
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("requests", self.stats.served),
+            ("refused", self.stats.refused),
+            ("dropped", self.stats.dropped),
+        ]
+    }
+
     fn core(&self) -> &DeviceCore {
         &self.core
     }

@@ -55,6 +55,23 @@ pub struct NetMetrics {
 }
 
 impl NetMetrics {
+    /// The counters by name, for the VMM's metrics file.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("tx_frames", g(&self.tx_frames)),
+            ("tx_bytes", g(&self.tx_bytes)),
+            ("rx_frames", g(&self.rx_frames)),
+            ("rx_bytes", g(&self.rx_bytes)),
+            ("tx_dropped", g(&self.tx_dropped)),
+            ("rx_dropped", g(&self.rx_dropped)),
+            ("tx_malformed", g(&self.tx_malformed)),
+            ("rx_malformed", g(&self.rx_malformed)),
+            ("rx_no_buffer", g(&self.rx_no_buffer)),
+            ("interrupts", g(&self.interrupts)),
+        ]
+    }
+
     /// One line for the log.
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -377,6 +394,10 @@ fn config_space() -> [u8; 12] {
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.counters()
     }
 
     fn core(&self) -> &DeviceCore {

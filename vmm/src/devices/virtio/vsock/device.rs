@@ -24,7 +24,8 @@ use super::packet::{read_tx_packet, RxBuffer};
 use super::{NUM_QUEUES, QUEUE_MAX_SIZE, RXQ_INDEX, TXQ_INDEX};
 
 /// Virtio device ID of vsock.
-const VIRTIO_ID_VSOCK: u32 = 19;
+/// The virtio device type of vsock.
+pub const VIRTIO_ID_VSOCK: u32 = 19;
 /// Period of the timer that enforces connection deadlines (only armed while one is pending).
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
 
@@ -274,6 +275,10 @@ impl Vsock {
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.metrics().counters()
     }
 
     fn core(&self) -> &DeviceCore {

@@ -52,6 +52,32 @@ pub struct VsockMetrics {
 }
 
 impl VsockMetrics {
+    /// The counters by name, for the VMM's metrics file.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("tx_packets", g(&self.tx_packets)),
+            ("rx_packets", g(&self.rx_packets)),
+            ("tx_bytes", g(&self.tx_bytes)),
+            ("rx_bytes", g(&self.rx_bytes)),
+            ("conns_established", g(&self.conns_established)),
+            ("conns_closed", g(&self.conns_closed)),
+            ("conns_over_limit", g(&self.conns_over_limit)),
+            ("resets_to_guest", g(&self.resets_to_guest)),
+            ("resets_from_guest", g(&self.resets_from_guest)),
+            (
+                "malformed",
+                g(&self.tx_malformed_chains)
+                    + g(&self.rx_malformed_chains)
+                    + g(&self.malformed_packets),
+            ),
+            ("rx_queue_empty", g(&self.rx_queue_empty)),
+            ("timeouts", g(&self.timeouts)),
+            ("host_io_errors", g(&self.host_io_errors)),
+            ("internal_errors", g(&self.internal_errors)),
+        ]
+    }
+
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -28,7 +28,7 @@ mod uds;
 #[cfg(test)]
 mod tests;
 
-pub use device::Vsock;
+pub use device::{Vsock, VIRTIO_ID_VSOCK};
 pub use error::VsockError;
 pub use metrics::VsockMetrics;
 pub use parked::{ParkedConnection, MAX_PARKED};
