@@ -34,6 +34,29 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
         .map_err(|e| CliError::Config(Box::new(e)))
 }
 
+/// runc's rules for a process's terminal and extra fds: a terminal needs a console socket
+/// and a console socket a terminal; no host fd can cross into a VM.
+pub fn check_stdio_flags(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    preserve_fds: i32,
+) -> Result<(), CliError> {
+    if preserve_fds > 0 {
+        return Err(CliError::InvalidArgument(format!(
+            "--preserve-fds {preserve_fds}: host fds cannot be passed into a VM"
+        )));
+    }
+    match (terminal, console_socket) {
+        (true, None) => Err(CliError::InvalidArgument(
+            "cannot allocate tty if vessel-runc will detach without setting console socket".into(),
+        )),
+        (false, Some(_)) => Err(CliError::InvalidArgument(
+            "cannot use console socket if vessel-runc will not detach or allocate tty".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `pid` to `path` atomically (a reader never sees an empty file), as runc does.
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), CliError> {
     let tmp = path.with_extension("vessel-runc-tmp");
@@ -52,12 +75,6 @@ pub fn create(
 ) -> Result<(), CliError> {
     let id = args.container_id.as_str();
     vessel_protocol::ids::check_name("container id", id)?;
-    if args.preserve_fds > 0 {
-        return Err(CliError::InvalidArgument(format!(
-            "--preserve-fds {}: host fds cannot be passed into a VM",
-            args.preserve_fds
-        )));
-    }
     let bundle = std::path::absolute(&args.bundle)
         .map_err(|e| CliError::io("resolving the bundle", &args.bundle, e))?;
     let spec = Spec::load(bundle.join("config.json"))
@@ -67,20 +84,7 @@ pub fn create(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    match (terminal, &args.console_socket) {
-        (true, None) => {
-            return Err(CliError::InvalidArgument(
-                "cannot allocate tty if vessel-runc will detach without setting console socket"
-                    .into(),
-            ))
-        }
-        (false, Some(_)) => {
-            return Err(CliError::InvalidArgument(
-                "cannot use console socket if vessel-runc will not detach or allocate tty".into(),
-            ))
-        }
-        _ => {}
-    }
+    check_stdio_flags(terminal, args.console_socket.as_deref(), args.preserve_fds)?;
     let config = load_config(config_path)?;
     let rootfs = host_rootfs(
         &bundle,
@@ -135,7 +139,12 @@ pub fn create(
         }));
     }
     if let Some(p) = &args.pid_file {
-        write_pid_file(p, child.as_raw())?;
+        if let Err(e) = write_pid_file(p, child.as_raw()) {
+            // Nobody would know the container's pid: end it (SIGTERM ends a created
+            // container's holder, which tears its pod down).
+            let _ = nix::sys::signal::kill(child, Signal::SIGTERM);
+            return Err(e);
+        }
     }
     Ok(())
 }

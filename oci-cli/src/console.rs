@@ -17,6 +17,10 @@ use crate::errors::CliError;
 /// Opens a pty; returns (master, raw slave).
 pub fn open_pty() -> Result<(OwnedFd, OwnedFd), CliError> {
     let pty = nix::pty::openpty(None, None).map_err(CliError::sys("opening a pty"))?;
+    // openpty's fds are inherited across exec; the VMM the holder starts must not get them.
+    for fd in [&pty.master, &pty.slave] {
+        crate::sys::set_cloexec(fd.as_raw_fd()).map_err(CliError::sys("pty close-on-exec"))?;
+    }
     let mut t = tcgetattr(pty.slave.as_fd()).map_err(CliError::sys("reading the pty's modes"))?;
     cfmakeraw(&mut t);
     tcsetattr(pty.slave.as_fd(), SetArg::TCSANOW, &t)

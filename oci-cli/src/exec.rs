@@ -13,7 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::{Capabilities, Capability, Process, Spec};
 use vessel_protocol::errors::chain;
 
-use crate::commands::{ask, connect, write_pid_file};
+use crate::commands::{ask, check_stdio_flags, connect, write_pid_file};
 use crate::control::{self, Reply, Request};
 use crate::errors::CliError;
 use crate::holder::block_forwarded;
@@ -117,27 +117,8 @@ pub fn exec(store: &Store, args: &liboci_cli::Exec) -> Result<i32, CliError> {
             status.as_str()
         )));
     }
-    if args.preserve_fds > 0 {
-        return Err(CliError::InvalidArgument(format!(
-            "--preserve-fds {}: host fds cannot be passed into a VM",
-            args.preserve_fds
-        )));
-    }
     let (process, terminal) = process_json(args, &record)?;
-    match (terminal, &args.console_socket) {
-        (true, None) => {
-            return Err(CliError::InvalidArgument(
-                "cannot allocate tty if vessel-runc will detach without setting console socket"
-                    .into(),
-            ))
-        }
-        (false, Some(_)) => {
-            return Err(CliError::InvalidArgument(
-                "cannot use console socket if vessel-runc will not detach or allocate tty".into(),
-            ))
-        }
-        _ => {}
-    }
+    check_stdio_flags(terminal, args.console_socket.as_deref(), args.preserve_fds)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

@@ -61,6 +61,39 @@ pub struct PodLabels {
     pub pod_namespace: String,
 }
 
+impl PodLabels {
+    fn with_kind(&self, kind: &str) -> KindLabels {
+        KindLabels {
+            sandbox: self.sandbox.clone(),
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_namespace: self.pod_namespace.clone(),
+            kind: kind.to_string(),
+        }
+    }
+
+    fn with_device(&self, device: &str, counter: &str) -> DeviceLabels {
+        DeviceLabels {
+            sandbox: self.sandbox.clone(),
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_namespace: self.pod_namespace.clone(),
+            device: device.to_string(),
+            counter: counter.to_string(),
+        }
+    }
+
+    fn with_container(&self, container: &str) -> ContainerLabels {
+        ContainerLabels {
+            sandbox: self.sandbox.clone(),
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_namespace: self.pod_namespace.clone(),
+            container: container.to_string(),
+        }
+    }
+}
+
 /// A pod's labels and one more (a counter's kind, a device's counter).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -482,14 +515,7 @@ pub fn encode_sample(sample: &HostSample) -> String {
             owner_cpu.get_or_create(&p.labels).inc_by(o.cpu_seconds);
         }
         for (container, g) in p.guest.iter().flat_map(|g| g.containers.iter()) {
-            let l = &p.labels;
-            let labels = ContainerLabels {
-                sandbox: l.sandbox.clone(),
-                namespace: l.namespace.clone(),
-                pod_name: l.pod_name.clone(),
-                pod_namespace: l.pod_namespace.clone(),
-                container: container.clone(),
-            };
+            let labels = p.labels.with_container(container);
             c_memory.get_or_create(&labels).set(clamp(g.memory_bytes));
             c_limit
                 .get_or_create(&labels)
@@ -500,27 +526,12 @@ pub fn encode_sample(sample: &HostSample) -> String {
             c_pids.get_or_create(&labels).set(clamp(g.pids));
         }
         if let Some(m) = &p.vmm_metrics {
-            let l = &p.labels;
             for (kind, n) in &m.vcpu_exits {
-                let labels = KindLabels {
-                    sandbox: l.sandbox.clone(),
-                    namespace: l.namespace.clone(),
-                    pod_name: l.pod_name.clone(),
-                    pod_namespace: l.pod_namespace.clone(),
-                    kind: kind.clone(),
-                };
-                exits.get_or_create(&labels).inc_by(*n);
+                exits.get_or_create(&p.labels.with_kind(kind)).inc_by(*n);
             }
             for (name, counters) in &m.devices {
                 for (counter, n) in counters {
-                    let labels = DeviceLabels {
-                        sandbox: l.sandbox.clone(),
-                        namespace: l.namespace.clone(),
-                        pod_name: l.pod_name.clone(),
-                        pod_namespace: l.pod_namespace.clone(),
-                        device: name.clone(),
-                        counter: counter.clone(),
-                    };
+                    let labels = p.labels.with_device(name, counter);
                     device.get_or_create(&labels).inc_by(*n);
                 }
             }
