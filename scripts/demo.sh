@@ -56,7 +56,12 @@ TOML
     ctr version >/dev/null || { tail -n 20 "$demo/containerd.log" >&2; exit 1; }
 fi
 
-tar=$("$VESSEL_BIN_DIR/vessel-busybox-image" build/busybox-image | tail -n1)
+# The image's OCI archive (built once; containerd and podman import the same file).
+tar=build/busybox-image/busybox-oci.tar
+if [ ! -f "$tar" ]; then
+    rm -rf build/busybox-image
+    tar=$("$VESSEL_BIN_DIR/vessel-busybox-image" build/busybox-image | tail -n1)
+fi
 if ! ctr images ls -q | grep -qx "$image"; then
     ctr images import "$tar" >&2
 fi
