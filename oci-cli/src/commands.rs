@@ -442,3 +442,29 @@ pub fn features() -> serde_json::Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_or_number_as_runc_takes_them() {
+        assert_eq!(parse_signal("KILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("usr1").unwrap(), libc::SIGUSR1);
+        assert_eq!(parse_signal("9").unwrap(), libc::SIGKILL);
+        for bad in ["NOPE", "0", "999", "", "-1"] {
+            assert!(parse_signal(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn terminal_and_console_socket_go_together() {
+        let sock = Some(Path::new("/c.sock"));
+        assert!(check_stdio_flags(true, sock, 0).is_ok());
+        assert!(check_stdio_flags(false, None, 0).is_ok());
+        assert!(check_stdio_flags(true, None, 0).is_err());
+        assert!(check_stdio_flags(false, sock, 0).is_err());
+        assert!(check_stdio_flags(false, None, 1).is_err());
+    }
+}
