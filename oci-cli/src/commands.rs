@@ -21,7 +21,7 @@ use vessel_runtime::Config;
 use crate::control::{self, Reply, Request};
 use crate::errors::CliError;
 use crate::holder::{self, NAMESPACE};
-use crate::store::{ContainerDir, Record, Status, Store};
+use crate::store::{ContainerDir, Record, Status, Store, NOT_RUNNING};
 use crate::sys::{fork_single_threaded, Forked};
 
 /// The OCI runtime spec version this runtime implements (runc 1.1's).
@@ -188,17 +188,9 @@ pub fn connect(dir: &ContainerDir, record: &Record) -> Result<OwnedFd, CliError>
 
 pub fn start(store: &Store, id: &str) -> Result<(), CliError> {
     let (dir, record) = record_of(store, id)?;
-    match record.effective_status() {
-        Status::Created => ask(&dir, &record, &Request::Start).map(drop),
-        Status::Running => Err(CliError::Refused(
-            "cannot start an already running container".into(),
-        )),
-        Status::Paused => Err(CliError::Refused(
-            "cannot start a container in the paused state".into(),
-        )),
-        Status::Stopped => Err(CliError::Refused(
-            "cannot start a container that has stopped".into(),
-        )),
+    match record.effective_status().start_refusal() {
+        None => ask(&dir, &record, &Request::Start).map(drop),
+        Some(refusal) => Err(CliError::Refused(refusal.into())),
     }
 }
 
@@ -248,7 +240,7 @@ pub fn kill(store: &Store, id: &str, signal: Option<&str>, all: bool) -> Result<
     let signal = parse_signal(signal.unwrap_or("SIGTERM"))?;
     let (dir, record) = record_of(store, id)?;
     if record.effective_status() == Status::Stopped {
-        return Err(CliError::Refused("container not running".into()));
+        return Err(CliError::Refused(NOT_RUNNING.into()));
     }
     ask(&dir, &record, &Request::Kill { signal, all }).map(drop)
 }
@@ -352,7 +344,7 @@ pub fn ps(store: &Store, id: &str, format: &str) -> Result<String, CliError> {
     let (dir, record) = record_of(store, id)?;
     let status = record.effective_status();
     if status == Status::Stopped {
-        return Err(CliError::Refused("container not running".into()));
+        return Err(CliError::Refused(NOT_RUNNING.into()));
     }
     match format {
         "json" => Ok(format!("[{}]", record.holder.pid)),

@@ -18,7 +18,7 @@ use crate::control::{self, Reply, Request};
 use crate::errors::CliError;
 use crate::holder::block_forwarded;
 use crate::stdio::{self, ExecStreams};
-use crate::store::{ContainerDir, Record, Status, Store};
+use crate::store::{ContainerDir, Record, Store};
 use crate::sys::{fork_single_threaded, Forked};
 
 /// The largest `--process` file read.
@@ -110,13 +110,10 @@ fn apply_command_line(p: &mut Process, args: &liboci_cli::Exec) -> Result<(), Cl
 pub fn exec(store: &Store, args: &liboci_cli::Exec) -> Result<i32, CliError> {
     let dir = store.open(&args.container_id)?;
     let record = dir.read()?;
-    let status = record.effective_status();
-    if status != Status::Running {
-        return Err(CliError::Refused(format!(
-            "cannot exec in a {} container",
-            status.as_str()
-        )));
-    }
+    record
+        .effective_status()
+        .unless_running("exec in")
+        .map_err(CliError::Refused)?;
     let (process, terminal) = process_json(args, &record)?;
     check_stdio_flags(terminal, args.console_socket.as_deref(), args.preserve_fds)?;
     let nanos = std::time::SystemTime::now()

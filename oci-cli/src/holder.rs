@@ -26,7 +26,7 @@ use vessel_runtime::{Config, Pods, PodsDeps};
 use crate::control::{self, Reply, Request};
 use crate::errors::CliError;
 use crate::stdio;
-use crate::store::{now_rfc3339, ContainerDir, Record, Status};
+use crate::store::{now_rfc3339, ContainerDir, Record, Status, NOT_RUNNING};
 
 /// The containerd-style namespace the CLI's pods live in (`vessel list`, `vessel monitor`).
 /// Short: podman's ids are 64 characters, and `<state_root>/<namespace>/<id>/vsock.sock`
@@ -314,20 +314,10 @@ impl Holder {
         let _ = lock(&self.ending).send(end);
     }
 
-    fn refused_unless_running(&self, what: &str) -> Result<(), String> {
-        match lock(&self.record).status {
-            Status::Running => Ok(()),
-            s => Err(format!("cannot {what} a {} container", s.as_str())),
-        }
-    }
-
     fn start(self: &Arc<Self>) -> Result<(), String> {
         let mut r = lock(&self.record);
-        match r.status {
-            Status::Created => {}
-            Status::Running => return Err("cannot start an already running container".into()),
-            Status::Paused => return Err("cannot start a container in the paused state".into()),
-            Status::Stopped => return Err("cannot start a container that has stopped".into()),
+        if let Some(refusal) = r.status.start_refusal() {
+            return Err(refusal.into());
         }
         self.pods
             .start(&self.id, "")
@@ -363,7 +353,7 @@ impl Holder {
                     .kill(&self.id, "", sig, all)
                     .map_err(|e| format!("kill {}: {}", self.id, chain(&e)))
             }
-            Status::Stopped => Err("container not running".into()),
+            Status::Stopped => Err(NOT_RUNNING.into()),
         }
     }
 
@@ -507,7 +497,7 @@ fn exec(
             log::warn!("container {id}: exec {exec_id}: answering: {e}");
         }
     };
-    if let Err(e) = holder.refused_unless_running("exec in") {
+    if let Err(e) = lock(&holder.record).status.unless_running("exec in") {
         return answer(&Reply::error(e));
     }
     let paths = match streams.paths(&fds) {

@@ -37,7 +37,28 @@ impl Status {
             Status::Stopped => "stopped",
         }
     }
+
+    /// runc's refusal to start a container in this status; None for a created one.
+    pub fn start_refusal(self) -> Option<&'static str> {
+        match self {
+            Status::Created => None,
+            Status::Running => Some("cannot start an already running container"),
+            Status::Paused => Some("cannot start a container in the paused state"),
+            Status::Stopped => Some("cannot start a container that has stopped"),
+        }
+    }
+
+    /// Refuses `what` ("exec in") unless the container runs.
+    pub fn unless_running(self, what: &str) -> Result<(), String> {
+        match self {
+            Status::Running => Ok(()),
+            s => Err(format!("cannot {what} a {} container", s.as_str())),
+        }
+    }
 }
+
+/// runc's answer to a signal for a container that is not running.
+pub const NOT_RUNNING: &str = "container not running";
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +275,22 @@ mod tests {
         assert_eq!(
             record(me, Status::Stopped).effective_status(),
             Status::Stopped
+        );
+    }
+
+    #[test]
+    fn runcs_refusals_follow_the_status() {
+        assert_eq!(Status::Created.start_refusal(), None);
+        assert_eq!(
+            Status::Running.start_refusal(),
+            Some("cannot start an already running container")
+        );
+        assert!(Status::Paused.start_refusal().is_some());
+        assert!(Status::Stopped.start_refusal().is_some());
+        assert_eq!(Status::Running.unless_running("exec in"), Ok(()));
+        assert_eq!(
+            Status::Paused.unless_running("exec in"),
+            Err("cannot exec in a paused container".to_string())
         );
     }
 

@@ -44,7 +44,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use vessel_protocol::vmm_metrics::{self, VmmMetrics};
 
@@ -372,124 +372,115 @@ pub fn collect(root: &Path) -> Result<HostSample, StateError> {
     Ok(host)
 }
 
+/// A pod's gauge family.
+type PodGauge = Family<PodLabels, Gauge<i64>>;
+
+/// A new metric (or family), registered under `name`; the registry keeps a handle to it.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The OpenMetrics text of `sample`.
 pub fn encode_sample(sample: &HostSample) -> String {
     let mut registry = Registry::with_prefix("vessel");
-    let gauge = |registry: &mut Registry, name: &str, help: &str| {
-        let f = Family::<PodLabels, Gauge<i64>>::default();
-        registry.register(name, help, f.clone());
-        f
-    };
-    let up = gauge(
+    let up = registered::<PodGauge>(
         &mut registry,
         "pod_up",
         "1 while the pod's VMM (the process its state file names) runs",
     );
-    let shared = gauge(
+    let shared = registered::<PodGauge>(
         &mut registry,
         "pod_shared_containers",
         "Containers whose rootfs the runtime shared into the pod's VM",
     );
-    let rss = gauge(
+    let rss = registered::<PodGauge>(
         &mut registry,
         "vmm_rss_bytes",
         "Resident memory of the pod's VMM (guest memory it touched included)",
     );
-    let pss = gauge(
+    let pss = registered::<PodGauge>(
         &mut registry,
         "vmm_pss_bytes",
         "Proportional set size of the pod's VMM",
     );
-    let threads = gauge(&mut registry, "vmm_threads", "Threads of the pod's VMM");
-    let cpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
-    registry.register(
+    let threads = registered::<PodGauge>(&mut registry, "vmm_threads", "Threads of the pod's VMM");
+    let cpu: Family<PodLabels, Counter<f64, AtomicU64>> = registered(
+        &mut registry,
         "vmm_cpu_seconds",
         "User and system CPU time of the pod's VMM (its vCPUs run the guest)",
-        cpu.clone(),
     );
-    let start = Family::<PodLabels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let start: Family<PodLabels, Gauge<f64, AtomicU64>> = registered(
+        &mut registry,
         "pod_start_seconds",
         "Seconds from the pod's start until its agent's CreateSandbox answered (restore or boot included)",
-        start.clone(),
     );
-    let restored = gauge(
+    let restored = registered::<PodGauge>(
         &mut registry,
         "pod_restored",
         "1 if the pod's VM was restored from a snapshot, 0 if it booted cold",
     );
-    let vcpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
-    registry.register(
+    let vcpu: Family<PodLabels, Counter<f64, AtomicU64>> = registered(
+        &mut registry,
         "guest_vcpu_seconds",
         "CPU time of the pod's vCPU threads: the guest's own, as the host measures it",
-        vcpu.clone(),
     );
-    let exits = Family::<KindLabels, Counter<u64>>::default();
-    registry.register(
+    let exits: Family<KindLabels, Counter<u64>> = registered(
+        &mut registry,
         "vcpu_exits",
         "vCPU exits to the VMM by kind, all vCPUs of the pod together",
-        exits.clone(),
     );
-    let device = Family::<DeviceLabels, Counter<u64>>::default();
-    registry.register(
+    let device: Family<DeviceLabels, Counter<u64>> = registered(
+        &mut registry,
         "vmm_device_counter",
         "Counters of the pod's virtio devices (net, vsock, fs), by name",
-        device.clone(),
     );
-    let owner_rss = gauge(
+    let owner_rss = registered::<PodGauge>(
         &mut registry,
         "shim_rss_bytes",
         "Resident memory of the process that owns the pod (containerd shim or vessel-runc holder)",
     );
-    let owner_cpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
-    registry.register(
+    let owner_cpu: Family<PodLabels, Counter<f64, AtomicU64>> = registered(
+        &mut registry,
         "shim_cpu_seconds",
         "CPU time of the process that owns the pod",
-        owner_cpu.clone(),
     );
-    let c_memory = Family::<ContainerLabels, Gauge<i64>>::default();
-    registry.register(
+    let c_memory: Family<ContainerLabels, Gauge<i64>> = registered(
+        &mut registry,
         "container_memory_bytes",
         "Memory of a container's cgroup in the guest (the agent's view, sampled every 10 s)",
-        c_memory.clone(),
     );
-    let c_limit = Family::<ContainerLabels, Gauge<i64>>::default();
-    registry.register(
+    let c_limit: Family<ContainerLabels, Gauge<i64>> = registered(
+        &mut registry,
         "container_memory_limit_bytes",
         "Memory limit of a container's cgroup in the guest (0: none)",
-        c_limit.clone(),
     );
-    let c_cpu = Family::<ContainerLabels, Counter<f64, AtomicU64>>::default();
-    registry.register(
+    let c_cpu: Family<ContainerLabels, Counter<f64, AtomicU64>> = registered(
+        &mut registry,
         "container_cpu_seconds",
         "CPU time of a container's cgroup in the guest",
-        c_cpu.clone(),
     );
-    let c_pids = Family::<ContainerLabels, Gauge<i64>>::default();
-    registry.register(
+    let c_pids: Family<ContainerLabels, Gauge<i64>> = registered(
+        &mut registry,
         "container_pids",
         "Processes in a container's cgroup in the guest",
-        c_pids.clone(),
     );
-    let pods = Gauge::<i64>::default();
-    registry.register("pods", "Pods whose VMM runs", pods.clone());
-    let pods_restored = Gauge::<i64>::default();
-    registry.register(
+    let pods: Gauge<i64> = registered(&mut registry, "pods", "Pods whose VMM runs");
+    let pods_restored: Gauge<i64> = registered(
+        &mut registry,
         "pods_restored",
         "Running pods whose VM was restored from a snapshot (the snapshot's hits)",
-        pods_restored.clone(),
     );
-    let pods_cold = Gauge::<i64>::default();
-    registry.register(
+    let pods_cold: Gauge<i64> = registered(
+        &mut registry,
         "pods_cold_booted",
         "Running pods whose VM booted cold (the snapshot's misses, or snapshots off)",
-        pods_cold.clone(),
     );
-    let unreadable = Gauge::<i64>::default();
-    registry.register(
+    let unreadable: Gauge<i64> = registered(
+        &mut registry,
         "state_unreadable",
         "Sandbox directories whose state file could not be read",
-        unreadable.clone(),
     );
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for p in &sample.pods {

@@ -158,6 +158,20 @@ fn read_master(master: OwnedFd, within: Duration) -> String {
         .unwrap_or_default()
 }
 
+/// The test's result: every failure at once, with what the runtime left in its state root
+/// counted as one.
+fn verdict(mut failures: Vec<String>, config: &VesselTestConfig) -> Result<()> {
+    let left = config.leftovers();
+    if !left.is_empty() {
+        failures.push(format!("runtime state left: {left:?}"));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} failures:\n{}", failures.len(), failures.join("\n"))
+    }
+}
+
 fn prerequisites() -> Result<(VesselTestConfig, PathBuf)> {
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root (KVM, mounts): run the suite as root");
@@ -414,15 +428,7 @@ fn vessel_runc_drives_a_vm_container_as_conmon_does() -> Result<()> {
     if !runc.run(&["delete", "--force", id]).status.success() {
         failures.push("delete --force of a deleted container must succeed (as runc's)".into());
     }
-    let left = config.leftovers();
-    if !left.is_empty() {
-        failures.push(format!("runtime state left: {left:?}"));
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} failures:\n{}", failures.len(), failures.join("\n"))
-    }
+    verdict(failures, &config)
 }
 
 #[test]
@@ -487,13 +493,5 @@ fn podman_runs_a_container_in_a_vessel_vm() -> Result<()> {
     }
     let _ = podman_cmd(&["rm", "--all", "--force"]).output();
     let _ = podman_cmd(&["rmi", "--all", "--force"]).output();
-    let left = config.leftovers();
-    if !left.is_empty() {
-        failures.push(format!("runtime state left: {left:?}"));
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", failures.join("\n"))
-    }
+    verdict(failures, &config)
 }
