@@ -178,6 +178,8 @@ pub struct PodPlacement {
     pub sandbox: bool,
     /// Namespaces to join from the pod.
     pub join: Vec<NsKind>,
+    /// The sandbox container runs vessel's built-in pause (`container::builtin_pause`).
+    pub builtin_pause: bool,
 }
 
 /// Host entropy and time for a guest that may have been restored from a snapshot
@@ -357,6 +359,7 @@ impl Sandbox {
             layout,
             resolv_conf: resolv.exists().then_some(resolv.as_path()),
             pod_join: &pod_join,
+            builtin_pause: pod.builtin_pause,
         };
         let created = Container::create(id, spec, stdin, &ctx).and_then(|c| {
             if pod.sandbox {

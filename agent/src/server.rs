@@ -75,9 +75,15 @@ fn pod_placement(req: &CreateContainerRequest) -> RequestResult<PodPlacement> {
             join.push(kind);
         }
     }
+    if req.builtin_pause && !req.pod_sandbox {
+        return Err(RequestError::invalid(
+            "builtin_pause is for the pod's sandbox container only (pod_sandbox unset)",
+        ));
+    }
     Ok(PodPlacement {
         sandbox: req.pod_sandbox,
         join,
+        builtin_pause: req.builtin_pause,
     })
 }
 

@@ -180,6 +180,7 @@ impl Agent {
             oci_spec: self.json("CreateContainer", spec)?,
             stdin,
             pod_sandbox: pod.pod_sandbox,
+            builtin_pause: pod.builtin_pause,
             pod_namespaces: pod.pod_namespaces.iter().map(|n| (*n).into()).collect(),
             ..Default::default()
         };

@@ -99,6 +99,11 @@ impl Default for HypervisorConfig {
     }
 }
 
+/// `runtime.pod_sandbox`: the agent's own pause.
+pub const POD_SANDBOX_BUILTIN: &str = "builtin";
+/// `runtime.pod_sandbox`: the pause image's program in a full container.
+pub const POD_SANDBOX_IMAGE: &str = "image";
+
 /// Host-side runtime behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,6 +118,9 @@ pub struct RuntimeConfig {
     /// The guest's console log (`<state>/console.log`, on a tmpfs: host memory) is cut back
     /// to empty when it would grow past this.
     pub console_log_max_bytes: u64,
+    /// A CRI pod's sandbox container: `builtin` (the agent's own pause, the default) or
+    /// `image` (the pause image's program in a full container).
+    pub pod_sandbox: String,
 }
 
 impl Default for RuntimeConfig {
@@ -124,6 +132,7 @@ impl Default for RuntimeConfig {
             log_level: "info".to_string(),
             log_format: "text".to_string(),
             console_log_max_bytes: 1 << 20,
+            pod_sandbox: POD_SANDBOX_BUILTIN.to_string(),
         }
     }
 }
@@ -320,7 +329,19 @@ impl Config {
                 "must be one of text, json",
             );
         }
+        if ![POD_SANDBOX_BUILTIN, POD_SANDBOX_IMAGE].contains(&r.pod_sandbox.as_str()) {
+            return invalid(
+                "runtime.pod_sandbox",
+                r.pod_sandbox.clone(),
+                "must be one of builtin, image",
+            );
+        }
         Ok(())
+    }
+
+    /// Whether a CRI pod's sandbox container runs the agent's built-in pause.
+    pub fn builtin_pause(&self) -> bool {
+        self.runtime.pod_sandbox == POD_SANDBOX_BUILTIN
     }
 
     pub fn agent_timeout(&self) -> Duration {
@@ -400,6 +421,7 @@ mod tests {
             ),
             ("[runtime]\nlog_level = \"loud\"\n", "runtime.log_level"),
             ("[runtime]\nlog_format = \"yaml\"\n", "runtime.log_format"),
+            ("[runtime]\npod_sandbox = \"none\"\n", "runtime.pod_sandbox"),
             ("[runtime]\nstate_root = \"run\"\n", "runtime.state_root"),
             ("[snapshot]\ndir = \"snaps\"\n", "snapshot.dir"),
             ("[hypervisor]\nbackend = \"qemu\"\n", "hypervisor.backend"),

@@ -386,6 +386,11 @@ impl Sandbox {
         self.vm.network_is_the_pods()
     }
 
+    /// The pod's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Whether stopping the sandbox ends its containers too (a VM), so removing them in the
     /// agent first is wasted work.
     pub fn stop_ends_containers(&self) -> bool {

@@ -70,6 +70,10 @@ pub struct InitConfig {
     pub new_namespaces: Vec<NsKind>,
     /// Namespaces to join by path (not pid).
     pub join_namespaces: Vec<(NsKind, PathBuf)>,
+    /// The pod's sandbox container runs vessel's built-in pause (`super::builtin_pause`)
+    /// instead of the spec's program in a full container.
+    #[serde(default)]
+    pub builtin_pause: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -270,6 +274,7 @@ fn warm_config_path() {
             },
             new_namespaces: Vec::new(),
             join_namespaces: Vec::new(),
+            builtin_pause: false,
         }),
         join: Vec::new(),
         wait_for_start: true,
@@ -307,6 +312,9 @@ fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
         .map_err(|e| ChildError::io("read config", e))?
         .ok_or_else(|| ChildError::Invalid("agent closed the sync socket".into()))?;
     steps.done("config received");
+    if let Some(init) = cfg.init.as_ref().filter(|i| i.builtin_pause) {
+        return super::builtin_pause::run(sync, init, &cfg.process, &mut steps);
+    }
     let terminal = cfg.process.terminal().unwrap_or(false);
     let console = match &cfg.init {
         Some(init) => setup_init(init, terminal, &mut steps)?,
@@ -395,8 +403,8 @@ impl std::fmt::Display for StepCost {
     }
 }
 
-struct Steps {
-    done: Vec<StepCost>,
+pub(super) struct Steps {
+    pub(super) done: Vec<StepCost>,
     last: std::time::Instant,
     last_faults: u64,
 }
@@ -431,7 +439,7 @@ impl Steps {
         s
     }
 
-    fn done(&mut self, what: &str) {
+    pub(super) fn done(&mut self, what: &str) {
         let now = std::time::Instant::now();
         let faults = minor_faults();
         self.done.push(StepCost {

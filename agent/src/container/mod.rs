@@ -2,6 +2,7 @@
 //! resource updates, stats and removal. The container-side setup lives in `child.rs` and
 //! the modules it uses; this file is the agent's bookkeeping.
 
+pub mod builtin_pause;
 pub mod capabilities;
 pub mod cgroups;
 pub mod child;
@@ -99,6 +100,8 @@ pub struct Container {
     /// Whether the container has a pid namespace of its own (or joined one).
     own_pid_ns: bool,
     paused: AtomicBool,
+    /// Runs vessel's built-in pause: nothing to exec into.
+    builtin_pause: bool,
 }
 
 /// What the sandbox provides to a new container.
@@ -107,6 +110,8 @@ pub struct CreateContext<'a> {
     pub resolv_conf: Option<&'a std::path::Path>,
     /// Pod namespaces to join instead of the spec's entries of those kinds.
     pub pod_join: &'a [(NsKind, std::path::PathBuf)],
+    /// The pod's sandbox container runs vessel's built-in pause ([`builtin_pause`]).
+    pub builtin_pause: bool,
 }
 
 impl Container {
@@ -121,11 +126,15 @@ impl Container {
         let plan = spec::plan(id, spec_json, ctx)?;
         let planned = t0.elapsed();
         let cgroup = plan.cgroup.clone();
+        let builtin_pause = ctx.builtin_pause;
         cgroup
             .create()
             .map_err(|e| RequestError::internal(format!("creating cgroup: {e}", e = chain(&e))))?;
         let before = format!("plan {planned:?}, cgroup {:?}", t0.elapsed() - planned);
-        let result = Self::create_in(id, plan, stdin, &before);
+        let result = Self::create_in(id, plan, stdin, &before).map(|mut c| {
+            c.builtin_pause = builtin_pause;
+            c
+        });
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
                 log::warn!(
@@ -227,6 +236,7 @@ impl Container {
             ns_fds: Mutex::new(ns_fds),
             own_pid_ns,
             paused: AtomicBool::new(false),
+            builtin_pause: false,
         })
     }
 
@@ -279,6 +289,12 @@ impl Container {
             return Err(RequestError::invalid("process.args is empty"));
         }
         self.running()?;
+        if self.builtin_pause {
+            return Err(RequestError::precondition(format!(
+                "container {} runs vessel's built-in pause: it has no root filesystem to exec in",
+                self.id
+            )));
+        }
         if lock(&self.execs).contains_key(exec_id) {
             return Err(RequestError::exists(format!(
                 "exec {exec_id} already exists in container {}",

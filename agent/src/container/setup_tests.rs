@@ -539,6 +539,7 @@ fn init(spec: Spec, new: Vec<NsKind>, join: Vec<(NsKind, PathBuf)>) -> InitConfi
         cgroup_style: v2(),
         new_namespaces: new,
         join_namespaces: join,
+        builtin_pause: false,
     }
 }
 

@@ -119,7 +119,8 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
         }
     }
 
-    let seccomp = match linux.seccomp() {
+    // A built-in pause never runs the spec's program; it loads a filter of its own.
+    let seccomp = match linux.seccomp().as_ref().filter(|_| !ctx.builtin_pause) {
         Some(profile) => {
             let (compiled, unknown) = seccomp::compile(profile)
                 .map_err(|e| RequestError::invalid(format!("seccomp profile: {e}")))?;
@@ -171,6 +172,7 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
             .filter(|k| *k != NsKind::Pid)
             .collect(),
         join_namespaces,
+        builtin_pause: ctx.builtin_pause,
     };
     Ok(CreatePlan {
         config: ChildConfig {
@@ -221,6 +223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = ctx_layout();
         let ctx = CreateContext {
+            builtin_pause: false,
             layout: &layout,
             resolv_conf: None,
             pod_join: &[],
@@ -264,6 +267,7 @@ mod tests {
             (NsKind::Pid, PathBuf::from("/a/pod/ns/pid")),
         ];
         let ctx = CreateContext {
+            builtin_pause: false,
             layout: &layout,
             resolv_conf: None,
             pod_join: &pod_join,

@@ -158,13 +158,14 @@ impl Pod {
             },
         };
         let mut guest_spec = spec.clone();
-        let shared = namespaces::translate(
+        let mut shared = namespaces::translate(
             &mut guest_spec,
             id,
             role,
             self.sandbox.network_is_the_pods(),
         )
         .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+        shared.builtin_pause = shared.pod_sandbox && self.sandbox.config().builtin_pause();
         if let (Some(netns), false) = (&shared.host_netns, self.sandbox.has_network()) {
             log::info!(
                 "pod {}: container {id}: host network namespace {} not wired (the guest has lo only)",

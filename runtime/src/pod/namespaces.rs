@@ -72,6 +72,8 @@ pub enum NamespaceError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Translated {
     pub pod_sandbox: bool,
+    /// The sandbox runs the agent's built-in pause (set by the pod from its configuration).
+    pub builtin_pause: bool,
     pub pod_namespaces: Vec<PodNamespace>,
     /// The host network namespace a sandbox's spec named (CNI's).
     pub host_netns: Option<PathBuf>,

@@ -13,17 +13,27 @@ use crate::bundle::ContainerSpec;
 const NS_SCRIPT: &str =
     "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done; hostname; echo $$";
 
+/// The pod's place of a new container: its sandbox (with the pause image's program, or the
+/// agent's built-in pause), or a member.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Sandbox,
+    BuiltinPause,
+    Member,
+}
+
 fn create_in_pod(
     client: &AgentClient,
     id: &str,
     spec: &ContainerSpec,
-    sandbox: bool,
+    role: Role,
     join: &[PodNamespace],
 ) -> ttrpc::Result<Empty> {
     let mut req = CreateContainerRequest::new();
     req.container_id = id.to_string();
     req.oci_spec = spec.to_json();
-    req.pod_sandbox = sandbox;
+    req.pod_sandbox = role != Role::Member;
+    req.builtin_pause = role == Role::BuiltinPause;
     req.pod_namespaces = join.iter().map(|k| (*k).into()).collect();
     client.create_container(ctx(), &req)
 }
@@ -33,11 +43,11 @@ fn run_in_pod<'a>(
     client: &'a AgentClient,
     name: &str,
     spec: &ContainerSpec,
-    sandbox: bool,
+    role: Role,
     join: &[PodNamespace],
 ) -> Result<Running<'a>> {
     let id = unique_id(name);
-    create_in_pod(client, &id, spec, sandbox, join)
+    create_in_pod(client, &id, spec, role, join)
         .with_context(|| format!("CreateContainer {id}"))?;
     let mut running = Running {
         client,
@@ -101,14 +111,14 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
             client,
             &early,
             &member_spec(rootfs, "true"),
-            false,
+            Role::Member,
             &[PodNamespace::POD_NAMESPACE_NET],
         ),
         ttrpc::Code::FAILED_PRECONDITION,
         "pod namespaces without a sandbox container",
     )?;
 
-    let pause = run_in_pod(client, "pause", &pause_spec, true, &[])?;
+    let pause = run_in_pod(client, "pause", &pause_spec, Role::Sandbox, &[])?;
     // The pause's own view, through an exec (which joins the container's namespaces).
     let probe = member_spec(rootfs, NS_SCRIPT);
     pause
@@ -125,7 +135,7 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
 
     let second = unique_id("pause2");
     expect_code(
-        create_in_pod(client, &second, &pause_spec, true, &[]),
+        create_in_pod(client, &second, &pause_spec, Role::Sandbox, &[]),
         ttrpc::Code::ALREADY_EXISTS,
         "a second sandbox container",
     )?;
@@ -148,7 +158,7 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         client,
         "member",
         &member_spec(rootfs, NS_SCRIPT),
-        false,
+        Role::Member,
         &net_ipc_uts,
     )?;
     let (out, err, status) = member.output("")?;
@@ -171,7 +181,7 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         client,
         "pidmember",
         &member_spec(rootfs, NS_SCRIPT),
-        false,
+        Role::Member,
         &with_pid,
     )?;
     let (out, _, status) = pid_member.output("")?;
@@ -188,7 +198,13 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         "in the pod's pid namespace the pause is pid 1, not the member"
     );
 
-    let loner = run_in_pod(client, "loner", &member_spec(rootfs, NS_SCRIPT), false, &[])?;
+    let loner = run_in_pod(
+        client,
+        "loner",
+        &member_spec(rootfs, NS_SCRIPT),
+        Role::Member,
+        &[],
+    )?;
     let (out, _, status) = loner.output("")?;
     ensure!(status == 0, "loner: status {status}");
     let l = seen(&out)?;
@@ -205,14 +221,113 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
             client,
             &late,
             &member_spec(rootfs, "true"),
-            false,
+            Role::Member,
             &net_ipc_uts,
         ),
         ttrpc::Code::FAILED_PRECONDITION,
         "pod namespaces after the sandbox container is gone",
     )?;
-    // And the pod can have a sandbox container again.
-    let again = run_in_pod(client, "pause-again", &pause_spec, true, &[])?;
-    drop(again);
+    // And the pod can have a sandbox container again: the agent's built-in pause this time.
+    builtin_pause(client, rootfs, &pod)?;
     check(client)
+}
+
+/// What a pod member sees of a built-in pause through the pod's pid namespace: PID 1's
+/// identity and confinement, then whether an orphan it left was reaped.
+const PID1_SCRIPT: &str =
+    "grep -E '^(Name|Uid|NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/1/status; \
+     readlink /proc/self/ns/ipc; hostname; \
+     p=$( (sleep 0 >/dev/null 2>&1 & echo $!) ); i=0; \
+     while [ -e /proc/$p ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+     [ -e /proc/$p ] && echo orphan $p left || echo orphan reaped";
+
+/// The agent's built-in pause as the pod's sandbox: members get its namespaces and hostname,
+/// it is PID 1 of the pod's pid namespace, confined (uid 65535, no capabilities, seccomp,
+/// no new privileges), it reaps orphans, an exec into it is refused, SIGTERM ends it with 0.
+fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: &Seen) -> Result<()> {
+    let mut spec = ContainerSpec::new(rootfs).shell("exit 99").spec().clone();
+    spec.set_hostname(Some("builtin-pod".into()));
+    if let Some(p) = spec.process_mut() {
+        p.user_mut().set_uid(65535);
+        p.user_mut().set_gid(65535);
+    }
+    let pause = run_in_pod(
+        client,
+        "builtin-pause",
+        &ContainerSpec::from_spec(spec),
+        Role::BuiltinPause,
+        &[],
+    )?;
+    expect_code(
+        pause.exec("probe", &member_spec(rootfs, "true"), false),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "an exec into the built-in pause",
+    )?;
+    let mut bad = CreateContainerRequest::new();
+    bad.container_id = unique_id("notsandbox");
+    bad.oci_spec = member_spec(rootfs, "true").to_json();
+    bad.builtin_pause = true;
+    expect_code(
+        client.create_container(ctx(), &bad),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "builtin_pause without pod_sandbox",
+    )?;
+
+    let all = [
+        PodNamespace::POD_NAMESPACE_NET,
+        PodNamespace::POD_NAMESPACE_IPC,
+        PodNamespace::POD_NAMESPACE_UTS,
+        PodNamespace::POD_NAMESPACE_PID,
+    ];
+    let member = run_in_pod(
+        client,
+        "pid1-probe",
+        &member_spec(rootfs, PID1_SCRIPT),
+        Role::Member,
+        &all,
+    )?;
+    let (out, err, status) = member.output("")?;
+    ensure!(status == 0, "probe: status {status}, stderr {err:?}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+            .unwrap_or("")
+            .to_string()
+    };
+    let uids = field("Uid:");
+    ensure!(
+        uids.split_whitespace().count() == 4 && uids.split_whitespace().all(|u| u == "65535"),
+        "PID 1 runs as 65535: {out:?}"
+    );
+    for (name, want) in [
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+        ("CapEff:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+    ] {
+        ensure!(field(name) == want, "PID 1's {name} is {want}: {out:?}");
+    }
+    ensure!(
+        out.lines().any(|l| l == "builtin-pod"),
+        "the member has the pod's hostname: {out:?}"
+    );
+    ensure!(
+        !out.lines().any(|l| l == image_pod.ipc) && out.contains("ipc:["),
+        "the built-in pause made a new ipc namespace: {out:?}"
+    );
+    ensure!(
+        out.lines().any(|l| l == "orphan reaped"),
+        "PID 1 reaped the member's orphan: {out:?}"
+    );
+    drop(member);
+
+    pause
+        .signal("", libc::SIGTERM, false)
+        .context("SIGTERM to the built-in pause")?;
+    let code = pause.wait("")?;
+    ensure!(
+        code == 0,
+        "the built-in pause ends with 0 on SIGTERM, not {code}"
+    );
+    Ok(())
 }
