@@ -23,6 +23,7 @@ pub mod diagnostics;
 pub mod grouping;
 pub mod host_cgroup;
 pub mod monitor;
+pub mod mountpoints;
 pub mod mounts;
 pub mod network;
 pub mod pod;

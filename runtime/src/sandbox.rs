@@ -436,6 +436,23 @@ impl Sandbox {
             &self.vm.guest_shared_dir(),
             c.guest_pod_shm,
         )?;
+        // Before the rootfs is shared: see `crate::mountpoints`. A built-in pause mounts nothing.
+        if !c.pod.builtin_pause {
+            match crate::mountpoints::precreate(c.host_rootfs, c.spec) {
+                Ok(made) => log::debug!(
+                    "sandbox {}: container {}: mount points made on the host {:?}, left to the agent {:?}",
+                    self.id,
+                    c.id,
+                    made.created,
+                    made.skipped
+                ),
+                Err(e) => log::debug!(
+                    "sandbox {}: container {}: no mount points made on the host: {e}",
+                    self.id,
+                    c.id
+                ),
+            }
+        }
         let shared = self.paths.shared();
         let applied = apply_share(&plan, c.id, &shared, self.mounter.as_ref(), &mut |rec| {
             let m = RecordedMount {

@@ -88,7 +88,8 @@ pub struct SharePlan {
     pub spec: Spec,
 }
 
-fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
+/// Whether an OCI mount is a bind of a host path.
+pub(crate) fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
     typ == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
 }
 
