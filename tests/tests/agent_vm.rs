@@ -68,6 +68,7 @@ fn agent_scenarios_inside_a_vm() {
             sc::oom_event_with_limit(c, r, 16 << 20)
         }),
         ("bad_input", sc::bad_input),
+        ("builtin_pause_pod", sc::builtin_pause_pod),
     ];
     let also_through_the_shim: &[(&str, Scenario)] = &[
         ("exit_code_and_streams", sc::exit_code_and_streams),

@@ -228,7 +228,14 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         "pod namespaces after the sandbox container is gone",
     )?;
     // And the pod can have a sandbox container again: the agent's built-in pause this time.
-    builtin_pause(client, rootfs, &pod)?;
+    builtin_pause(client, rootfs, Some(&pod))?;
+    check(client)
+}
+
+/// The built-in pause on its own, in an agent whose sandbox has no pod yet (the VM
+/// scenarios: the image's pause is covered there by the CRI pod).
+pub fn builtin_pause_pod(client: &AgentClient, rootfs: &Path) -> Result<()> {
+    builtin_pause(client, rootfs, None)?;
     check(client)
 }
 
@@ -244,7 +251,8 @@ const PID1_SCRIPT: &str =
 /// The agent's built-in pause as the pod's sandbox: members get its namespaces and hostname,
 /// it is PID 1 of the pod's pid namespace, confined (uid 65535, no capabilities, seccomp,
 /// no new privileges), it reaps orphans, an exec into it is refused, SIGTERM ends it with 0.
-fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: &Seen) -> Result<()> {
+/// `image_pod`: the pod the image's pause made before, whose ipc namespace must not be reused.
+fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) -> Result<()> {
     let mut spec = ContainerSpec::new(rootfs).shell("exit 99").spec().clone();
     spec.set_hostname(Some("builtin-pod".into()));
     if let Some(p) = spec.process_mut() {
@@ -312,7 +320,7 @@ fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: &Seen) -> Resul
         "the member has the pod's hostname: {out:?}"
     );
     ensure!(
-        !out.lines().any(|l| l == image_pod.ipc) && out.contains("ipc:["),
+        out.contains("ipc:[") && image_pod.is_none_or(|p| !out.lines().any(|l| l == p.ipc)),
         "the built-in pause made a new ipc namespace: {out:?}"
     );
     ensure!(
