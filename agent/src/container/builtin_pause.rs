@@ -11,8 +11,8 @@
 //! RunPodSandbox. CRI-O drops the infra container for the same reason (`drop_infra_ctr`).
 //!
 //! What the holder is: a spare setup child (already the PID 1 of a new pid namespace, already
-//! in the snapshot), which makes new ipc and uts namespaces, sets the hostname and the spec's
-//! sysctls, and on StartContainer confines itself harder than the pause container was
+//! in the snapshot), which makes new ipc and uts namespaces, sets the hostname, the spec's
+//! sysctls and `oom_score_adj`, and on StartContainer confines itself harder than the pause container was
 //! confined: not dumpable, no new privileges, no capabilities in any set, the spec's uid and
 //! gid (65535 under containerd's CRI), and a seccomp filter that allows only waiting for
 //! signals and children and exiting. Then, like `pause.c`: SIGINT and SIGTERM end it with
@@ -133,8 +133,13 @@ pub(super) fn run(
     for (key, value) in sysctls.into_iter().flatten() {
         rootfs::write_sysctl(&RealSyscall, Path::new("/"), key, value)?;
     }
+    // CRI gives the sandbox -998: the guest's OOM killer must not end the pod's PID 1.
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| ChildError::io("oom_score_adj", e))?;
+    }
     nix::unistd::setsid().map_err(|e| ChildError::sys("setsid", e))?;
-    steps.done("built-in pause: sysctls");
+    steps.done("built-in pause: sysctls, oom_score_adj");
     let ready = ChildReport::Ready {
         steps: std::mem::take(&mut steps.done),
     };

@@ -243,14 +243,14 @@ pub fn builtin_pause_pod(client: &AgentClient, rootfs: &Path) -> Result<()> {
 /// identity and confinement, then whether an orphan it left was reaped.
 const PID1_SCRIPT: &str =
     "grep -E '^(Name|Uid|NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/1/status; \
-     readlink /proc/self/ns/ipc; hostname; \
+     echo OomScoreAdj: $(cat /proc/1/oom_score_adj); readlink /proc/self/ns/ipc; hostname; \
      p=$( (sleep 0 >/dev/null 2>&1 & echo $!) ); i=0; \
      while [ -e /proc/$p ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
      [ -e /proc/$p ] && echo orphan $p left || echo orphan reaped";
 
 /// The agent's built-in pause as the pod's sandbox: members get its namespaces and hostname,
 /// it is PID 1 of the pod's pid namespace, confined (uid 65535, no capabilities, seccomp,
-/// no new privileges), it reaps orphans, an exec into it is refused, SIGTERM ends it with 0.
+/// no new privileges) with the spec's `oom_score_adj`, it reaps orphans, an exec into it is refused, SIGTERM ends it with 0.
 /// `image_pod`: the pod the image's pause made before, whose ipc namespace must not be reused.
 fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) -> Result<()> {
     let mut spec = ContainerSpec::new(rootfs).shell("exit 99").spec().clone();
@@ -258,6 +258,9 @@ fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) 
     if let Some(p) = spec.process_mut() {
         p.user_mut().set_uid(65535);
         p.user_mut().set_gid(65535);
+        // Raised, not lowered: lowering needs CAP_SYS_RESOURCE, which the host-agent test
+        // machines lack (in a VM the agent has it; CRI asks for -998).
+        p.set_oom_score_adj(Some(123));
     }
     let pause = run_in_pod(
         client,
@@ -312,6 +315,7 @@ fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) 
         ("Seccomp:", "2"),
         ("CapEff:", "0000000000000000"),
         ("CapBnd:", "0000000000000000"),
+        ("OomScoreAdj:", "123"),
     ] {
         ensure!(field(name) == want, "PID 1's {name} is {want}: {out:?}");
     }
