@@ -56,11 +56,19 @@ pub fn precreate(rootfs: &Path, spec: &Spec) -> Result<Made, Errno> {
             continue;
         }
         let options = m.options().clone().unwrap_or_default();
-        let file = crate::share::is_bind(m.typ().as_deref(), &options)
-            && m.source()
-                .as_ref()
-                .and_then(|s| std::fs::metadata(s).ok())
-                .is_some_and(|meta| !meta.is_dir());
+        let file = if crate::share::is_bind(m.typ().as_deref(), &options) {
+            // A bind's mount point has its source's kind; a missing source is the share's
+            // error to report (`share::apply_share`), not a directory to make.
+            match m.source().as_ref().map(std::fs::metadata) {
+                Some(Ok(meta)) => !meta.is_dir(),
+                _ => {
+                    made.skipped.push((dest.to_path_buf(), Errno::ENOENT));
+                    continue;
+                }
+            }
+        } else {
+            false
+        };
         match ensure(&root, &components, file) {
             Ok(true) => made.created.push(dest.to_path_buf()),
             Ok(false) => {}
@@ -175,6 +183,7 @@ mod tests {
             mount("/etc/hostname", "bind", &file_src, &["rbind", "ro"]),
             mount("/etc/hosts", "bind", &file_src, &["rbind"]),
             mount("/data/vol", "none", &dir_src, &["bind"]),
+            mount("/missing", "bind", &host.path().join("nosuch"), &["rbind"]),
             mount("/x/../y", "tmpfs", Path::new("tmpfs"), &[]),
         ]);
         let made = precreate(&rootfs, &spec).unwrap();
@@ -196,7 +205,14 @@ mod tests {
         );
         assert_eq!(
             made.skipped,
-            vec![(PathBuf::from("/etc/hosts"), Errno::EEXIST)]
+            vec![
+                (PathBuf::from("/etc/hosts"), Errno::EEXIST),
+                (PathBuf::from("/missing"), Errno::ENOENT)
+            ]
+        );
+        assert!(
+            !rootfs.join("missing").exists(),
+            "no mount point for a missing source"
         );
         assert!(
             std::fs::symlink_metadata(rootfs.join("real-etc/hosts"))
@@ -209,5 +225,6 @@ mod tests {
         // Again: everything exists, nothing is made.
         let again = precreate(&rootfs, &spec).unwrap();
         assert!(again.created.is_empty(), "{again:?}");
+        assert_eq!(again.skipped, made.skipped);
     }
 }
