@@ -25,15 +25,14 @@ use std::path::Path;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{setgid, setgroups, setuid, Gid, Pid, Uid};
+use nix::unistd::Pid;
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Process,
 };
 
-use super::child::{recv, send, AgentCommand, ChildReport, InitConfig, Steps};
+use super::child::{self, recv, send, AgentCommand, ChildConfig, ChildReport, InitConfig, Steps};
 use super::namespaces::{self, NsKind};
-use super::{capabilities, rootfs, seccomp, ChildError};
-use crate::sys;
+use super::{rootfs, seccomp, ChildError};
 use crate::syscall::{RealSyscall, Syscall};
 
 /// The namespaces a built-in pause makes when the spec asks for them (in a VM the runtime asks
@@ -109,12 +108,7 @@ pub(super) fn run(
         .collect();
     namespaces::unshare_kinds(&RealSyscall, &made)?;
     if made.contains(&NsKind::Net) {
-        crate::network::loopback_up().map_err(|e| {
-            ChildError::io(
-                "bringing up lo in the new network namespace",
-                std::io::Error::other(vessel_protocol::errors::chain(&e)),
-            )
-        })?;
+        child::loopback_up()?;
     }
     if let Some(hostname) = init.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         if !made.contains(&NsKind::Uts) {
@@ -157,23 +151,27 @@ pub(super) fn run(
     hold(&awaited)
 }
 
-/// Gives up everything the holder does not need to wait: see the module's comment.
+/// Gives up everything the holder does not need to wait (see the module's comment): the
+/// container's own privileged-to-unprivileged transition (`child::finalize`), asked for no
+/// capabilities, no supplementary groups and no new privileges, with the holder's filter.
 fn confine(process: &Process) -> Result<(), ChildError> {
     nix::sys::prctl::set_dumpable(false).map_err(|e| ChildError::sys("PR_SET_DUMPABLE", e))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| ChildError::sys("PR_SET_NO_NEW_PRIVS", e))?;
-    capabilities::apply_bounding(None)?;
-    let user = process.user();
-    setgroups(&[]).map_err(|e| ChildError::sys("setgroups", e))?;
-    setgid(Gid::from_raw(user.gid()))
-        .map_err(|e| ChildError::sys(format!("setgid {}", user.gid()), e))?;
-    setuid(Uid::from_raw(user.uid()))
-        .map_err(|e| ChildError::sys(format!("setuid {}", user.uid()), e))?;
-    capabilities::apply_sets(None)?;
-    nix::unistd::chdir("/").map_err(|e| ChildError::sys("chdir /", e))?;
     let (filter, _) = seccomp::compile(&holder_seccomp_profile())
         .map_err(|e| ChildError::Invalid(format!("the built-in pause's seccomp filter: {e}")))?;
-    sys::load_seccomp_filter(&filter.to_sock_filters(), filter.flags)
-        .map_err(|e| ChildError::io("load the built-in pause's seccomp filter", e))
+    let mut holder = process.clone();
+    holder.set_capabilities(None);
+    holder.set_no_new_privileges(Some(true));
+    let mut user = holder.user().clone();
+    user.set_additional_gids(None);
+    holder.set_user(user);
+    let cfg = ChildConfig {
+        process: holder,
+        seccomp: Some(filter),
+        init: None,
+        join: Vec::new(),
+        wait_for_start: false,
+    };
+    child::finalize(&cfg, false, Path::new("/"))
 }
 
 /// `pause.c`'s loop: reap on SIGCHLD, end on SIGINT or SIGTERM.

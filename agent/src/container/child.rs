@@ -460,12 +460,7 @@ fn setup_init(
     enter_namespaces(&RealSyscall, init)?;
     steps.done("namespaces");
     if init.new_namespaces.contains(&NsKind::Net) {
-        crate::network::loopback_up().map_err(|e| {
-            ChildError::io(
-                "bringing up lo in the new network namespace",
-                std::io::Error::other(chain(&e)),
-            )
-        })?;
+        loopback_up()?;
     }
     let extras = RootfsExtras {
         resolv_conf: init.resolv_conf.as_deref(),
@@ -481,6 +476,16 @@ fn setup_init(
     );
     steps.done("rootfs: the rest");
     console
+}
+
+/// Brings up `lo` in the network namespace the process just made (a new one has it down).
+pub(super) fn loopback_up() -> Result<(), ChildError> {
+    crate::network::loopback_up().map_err(|e| {
+        ChildError::io(
+            "bringing up lo in the new network namespace",
+            std::io::Error::other(chain(&e)),
+        )
+    })
 }
 
 /// A container init's namespaces: joins the spec's paths, creates the new ones in one
@@ -572,7 +577,7 @@ fn resolve_executable(name: &str, env: &[String]) -> Result<PathBuf, ChildError>
 }
 
 /// The privileged-to-unprivileged transition, in runc's order.
-fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), ChildError> {
+pub(super) fn finalize(cfg: &ChildConfig, chdir_done: bool, cwd: &Path) -> Result<(), ChildError> {
     let p = &cfg.process;
     let nnp = p.no_new_privileges().unwrap_or(false);
     if nnp {

@@ -126,15 +126,11 @@ impl Container {
         let plan = spec::plan(id, spec_json, ctx)?;
         let planned = t0.elapsed();
         let cgroup = plan.cgroup.clone();
-        let builtin_pause = ctx.builtin_pause;
         cgroup
             .create()
             .map_err(|e| RequestError::internal(format!("creating cgroup: {e}", e = chain(&e))))?;
         let before = format!("plan {planned:?}, cgroup {:?}", t0.elapsed() - planned);
-        let result = Self::create_in(id, plan, stdin, &before).map(|mut c| {
-            c.builtin_pause = builtin_pause;
-            c
-        });
+        let result = Self::create_in(id, plan, stdin, &before);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
                 log::warn!(
@@ -178,6 +174,11 @@ impl Container {
             (None, false) => PidNs::Inherit,
         };
         let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
+        let builtin_pause = plan
+            .config
+            .init
+            .as_ref()
+            .is_some_and(|init| init.builtin_pause);
         // Step times go to the debug log: on an emulating host (KVM-PVM) a create takes
         // seconds and these say where.
         let resources_stdio = t_res.elapsed();
@@ -236,7 +237,7 @@ impl Container {
             ns_fds: Mutex::new(ns_fds),
             own_pid_ns,
             paused: AtomicBool::new(false),
-            builtin_pause: false,
+            builtin_pause,
         })
     }
 

@@ -10,6 +10,19 @@ use vessel_protocol::agent_ttrpc::AgentClient;
 use super::client::*;
 use crate::bundle::ContainerSpec;
 
+/// What a CRI member joins by default, and with a shared pid namespace.
+const NET_IPC_UTS: [PodNamespace; 3] = [
+    PodNamespace::POD_NAMESPACE_NET,
+    PodNamespace::POD_NAMESPACE_IPC,
+    PodNamespace::POD_NAMESPACE_UTS,
+];
+const ALL_FOUR: [PodNamespace; 4] = [
+    PodNamespace::POD_NAMESPACE_NET,
+    PodNamespace::POD_NAMESPACE_IPC,
+    PodNamespace::POD_NAMESPACE_UTS,
+    PodNamespace::POD_NAMESPACE_PID,
+];
+
 const NS_SCRIPT: &str =
     "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done; hostname; echo $$";
 
@@ -149,17 +162,12 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         "an unspecified pod namespace kind",
     )?;
 
-    let net_ipc_uts = [
-        PodNamespace::POD_NAMESPACE_NET,
-        PodNamespace::POD_NAMESPACE_IPC,
-        PodNamespace::POD_NAMESPACE_UTS,
-    ];
     let member = run_in_pod(
         client,
         "member",
         &member_spec(rootfs, NS_SCRIPT),
         Role::Member,
-        &net_ipc_uts,
+        &NET_IPC_UTS,
     )?;
     let (out, err, status) = member.output("")?;
     ensure!(status == 0, "member: status {status}, stderr {err:?}");
@@ -175,14 +183,12 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
         m.shell_pid
     );
 
-    let mut with_pid = net_ipc_uts.to_vec();
-    with_pid.push(PodNamespace::POD_NAMESPACE_PID);
     let pid_member = run_in_pod(
         client,
         "pidmember",
         &member_spec(rootfs, NS_SCRIPT),
         Role::Member,
-        &with_pid,
+        &ALL_FOUR,
     )?;
     let (out, _, status) = pid_member.output("")?;
     ensure!(status == 0, "pid member: status {status}");
@@ -222,7 +228,7 @@ pub fn pod_namespaces(client: &AgentClient, rootfs: &Path) -> Result<()> {
             &late,
             &member_spec(rootfs, "true"),
             Role::Member,
-            &net_ipc_uts,
+            &NET_IPC_UTS,
         ),
         ttrpc::Code::FAILED_PRECONDITION,
         "pod namespaces after the sandbox container is gone",
@@ -250,7 +256,8 @@ const PID1_SCRIPT: &str =
 
 /// The agent's built-in pause as the pod's sandbox: members get its namespaces and hostname,
 /// it is PID 1 of the pod's pid namespace, confined (uid 65535, no capabilities, seccomp,
-/// no new privileges) with the spec's `oom_score_adj`, it reaps orphans, an exec into it is refused, SIGTERM ends it with 0.
+/// no new privileges) with the spec's `oom_score_adj`, it reaps orphans, an exec into it is
+/// refused, SIGTERM ends it with 0.
 /// `image_pod`: the pod the image's pause made before, whose ipc namespace must not be reused.
 fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) -> Result<()> {
     let mut spec = ContainerSpec::new(rootfs).shell("exit 99").spec().clone();
@@ -284,18 +291,12 @@ fn builtin_pause(client: &AgentClient, rootfs: &Path, image_pod: Option<&Seen>) 
         "builtin_pause without pod_sandbox",
     )?;
 
-    let all = [
-        PodNamespace::POD_NAMESPACE_NET,
-        PodNamespace::POD_NAMESPACE_IPC,
-        PodNamespace::POD_NAMESPACE_UTS,
-        PodNamespace::POD_NAMESPACE_PID,
-    ];
     let member = run_in_pod(
         client,
         "pid1-probe",
         &member_spec(rootfs, PID1_SCRIPT),
         Role::Member,
-        &all,
+        &ALL_FOUR,
     )?;
     let (out, err, status) = member.output("")?;
     ensure!(status == 0, "probe: status {status}, stderr {err:?}");
