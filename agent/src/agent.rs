@@ -164,6 +164,10 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
             Ok(took) => log::info!("warm-up container made and removed in {took:?}"),
             Err(e) => log::warn!("warm-up container: {e}"),
         }
+        match sandbox.make_spare_cgroups(crate::warmup::SPARE_CGROUPS) {
+            Ok(n) => log::info!("{n} spare cgroups made"),
+            Err(e) => log::warn!("spare cgroups: {e}"),
+        }
         crate::warmup::SPARE_SETUP_CHILDREN
     } else {
         opts.spare_setup_children

@@ -9,6 +9,7 @@ use vessel_protocol::errors::chain;
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::container::cgroup_placement::CgroupPlacement;
 use crate::container::cgroups::CgroupLayout;
 use crate::container::mounts::{ensure_mountpoint, parse_options};
 use crate::container::namespaces::NsKind;
@@ -196,7 +197,8 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Entry>>,
     /// Ids being created or removed right now (so a duplicate create fails fast).
     busy: Mutex<HashSet<String>>,
-    layout: Result<CgroupLayout, String>,
+    /// Where containers' cgroups go: flat in the guest, the spec's path on the host.
+    cgroups: Result<CgroupPlacement, String>,
     pub oom: Arc<OomMonitor>,
     state_dir: PathBuf,
     info: Mutex<SandboxInfo>,
@@ -209,14 +211,16 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(state_dir: PathBuf, pid1: bool) -> std::io::Result<Sandbox> {
         fs::create_dir_all(&state_dir)?;
-        let layout = CgroupLayout::detect().map_err(|e| {
-            log::error!("cgroups: {e}", e = chain(&e));
-            chain(&e)
-        });
+        let cgroups = CgroupLayout::detect()
+            .map(|layout| CgroupPlacement::new(layout, pid1))
+            .map_err(|e| {
+                log::error!("cgroups: {e}", e = chain(&e));
+                chain(&e)
+            });
         Ok(Sandbox {
             containers: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
-            layout,
+            cgroups,
             oom: OomMonitor::start()?,
             state_dir,
             info: Mutex::new(SandboxInfo::default()),
@@ -314,10 +318,17 @@ impl Sandbox {
             .ok_or_else(|| RequestError::not_found(format!("container {id:?} not found")))
     }
 
-    fn layout(&self) -> RequestResult<&CgroupLayout> {
-        self.layout
+    fn cgroups(&self) -> RequestResult<&CgroupPlacement> {
+        self.cgroups
             .as_ref()
             .map_err(|e| RequestError::precondition(format!("cgroups unavailable: {e}")))
+    }
+
+    /// Makes `count` spare cgroups for the next containers (before a snapshot:
+    /// `crate::warmup`); how many there are.
+    pub fn make_spare_cgroups(&self, count: usize) -> Result<usize, String> {
+        let placement = self.cgroups.as_ref().map_err(Clone::clone)?;
+        placement.make_spares(count).map_err(|e| chain(&e))
     }
 
     pub fn create_container(
@@ -351,12 +362,12 @@ impl Sandbox {
         stdin: bool,
         pod: &PodPlacement,
     ) -> RequestResult<()> {
-        let layout = self.layout()?;
+        let cgroups = self.cgroups()?;
         let pod_join = self.pod_join(pod)?;
         let mounted = mount_storages(&RealSyscall, storages)?;
         let resolv = self.resolv_conf_path();
         let ctx = CreateContext {
-            layout,
+            cgroups,
             resolv_conf: resolv.exists().then_some(resolv.as_path()),
             pod_join: &pod_join,
             builtin_pause: pod.builtin_pause,

@@ -102,18 +102,25 @@ fn agent_scenarios_inside_a_vm() {
         }
     }
     // A file a container wrote through virtio-fs lands in the host directory (in the root:
-    // /tmp is a tmpfs in these specs).
+    // /tmp is a tmpfs in these specs). The same container, without a cgroup namespace of its
+    // own, shows where the guest put its cgroup: flat below the root whatever the spec's
+    // path (the agent's `cgroup_placement`; this VM took no snapshot, so has no spares).
     let probe = sc::run(
         &client,
         "writes",
         &vessel_tests::bundle::ContainerSpec::new(&guest_rootfs)
             .writable_root()
-            .shell("echo written-in-guest > /from-guest"),
+            .without_namespace(oci_spec::runtime::LinuxNamespaceType::Cgroup)
+            .cgroups_path("/kubepods/besteffort/pod1/writes")
+            .shell("echo written-in-guest > /from-guest; cat /proc/self/cgroup"),
         false,
     )
-    .and_then(|c| c.output("").map(|(_, _, status)| status));
+    .and_then(|c| c.output("").map(|(out, _, status)| (out, status)));
     match probe {
-        Ok(0) => {
+        Ok((out, 0)) => {
+            if out != "0::/vessel-writes\n" {
+                failures.push(format!("the container's guest cgroup: {out:?}"));
+            }
             let host = rootfs.path().join("from-guest");
             match std::fs::read_to_string(&host) {
                 Ok(s) if s == "written-in-guest\n" => {}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vessel_tests::containerd::{workspace_binary, Containerd, CtrOutput, BUSYBOX_REF};
+use vessel_tests::containerd::{workspace_binary, Containerd, CtrOutput, BUSYBOX_REF, NAMESPACE};
 
 const VESSEL: &str = "io.containerd.vessel.v2";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -35,6 +35,7 @@ struct VesselEnv {
     /// Appended to container ids: the VM and host-agent twins of a scenario run at the same
     /// time, and a container's default cgroupsPath (`/<namespace>/<id>`) is host-wide.
     suffix: &'static str,
+    backend: Backend,
 }
 
 impl VesselEnv {
@@ -91,6 +92,7 @@ impl VesselEnv {
             dir,
             config,
             suffix,
+            backend,
         }
     }
 
@@ -339,11 +341,26 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
         VESSEL,
         BUSYBOX_REF,
         v_echo.as_str(),
-        "echo",
-        "hello from vessel",
+        "sh",
+        "-c",
+        "echo hello from vessel; cat /proc/self/cgroup",
     ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
-    assert_eq!(out.stdout, "hello from vessel\n");
+    let (first, cgroups) = out.stdout.split_once('\n').unwrap_or((&out.stdout, ""));
+    assert_eq!(first, "hello from vessel", "{}", describe(&out, &ctrd));
+    // Where the container's cgroup is (`ctr run` gives it no cgroup namespace; the agent's
+    // `cgroup_placement`): in a VM restored from the snapshot, the first spare cgroup made
+    // before the snapshot; with the host agent, the spec's `/<namespace>/<id>`, as runc does.
+    match env.backend {
+        Backend::Vmm => assert_eq!(cgroups, "0::/spare-0\n", "{}", describe(&out, &ctrd)),
+        Backend::HostAgent => assert!(
+            cgroups
+                .lines()
+                .any(|l| l.ends_with(&format!(":/{NAMESPACE}/{v_echo}"))),
+            "{}",
+            describe(&out, &ctrd)
+        ),
+    }
     let out = ctrd.ctr(&[
         "run",
         "--rm",

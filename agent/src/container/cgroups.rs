@@ -253,6 +253,11 @@ impl Cgroup {
             .or_else(|| self.dirs.first().map(|(_, d)| d.as_path()))
     }
 
+    /// Whether any of its directories exists already.
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|(_, d)| d.exists())
+    }
+
     /// Creates the directories (and, on v2, enables controllers on the way down).
     pub fn create(&self) -> Result<(), CgroupError> {
         if self.v2 {

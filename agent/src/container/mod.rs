@@ -4,6 +4,7 @@
 
 pub mod builtin_pause;
 pub mod capabilities;
+pub mod cgroup_placement;
 pub mod cgroups;
 pub mod child;
 pub mod console;
@@ -106,7 +107,7 @@ pub struct Container {
 
 /// What the sandbox provides to a new container.
 pub struct CreateContext<'a> {
-    pub layout: &'a cgroups::CgroupLayout,
+    pub cgroups: &'a cgroup_placement::CgroupPlacement,
     pub resolv_conf: Option<&'a std::path::Path>,
     /// Pod namespaces to join instead of the spec's entries of those kinds.
     pub pod_join: &'a [(NsKind, std::path::PathBuf)],
@@ -123,13 +124,22 @@ impl Container {
         ctx: &CreateContext<'_>,
     ) -> RequestResult<Container> {
         let t0 = std::time::Instant::now();
-        let plan = spec::plan(id, spec_json, ctx)?;
+        let mut plan = spec::plan(id, spec_json, ctx)?;
         let planned = t0.elapsed();
+        // A spare made before the snapshot saves the `mkdir` (`cgroup_placement`).
+        let spare = ctx.cgroups.claim_spare();
+        let made = if spare.is_some() { "spare" } else { "made" };
+        match spare {
+            Some(spare) => plan.cgroup = spare,
+            None => plan.cgroup.create().map_err(|e| {
+                RequestError::internal(format!("creating cgroup: {e}", e = chain(&e)))
+            })?,
+        }
         let cgroup = plan.cgroup.clone();
-        cgroup
-            .create()
-            .map_err(|e| RequestError::internal(format!("creating cgroup: {e}", e = chain(&e))))?;
-        let before = format!("plan {planned:?}, cgroup {:?}", t0.elapsed() - planned);
+        let before = format!(
+            "plan {planned:?}, cgroup ({made}) {:?}",
+            t0.elapsed() - planned
+        );
         let result = Self::create_in(id, plan, stdin, &before);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {

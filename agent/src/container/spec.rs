@@ -134,10 +134,10 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
     };
 
     let cgroup = ctx
-        .layout
-        .container_cgroup(linux.cgroups_path().as_deref(), id)
+        .cgroups
+        .cgroup_for(linux.cgroups_path().as_deref(), id)
         .map_err(|e| RequestError::invalid(format!("cgroupsPath: {e}")))?;
-    let cgroup_style = match ctx.layout {
+    let cgroup_style = match ctx.cgroups.layout() {
         CgroupLayout::V2 { root_flags, .. } => CgroupMountStyle::V2 {
             root_flags: root_flags.clone(),
         },
@@ -192,15 +192,17 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
 
 #[cfg(test)]
 mod tests {
+    use super::super::cgroup_placement::CgroupPlacement;
     use super::*;
     use std::path::Path;
 
-    fn ctx_layout() -> CgroupLayout {
-        CgroupLayout::V2 {
+    fn ctx_cgroups() -> CgroupPlacement {
+        let layout = CgroupLayout::V2 {
             root: PathBuf::from("/sys/fs/cgroup"),
             own: PathBuf::from("/"),
             root_flags: String::new(),
-        }
+        };
+        CgroupPlacement::new(layout, true)
     }
 
     fn spec_with(root: &Path, patch: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -221,10 +223,10 @@ mod tests {
     #[test]
     fn bad_specs_are_invalid_argument() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = ctx_layout();
+        let cgroups = ctx_cgroups();
         let ctx = CreateContext {
             builtin_pause: false,
-            layout: &layout,
+            cgroups: &cgroups,
             resolv_conf: None,
             pod_join: &[],
         };
@@ -260,7 +262,7 @@ mod tests {
     #[test]
     fn pod_namespaces_replace_the_specs_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = ctx_layout();
+        let cgroups = ctx_cgroups();
         let pod_join = vec![
             (NsKind::Net, PathBuf::from("/a/pod/ns/net")),
             (NsKind::Ipc, PathBuf::from("/a/pod/ns/ipc")),
@@ -268,7 +270,7 @@ mod tests {
         ];
         let ctx = CreateContext {
             builtin_pause: false,
-            layout: &layout,
+            cgroups: &cgroups,
             resolv_conf: None,
             pod_join: &pod_join,
         };
