@@ -168,6 +168,10 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
             Ok(n) => log::info!("{n} spare cgroups made"),
             Err(e) => log::warn!("spare cgroups: {e}"),
         }
+        match crate::pod_network::nics_up() {
+            Ok(n) => log::info!("{n} NIC(s) up ahead of the pod's network"),
+            Err(e) => log::warn!("NICs up: {e}", e = chain(&e)),
+        }
         crate::warmup::SPARE_SETUP_CHILDREN
     } else {
         opts.spare_setup_children
@@ -220,17 +224,27 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
     }
 }
 
+/// ttrpc handler threads started per connection (see `serve`).
+const HANDLER_THREADS: usize = 10;
+
 fn serve(listen: &str, service: Arc<AgentService>) -> Result<ttrpc::Server, StartupError> {
     let server_err = |source| StartupError::Server {
         addr: listen.to_string(),
         source,
     };
+    // ttrpc starts DEFAULT handler threads per connection and, whenever fewer than MIN are
+    // idle, tops them up to DEFAULT. The runtime keeps long calls open on its one
+    // connection (GetOOMEvent; per container WaitProcess, ReadStdout, ReadStderr): with 4,
+    // a pod's first container used them up and the agent spawned threads while it started
+    // (each a clone, a stack and page faults: dear on KVM-PVM). With 10, a sandbox and one
+    // container (or a standalone container) never need more, and the snapshot's parked
+    // connection holds them already made.
     let mut server = ttrpc::Server::new()
         .bind(listen)
         .map_err(server_err)?
         .register_service(create_agent(service))
         .set_thread_count_min(2)
-        .set_thread_count_default(4)
+        .set_thread_count_default(HANDLER_THREADS)
         .set_thread_count_max(32);
     server.start().map_err(server_err)?;
     Ok(server)

@@ -281,6 +281,13 @@ impl Netlink {
         self.request("set link", m).map(|_| ())
     }
 
+    /// Sets the link down (a link that is up cannot be renamed).
+    pub fn set_link_down(&mut self, index: i32) -> Result<(), NetlinkError> {
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, self.next_seq());
+        m.bytes(&ifinfomsg(index, 0, IFF_UP));
+        self.request("set link down", m).map(|_| ())
+    }
+
     /// Addresses (address, prefix) currently on a link.
     pub fn addresses(&mut self, index: i32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         let mut m = Msg::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, self.next_seq());

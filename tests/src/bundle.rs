@@ -246,6 +246,21 @@ impl ContainerSpec {
         self
     }
 
+    /// A CPU quota (`cpu.max` on cgroup v2), replacing any other resources.
+    pub fn cpu_quota(mut self, quota_us: i64, period_us: u64) -> Self {
+        let cpu = oci_spec::runtime::LinuxCpuBuilder::default()
+            .quota(quota_us)
+            .period(period_us)
+            .build()
+            .expect("cpu");
+        let res = LinuxResourcesBuilder::default()
+            .cpu(cpu)
+            .build()
+            .expect("resources");
+        self.linux_mut().set_resources(Some(res));
+        self
+    }
+
     pub fn cgroups_path(mut self, path: &str) -> Self {
         self.linux_mut().set_cgroups_path(Some(PathBuf::from(path)));
         self

@@ -407,6 +407,9 @@ fn network_interface_and_routes() {
         ],
     );
     run_in_netns(pid, &["ip", "link", "set", "v1", "up"]);
+    // Up before the agent renames it, as a guest NIC is after the warm-up (`nics_up`): the
+    // kernel renames only a link that is down.
+    run_in_netns(pid, &["ip", "link", "set", "v0", "up"]);
     let link = run_in_netns(pid, &["ip", "-o", "link", "show", "v0"]);
     let mac = link
         .split("link/ether ")

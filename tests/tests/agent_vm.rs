@@ -104,7 +104,9 @@ fn agent_scenarios_inside_a_vm() {
     // A file a container wrote through virtio-fs lands in the host directory (in the root:
     // /tmp is a tmpfs in these specs). The same container, without a cgroup namespace of its
     // own, shows where the guest put its cgroup: flat below the root whatever the spec's
-    // path (the agent's `cgroup_placement`; this VM took no snapshot, so has no spares).
+    // path (the agent's `cgroup_placement`; this VM took no snapshot, so has no spares). It
+    // asks for a CPU quota, the first container here to ask for CPU settings: the agent
+    // enables the `cpu` controller for it (`cgroups::V2_CPU_CONTROLLER`).
     let probe = sc::run(
         &client,
         "writes",
@@ -112,14 +114,29 @@ fn agent_scenarios_inside_a_vm() {
             .writable_root()
             .without_namespace(oci_spec::runtime::LinuxNamespaceType::Cgroup)
             .cgroups_path("/kubepods/besteffort/pod1/writes")
-            .shell("echo written-in-guest > /from-guest; cat /proc/self/cgroup"),
+            .cpu_quota(50_000, 100_000)
+            .shell(
+                "echo written-in-guest > /from-guest; cat /proc/self/cgroup; \
+                 own=$(sed -n 's/^0:://p' /proc/self/cgroup); \
+                 cat /sys/fs/cgroup$own/cpu.max /sys/fs/cgroup/cgroup.subtree_control",
+            ),
         false,
     )
     .and_then(|c| c.output("").map(|(out, _, status)| (out, status)));
     match probe {
         Ok((out, 0)) => {
-            if out != "0::/vessel-writes\n" {
-                failures.push(format!("the container's guest cgroup: {out:?}"));
+            // The id carries the test's marker: `writes-<marker>`.
+            let lines: Vec<&str> = out.lines().collect();
+            let flat = lines
+                .first()
+                .is_some_and(|l| l.starts_with("0::/vessel-writes-") && !l[4..].contains('/'));
+            let cpu_on = lines
+                .get(2)
+                .is_some_and(|l| l.split_whitespace().any(|c| c == "cpu"));
+            if !flat || lines.get(1) != Some(&"50000 100000") || !cpu_on {
+                failures.push(format!(
+                    "the container's guest cgroup and CPU quota: {out:?}"
+                ));
             }
             let host = rootfs.path().join("from-guest");
             match std::fs::read_to_string(&host) {

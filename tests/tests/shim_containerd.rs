@@ -339,11 +339,14 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
         "--rm",
         "--runtime",
         VESSEL,
+        "--mount",
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro",
         BUSYBOX_REF,
         v_echo.as_str(),
         "sh",
         "-c",
-        "echo hello from vessel; cat /proc/self/cgroup",
+        "echo hello from vessel; cat /proc/self/cgroup; \
+         cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; true",
     ]);
     assert!(out.success(), "{}", describe(&out, &ctrd));
     let (first, cgroups) = out.stdout.split_once('\n').unwrap_or((&out.stdout, ""));
@@ -351,8 +354,28 @@ fn scenario_run_prints_output_and_exit_code(env: VesselEnv) {
     // Where the container's cgroup is (`ctr run` gives it no cgroup namespace; the agent's
     // `cgroup_placement`): in a VM restored from the snapshot, the first spare cgroup made
     // before the snapshot; with the host agent, the spec's `/<namespace>/<id>`, as runc does.
+    // In the guest every controller but `cpu` is enabled below the root (the container
+    // mounts the hierarchy's root: no cgroup namespace): `ctr run` asks for no CPU settings
+    // (its shares are cgroup v1's default; `cgroups::V2_CPU_CONTROLLER`).
     match env.backend {
-        Backend::Vmm => assert_eq!(cgroups, "0::/spare-0\n", "{}", describe(&out, &ctrd)),
+        Backend::Vmm => {
+            let lines: Vec<&str> = cgroups.lines().collect();
+            assert_eq!(
+                lines.first(),
+                Some(&"0::/spare-0"),
+                "{}",
+                describe(&out, &ctrd)
+            );
+            let controllers: Vec<&str> = lines
+                .get(1)
+                .map(|l| l.split_whitespace().collect())
+                .unwrap_or_default();
+            assert!(
+                controllers.contains(&"memory") && !controllers.contains(&"cpu"),
+                "{}",
+                describe(&out, &ctrd)
+            );
+        }
         Backend::HostAgent => assert!(
             cgroups
                 .lines()

@@ -162,4 +162,68 @@ mod tests {
         };
         assert_eq!(CgroupPlacement::new(v1, true).make_spares(2).unwrap(), 0);
     }
+
+    #[test]
+    fn the_cpu_controller_is_enabled_only_for_a_container_that_asks() {
+        use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+        // Plain files stand in for cgroup2's: the root offers `cpu` and enabled the rest.
+        let root = tempfile::tempdir().unwrap();
+        let control = root.path().join("cgroup.subtree_control");
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        std::fs::write(&control, "cpuset io memory pids").unwrap();
+        let placement = CgroupPlacement::new(v2(root.path()), true);
+
+        let plain = placement.cgroup_for(None, "plain").unwrap();
+        plain.create().unwrap();
+        let memory_only = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64i64 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        plain.apply(&memory_only).unwrap();
+        // `ctr run`'s shares: v1's default, no request.
+        let v1_default = LinuxResourcesBuilder::default()
+            .cpu(LinuxCpuBuilder::default().shares(1024u64).build().unwrap())
+            .build()
+            .unwrap();
+        plain.apply(&v1_default).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&control).unwrap(),
+            "cpuset io memory pids"
+        );
+        assert!(!root.path().join("vessel-plain/cpu.weight").exists());
+
+        let weighted = placement.cgroup_for(None, "weighted").unwrap();
+        weighted.create().unwrap();
+        let cpu = LinuxResourcesBuilder::default()
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(1024u64)
+                    .quota(50_000i64)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        weighted.apply(&cpu).unwrap();
+        // What the kernel is asked (the file takes the last write), then the limits.
+        assert_eq!(std::fs::read_to_string(&control).unwrap(), "+cpu");
+        let dir = root.path().join("vessel-weighted");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.weight")).unwrap(),
+            "39"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+    }
 }

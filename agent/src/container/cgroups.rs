@@ -15,8 +15,17 @@ use oci_spec::runtime::LinuxResources;
 const V1_CONTROLLERS: &[&str] = &[
     "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices",
 ];
-/// v2 controllers enabled for containers (when available).
-const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+/// v2 controllers enabled for containers (when available). `cpu` is not among them: it is
+/// enabled on the way down only when a container asks for a CPU weight or quota
+/// ([`Cgroup::apply`]). Each cgroup with `cpu` is a scheduling entity whose load the kernel
+/// tracks at every tick, wake-up and sleep; on KVM-PVM, where the guest kernel is emulated,
+/// a container without it ran measurably faster (`agent/README.md`). Its usage figures
+/// (`cpu.stat`) exist either way.
+const V2_CONTROLLERS: &[&str] = &["cpuset", "memory", "pids", "io"];
+/// The v2 controller that is enabled only on demand (see [`V2_CONTROLLERS`]).
+pub const V2_CPU_CONTROLLER: &str = "cpu";
+/// cgroup v1's default `cpu.shares`.
+const V1_DEFAULT_SHARES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -285,6 +294,20 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Enables the `cpu` controller from the hierarchy's root down to this cgroup's parent,
+    /// so its `cpu.weight` and `cpu.max` exist (every sibling gets them too, at their
+    /// defaults). A level that refuses is left as it is (and logged); the write of the
+    /// limit then fails and names the file.
+    fn enable_v2_cpu_controller(&self) {
+        let Some(dir) = self.dir("") else { return };
+        let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
+        let mut cur = self.root.clone();
+        for comp in rel.components() {
+            enable_v2_controllers_of(&cur, &[V2_CPU_CONTROLLER]);
+            cur.push(comp);
+        }
+    }
+
     /// Moves `pid` into the cgroup.
     /// The `cgroup.procs` files a process joins this cgroup through (one per v1 hierarchy).
     pub fn procs_files(&self) -> Vec<PathBuf> {
@@ -307,7 +330,24 @@ impl Cgroup {
             self.apply_memory(mem.limit(), mem.swap(), mem.reservation(), mem.swappiness())?;
         }
         if let Some(cpu) = res.cpu() {
-            if let Some(shares) = cpu.shares() {
+            // What asks for the controller: a quota, or shares other than cgroup v1's default
+            // (1024) or unset (0). Defaults, an unlimited quota or a period alone ask for
+            // nothing: a cgroup without the controller behaves as they say.
+            let asks = cpu.quota().is_some_and(|q| q > 0)
+                || cpu
+                    .shares()
+                    .is_some_and(|s| s != 0 && s != V1_DEFAULT_SHARES);
+            // Asked for, the limits are written even if enabling failed: the write fails and
+            // names the file rather than a limit going missing.
+            let cpu_on = match (self.v2, asks) {
+                (false, _) => true,
+                (true, true) => {
+                    self.enable_v2_cpu_controller();
+                    true
+                }
+                (true, false) => self.dir("").is_some_and(|d| d.join("cpu.weight").exists()),
+            };
+            if let Some(shares) = cpu.shares().filter(|_| cpu_on) {
                 match self.v2 {
                     true => write_in(
                         self.dir(""),
@@ -317,7 +357,7 @@ impl Cgroup {
                     false => write_in(self.dir("cpu"), "cpu.shares", &shares.to_string())?,
                 }
             }
-            if cpu.quota().is_some() || cpu.period().is_some() {
+            if cpu_on && (cpu.quota().is_some() || cpu.period().is_some()) {
                 let period = cpu.period().unwrap_or(100_000);
                 let quota = cpu.quota().unwrap_or(-1);
                 if self.v2 {
@@ -635,9 +675,14 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 fn enable_v2_controllers(dir: &Path) {
+    enable_v2_controllers_of(dir, V2_CONTROLLERS)
+}
+
+/// Enables those of `controllers` that `dir` has and has not enabled for its children.
+fn enable_v2_controllers_of(dir: &Path, controllers: &[&str]) {
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-    for c in V2_CONTROLLERS {
+    for c in controllers {
         if available.split_whitespace().any(|a| a == *c)
             && !enabled.split_whitespace().any(|a| a == *c)
         {
