@@ -32,9 +32,6 @@ enum Backend {
 struct VesselEnv {
     dir: tempfile::TempDir,
     config: PathBuf,
-    /// Appended to container ids: the VM and host-agent twins of a scenario run at the same
-    /// time, and a container's default cgroupsPath (`/<namespace>/<id>`) is host-wide.
-    suffix: &'static str,
     backend: Backend,
 }
 
@@ -84,21 +81,22 @@ impl VesselEnv {
             ),
         )
         .unwrap();
-        let suffix = match backend {
-            Backend::Vmm => "-vm",
-            Backend::HostAgent => "-ha",
-        };
         VesselEnv {
             dir,
             config,
-            suffix,
             backend,
         }
     }
 
-    /// A container id of this backend's own (see `suffix`).
+    /// A container id of this backend's own: the VM and host-agent twins of a scenario run
+    /// at the same time, and a container's default cgroupsPath (`/<namespace>/<id>`) is
+    /// host-wide.
     fn id(&self, base: &str) -> String {
-        format!("{base}{}", self.suffix)
+        let suffix = match self.backend {
+            Backend::Vmm => "-vm",
+            Backend::HostAgent => "-ha",
+        };
+        format!("{base}{suffix}")
     }
 
     fn state_root(&self) -> PathBuf {

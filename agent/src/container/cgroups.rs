@@ -270,14 +270,10 @@ impl Cgroup {
     /// Creates the directories (and, on v2, enables controllers on the way down).
     pub fn create(&self) -> Result<(), CgroupError> {
         if self.v2 {
-            let dir = &self.dirs[0].1;
-            let rel = dir.strip_prefix(&self.root).unwrap_or(dir).to_path_buf();
-            let mut cur = self.root.clone();
-            for comp in rel.components() {
-                enable_v2_controllers(&cur);
-                cur.push(comp);
-                if !cur.exists() {
-                    fs::create_dir(&cur).map_err(io_err("mkdir", &cur))?;
+            for (parent, level) in self.v2_levels() {
+                enable_v2_controllers(&parent);
+                if !level.exists() {
+                    fs::create_dir(&level).map_err(io_err("mkdir", &level))?;
                 }
             }
             return Ok(());
@@ -299,13 +295,26 @@ impl Cgroup {
     /// defaults). A level that refuses is left as it is (and logged); the write of the
     /// limit then fails and names the file.
     fn enable_v2_cpu_controller(&self) {
-        let Some(dir) = self.dir("") else { return };
+        for (parent, _) in self.v2_levels() {
+            enable_v2_controllers_of(&parent, &[V2_CPU_CONTROLLER]);
+        }
+    }
+
+    /// On v2, each level from the hierarchy's root down to the cgroup's directory, with its
+    /// parent: (parent, level).
+    fn v2_levels(&self) -> Vec<(PathBuf, PathBuf)> {
+        let Some(dir) = self.dirs.first().map(|(_, d)| d).filter(|_| self.v2) else {
+            return Vec::new();
+        };
         let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
         let mut cur = self.root.clone();
+        let mut levels = Vec::new();
         for comp in rel.components() {
-            enable_v2_controllers_of(&cur, &[V2_CPU_CONTROLLER]);
+            let parent = cur.clone();
             cur.push(comp);
+            levels.push((parent, cur.clone()));
         }
+        levels
     }
 
     /// Moves `pid` into the cgroup.
