@@ -94,11 +94,22 @@ fn normal_components(dest: &Path) -> Option<Vec<&OsStr>> {
     Some(out)
 }
 
+/// How often `openat2(RESOLVE_IN_ROOT)` is retried on EAGAIN.
+const OPENAT2_TRIES: usize = 16;
+
+/// With RESOLVE_IN_ROOT the kernel answers EAGAIN when a `..` met a rename or mount anywhere
+/// on the system meanwhile: tried again, a few times, as openat2(2) says.
 fn resolve_in_root(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, rel, how)
+    let mut tries = 0;
+    loop {
+        match openat2(root, rel, how) {
+            Err(Errno::EAGAIN) if tries < OPENAT2_TRIES => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Makes `components` exist under `root` (directories, the last one a file if `file`);

@@ -73,6 +73,9 @@ pub struct PinnedDest {
     proc_path: PathBuf,
 }
 
+/// How often `openat2(RESOLVE_IN_ROOT)` is retried on EAGAIN.
+const OPENAT2_TRIES: usize = 16;
+
 impl PinnedDest {
     /// Pins `dest` (absolute in the container) inside `rootfs`; it must exist.
     pub fn open(rootfs: &Path, dest: &Path) -> Result<PinnedDest, ChildError> {
@@ -93,7 +96,17 @@ impl PinnedDest {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = openat2(&root, rel, how).map_err(|e| {
+        // With RESOLVE_IN_ROOT the kernel answers EAGAIN when a `..` met a rename or mount
+        // anywhere on the system meanwhile (another container's setup): try again, a few
+        // times, as openat2(2) says.
+        let mut tries = 0;
+        let fd = loop {
+            match openat2(&root, rel, how) {
+                Err(nix::errno::Errno::EAGAIN) if tries < OPENAT2_TRIES => tries += 1,
+                other => break other,
+            }
+        }
+        .map_err(|e| {
             ChildError::sys(
                 format!("open mount point {} in the rootfs", dest.display()),
                 e,
