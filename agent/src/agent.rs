@@ -109,6 +109,10 @@ pub fn run(args: &[String]) -> Result<(), StartupError> {
 
     crate::logger::init(opts.log_level.unwrap_or(LevelFilter::Warn));
     if pid1 {
+        // Before any thread exists, so all inherit it.
+        if let Err(e) = crate::priority::raise_agent() {
+            log::warn!("raising the agent's priority: {e}");
+        }
         let failures = crate::init::setup_pid1();
         if opts.log_level.is_none() {
             if let Some(level) = crate::init::cmdline_value("vessel.log")

@@ -154,12 +154,12 @@ fn leave_initramfs() -> nix::Result<()> {
 }
 
 /// Enables every available controller for child cgroups but `cpu`, which a container's CPU
-/// weight or quota enables when it asks (`container::cgroups::V2_CPU_CONTROLLER`).
+/// weight or quota enables when it asks (`container::cgroup_cpu::V2_CPU_CONTROLLER`).
 pub fn enable_cgroup_controllers(root: &Path) {
     let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = available
         .split_whitespace()
-        .filter(|c| *c != crate::container::cgroups::V2_CPU_CONTROLLER)
+        .filter(|c| *c != crate::container::cgroup_cpu::V2_CPU_CONTROLLER)
         .map(|c| format!("+{c}"))
         .collect();
     if wanted.is_empty() {

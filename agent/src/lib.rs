@@ -26,6 +26,7 @@ pub mod network;
 pub mod oom;
 pub mod pod;
 pub mod pod_network;
+pub mod priority;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

@@ -318,6 +318,11 @@ impl Sandbox {
             .ok_or_else(|| RequestError::not_found(format!("container {id:?} not found")))
     }
 
+    /// UpdateContainer: new resources for container `id`.
+    pub fn update_container(&self, id: &str, resources_json: &[u8]) -> RequestResult<()> {
+        self.get(id)?.update(resources_json, self.cgroups()?)
+    }
+
     fn cgroups(&self) -> RequestResult<&CgroupPlacement> {
         self.cgroups
             .as_ref()

@@ -459,8 +459,7 @@ impl Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         let r = self
             .sandbox
-            .get(&req.container_id)
-            .and_then(|c| c.update(&req.resources));
+            .update_container(&req.container_id, &req.resources);
         reply("UpdateContainer", r.map(|_| Empty::new()))
     }
 

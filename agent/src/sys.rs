@@ -235,6 +235,18 @@ pub fn load_seccomp_filter(program: &[libc::sock_filter], flags: u32) -> io::Res
     Ok(())
 }
 
+/// Sets the calling thread's nice value (`setpriority(PRIO_PROCESS, 0, nice)`: on Linux, the
+/// calling thread; threads and children made afterwards inherit it).
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Restores the default disposition of every catchable signal (before exec of container
 /// code: the agent's runtime ignores SIGPIPE, and ignored dispositions survive execve).
 pub fn reset_signal_dispositions() {

@@ -34,6 +34,8 @@ pub struct DirectExec {
     pub cgroup_procs: Vec<RawFd>,
     /// Written to `/proc/self/oom_score_adj`.
     pub oom_score_adj: Option<CString>,
+    /// The nice value to take (`crate::priority`); `None`: keep the agent's.
+    pub nice: Option<libc::c_int>,
     /// (resource, soft, hard).
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub cwd: CString,
@@ -77,7 +79,7 @@ impl DirectExecFailure {
 }
 
 /// The steps, in order; a failure reports its index.
-const STEPS: [&str; 18] = [
+const STEPS: [&str; 19] = [
     "setns",
     "join the container's cgroup",
     "oom_score_adj",
@@ -96,6 +98,7 @@ const STEPS: [&str; 18] = [
     "chdir",
     "set up stdio",
     "exec (no such executable in the container)",
+    "setpriority",
 ];
 const SETNS: usize = 0;
 const CGROUP: usize = 1;
@@ -115,6 +118,7 @@ const AMBIENT_RAISE: usize = 14;
 const CHDIR: usize = 15;
 const STDIO: usize = 16;
 const STEP_EXEC: usize = 17;
+const NICE: usize = 18;
 
 struct ChildArgs<'a> {
     plan: &'a DirectExec,
@@ -208,6 +212,11 @@ fn run_child(a: &ChildArgs<'_>) -> Result<std::convert::Infallible, (usize, i32)
     }
     // SAFETY: setsid takes no arguments.
     check(i64::from(unsafe { libc::setsid() })).map_err(at(SETSID))?;
+    if let Some(nice) = p.nice {
+        // SAFETY: integer arguments only (this task alone).
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        check(i64::from(rc)).map_err(at(NICE))?;
+    }
     for &(resource, soft, hard) in &p.rlimits {
         let lim = libc::rlimit {
             rlim_cur: soft,

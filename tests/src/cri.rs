@@ -519,6 +519,18 @@ pub fn container_config(name: &str, argv: &[&str]) -> ContainerConfig {
     }
 }
 
+/// `cfg` with CPU shares, as kubelet sets them (2 for a BestEffort container, the request
+/// in millicores × 1024 / 1000 otherwise).
+pub fn with_cpu_shares(mut cfg: ContainerConfig, shares: i64) -> ContainerConfig {
+    if let Some(linux) = cfg.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            cpu_shares: shares,
+            ..Default::default()
+        });
+    }
+    cfg
+}
+
 fn unique() -> u32 {
     INSTANCE.fetch_add(1, Ordering::Relaxed)
 }

@@ -106,7 +106,8 @@ fn agent_scenarios_inside_a_vm() {
     // own, shows where the guest put its cgroup: flat below the root whatever the spec's
     // path (the agent's `cgroup_placement`; this VM took no snapshot, so has no spares). It
     // asks for a CPU quota, the first container here to ask for CPU settings: the agent
-    // enables the `cpu` controller for it (`cgroups::V2_CPU_CONTROLLER`).
+    // enables the `cpu` controller for it (`cgroup_cpu`). Its nice value is 0 although the
+    // agent runs at -10 (`priority`).
     let probe = sc::run(
         &client,
         "writes",
@@ -118,7 +119,8 @@ fn agent_scenarios_inside_a_vm() {
             .shell(
                 "echo written-in-guest > /from-guest; cat /proc/self/cgroup; \
                  own=$(sed -n 's/^0:://p' /proc/self/cgroup); \
-                 cat /sys/fs/cgroup$own/cpu.max /sys/fs/cgroup/cgroup.subtree_control",
+                 cat /sys/fs/cgroup$own/cpu.max /sys/fs/cgroup/cgroup.subtree_control; \
+                 read s < /proc/self/stat; set -- $s; echo \"nice ${19}\"",
             ),
         false,
     )
@@ -133,9 +135,10 @@ fn agent_scenarios_inside_a_vm() {
             let cpu_on = lines
                 .get(2)
                 .is_some_and(|l| l.split_whitespace().any(|c| c == "cpu"));
-            if !flat || lines.get(1) != Some(&"50000 100000") || !cpu_on {
+            let nice = lines.get(3) == Some(&"nice 0");
+            if !flat || lines.get(1) != Some(&"50000 100000") || !cpu_on || !nice {
                 failures.push(format!(
-                    "the container's guest cgroup and CPU quota: {out:?}"
+                    "the container's guest cgroup, CPU quota and nice value: {out:?}"
                 ));
             }
             let host = rootfs.path().join("from-guest");

@@ -218,6 +218,11 @@ fn identity(lines: &[String]) -> Identity {
     id
 }
 
+/// Sets `$own` to the shell's cgroup as `/sys/fs/cgroup` shows it: `/` with a cgroup
+/// namespace, its path from the root without one (containerd gives none on a cgroup v1 or
+/// hybrid host). Builtins only: a fork costs seconds in a guest on KVM-PVM.
+const OWN_CGROUP: &str = "read l < /proc/self/cgroup; own=${l#0::}";
+
 const PRINT_IDENTITY: &str = "echo -n 'NS net '; readlink /proc/self/ns/net; \
      echo -n 'NS uts '; readlink /proc/self/ns/uts; \
      echo -n 'NS ipc '; readlink /proc/self/ns/ipc; \
@@ -330,7 +335,8 @@ fn scenarios(handler: &str) {
     // Three containers: web (httpd on localhost, ignores SIGTERM), idle (exec target),
     // client (fetches over localhost, prints 1..1000, exits 3).
     let web_script = format!(
-        "{PRINT_IDENTITY}; sed 's/^/RESOLV /' /etc/resolv.conf; \
+        "{OWN_CGROUP}; read c < /sys/fs/cgroup$own/cgroup.controllers; echo \"CONTROLLERS $c\"; \
+         {PRINT_IDENTITY}; sed 's/^/RESOLV /' /etc/resolv.conf; \
          mkdir -p /tmp/www && echo {TOKEN} > /tmp/www/index.html; \
          httpd -f -p {PORT} -h /tmp/www & echo WEB-READY; trap '' TERM; exec sleep inf"
     );
@@ -340,8 +346,13 @@ fn scenarios(handler: &str) {
          echo FETCH-TRIES $i; seq 1 1000; echo LAST-STDERR >&2; exit 3",
         b.fetch_tries, b.fetch_timeout_s
     );
-    let create_start = |c: &mut Checks, name: &str, argv: &[&str]| -> String {
-        let cfg = vessel_tests::cri::container_config(name, argv);
+    // CPU shares as kubelet gives a BestEffort container (2) and a 0.5-CPU request (512):
+    // in a vessel pod the `cpu` controller turns on only at the second, different weight.
+    let create_start = |c: &mut Checks, name: &str, argv: &[&str], shares: i64| -> String {
+        let cfg = vessel_tests::cri::with_cpu_shares(
+            vessel_tests::cri::container_config(name, argv),
+            shares,
+        );
         let id = hard(
             c.time(&format!("CreateContainer({name})"), || {
                 cri.client().create_container(&pod.id, &cfg, &pod.config)
@@ -359,9 +370,18 @@ fn scenarios(handler: &str) {
     if let Some(v) = &vessel {
         compromised_guest_cannot_redirect_binds(&mut c, &cri, &pod, &v.state_root());
     }
-    let web = create_start(&mut c, "web", &["sh", "-c", &web_script]);
-    let idle = create_start(&mut c, "idle", &["sleep", "inf"]);
-    let client = create_start(&mut c, "client", &["sh", "-c", &client_script]);
+    let web = create_start(&mut c, "web", &["sh", "-c", &web_script], 2);
+    // web reads its cgroup's controllers first thing; idle, which may change them, is created
+    // after that line is in the log.
+    let controllers_read = eventually(b.settle, || {
+        read_log(&mut Checks::new(handler), &pod, "web")
+            .0
+            .iter()
+            .any(|l| l.starts_with("CONTROLLERS"))
+    });
+    c.check(controllers_read, "web printed its cgroup controllers");
+    let idle = create_start(&mut c, "idle", &["sleep", "inf"], 512);
+    let client = create_start(&mut c, "client", &["sh", "-c", &client_script], 2);
     if let Some(v) = &vessel {
         let sandbox_dir = v.state_root().join("k8s.io").join(&pod.id);
         json_logs_name_the_pod(&mut c, &cri.log_text(), &sandbox_dir, &pod.id, &web);
@@ -371,8 +391,16 @@ fn scenarios(handler: &str) {
         });
     }
 
-    // 5. ExecSync: stdout, exit 0; then a non-zero exit with stderr.
-    let exec_cmd = ["sh", "-c", PRINT_IDENTITY];
+    // 5. ExecSync: stdout, exit 0; then a non-zero exit with stderr. Each reads its
+    // container's `cpu.weight` (runc's conversion of the shares: 512 → 20, 2 → 1); web's was
+    // written when idle's turned the controller on.
+    let read_weight =
+        format!("{OWN_CGROUP}; read w < /sys/fs/cgroup$own/cpu.weight; echo \"WEIGHT $w\"");
+    // And its nice value: 0 as under runc, although vessel's agent runs at -10.
+    let identity_and_weight = format!(
+        "{PRINT_IDENTITY}; {read_weight}; read s < /proc/self/stat; set -- $s; echo \"NICE ${{19}}\""
+    );
+    let exec_cmd = ["sh", "-c", &identity_and_weight];
     let ex = c
         .time("ExecSync(identity)", || {
             cri.client().exec_sync(&idle, &exec_cmd, b.exec_timeout_s)
@@ -384,6 +412,18 @@ fn scenarios(handler: &str) {
         format!("ExecSync exit code 0 ({})", ex.exit_code),
     );
     let exec_id = identity(&exec_out.lines().map(str::to_string).collect::<Vec<_>>());
+    // The guest is cgroup v2; a runc container here is on the host's v1 (`cpu.shares`).
+    let vessel_pod = handler == VESSEL_HANDLER;
+    if vessel_pod {
+        c.check(
+            exec_out.lines().any(|l| l == "WEIGHT 20"),
+            format!("idle's cpu.weight is 20 for 512 shares: {exec_out:?}"),
+        );
+    }
+    c.check(
+        exec_out.lines().any(|l| l == "NICE 0"),
+        format!("ExecSync's process runs at nice 0: {exec_out:?}"),
+    );
     c.check(
         exec_id.net.is_some() && exec_id.host.is_some(),
         format!("ExecSync stdout has the namespaces and hostname: {exec_out:?}"),
@@ -391,8 +431,8 @@ fn scenarios(handler: &str) {
     let ex = c
         .time("ExecSync(exit 7)", || {
             cri.client().exec_sync(
-                &idle,
-                &["sh", "-c", "echo oops >&2; exit 7"],
+                &web,
+                &["sh", "-c", &format!("{read_weight}; echo oops >&2; exit 7")],
                 b.exec_timeout_s,
             )
         })
@@ -401,10 +441,20 @@ fn scenarios(handler: &str) {
         ex.exit_code == 7,
         format!("ExecSync non-zero exit code 7 ({})", ex.exit_code),
     );
+    let stderr = String::from_utf8_lossy(&ex.stderr);
     c.check(
-        String::from_utf8_lossy(&ex.stderr) == "oops\n",
-        format!("ExecSync stderr {:?}", String::from_utf8_lossy(&ex.stderr)),
+        stderr.lines().last() == Some("oops"),
+        format!("ExecSync stderr {stderr:?}"),
     );
+    if vessel_pod {
+        c.check(
+            String::from_utf8_lossy(&ex.stdout) == "WEIGHT 1\n" && stderr == "oops\n",
+            format!(
+                "web's cpu.weight is 1 for 2 shares: {:?}",
+                String::from_utf8_lossy(&ex.stdout)
+            ),
+        );
+    }
 
     // 6. ContainerStats of a running container.
     match cri.client().container_stats(&web) {
@@ -473,6 +523,16 @@ fn scenarios(handler: &str) {
     });
     let (web_out, _) = read_log(&mut c, &pod, "web");
     c.check(web_ready, format!("web's log has WEB-READY: {web_out:?}"));
+    // Alone in the pod with its weight (the pause never runs), web started without the
+    // `cpu` controller in a vessel pod.
+    if vessel_pod {
+        let controllers = web_out.iter().find_map(|l| l.strip_prefix("CONTROLLERS "));
+        let has = |name: &str| controllers.is_some_and(|c| c.split_whitespace().any(|w| w == name));
+        c.check(
+            has("memory") && !has("cpu"),
+            format!("web's cgroup controllers at its start: {controllers:?}"),
+        );
+    }
 
     // 2. localhost between containers of the pod.
     let tries = client_out.iter().find(|l| l.starts_with("FETCH-TRIES"));

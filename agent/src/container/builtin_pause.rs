@@ -170,6 +170,8 @@ fn confine(process: &Process) -> Result<(), ChildError> {
         init: None,
         join: Vec::new(),
         wait_for_start: false,
+        // It never runs: it may keep the agent's priority.
+        nice: None,
     };
     child::finalize(&cfg, false, Path::new("/"))
 }

@@ -17,10 +17,15 @@
 //! * **Spares.** Before a snapshot (`crate::warmup`) the agent makes a few empty cgroups
 //!   (`spare-<n>`), so a restored pod's first containers take one instead of paying the
 //!   `mkdir`. A spare is used once: it goes with its container.
+//! * **CPU.** In the guest the pod's rule decides when the `cpu` controller is on
+//!   ([`PodCpuRule`]); on the host each cgroup's own request does, as before.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use oci_spec::runtime::LinuxResources;
+
+use super::cgroup_cpu::PodCpuRule;
 use super::cgroups::{Cgroup, CgroupError, CgroupLayout};
 
 /// Name prefix of a container's cgroup in the guest. Container ids never hold `/` and never
@@ -35,6 +40,7 @@ pub struct CgroupPlacement {
     layout: CgroupLayout,
     flat: bool,
     spares: Mutex<Vec<Cgroup>>,
+    cpu: PodCpuRule,
 }
 
 impl CgroupPlacement {
@@ -45,6 +51,7 @@ impl CgroupPlacement {
             layout,
             flat,
             spares: Mutex::new(Vec::new()),
+            cpu: PodCpuRule::default(),
         }
     }
 
@@ -82,6 +89,20 @@ impl CgroupPlacement {
             spares.push(cgroup);
         }
         Ok(spares.len())
+    }
+
+    /// Applies a container's resources to its cgroup, at its create or an update. `runs`:
+    /// whether the container runs a program (the built-in pause does not).
+    pub fn apply(
+        &self,
+        cgroup: &Cgroup,
+        res: &LinuxResources,
+        runs: bool,
+    ) -> Result<(), CgroupError> {
+        match self.flat && self.layout.is_v2() {
+            true => self.cpu.apply(cgroup, res, runs),
+            false => cgroup.apply(res),
+        }
     }
 
     /// A spare cgroup, if one is left; it is the caller's from now on.
@@ -164,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_controller_is_enabled_only_for_a_container_that_asks() {
+    fn on_the_host_the_cpu_controller_is_enabled_only_for_a_container_that_asks() {
         use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
         // Plain files stand in for cgroup2's: the root offers `cpu` and enabled the rest.
         let root = tempfile::tempdir().unwrap();
@@ -175,7 +196,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&control, "cpuset io memory pids").unwrap();
-        let placement = CgroupPlacement::new(v2(root.path()), true);
+        let placement = CgroupPlacement::new(v2(root.path()), false);
 
         let plain = placement.cgroup_for(None, "plain").unwrap();
         plain.create().unwrap();
@@ -188,18 +209,18 @@ mod tests {
             )
             .build()
             .unwrap();
-        plain.apply(&memory_only).unwrap();
+        placement.apply(&plain, &memory_only, true).unwrap();
         // `ctr run`'s shares: v1's default, no request.
         let v1_default = LinuxResourcesBuilder::default()
             .cpu(LinuxCpuBuilder::default().shares(1024u64).build().unwrap())
             .build()
             .unwrap();
-        plain.apply(&v1_default).unwrap();
+        placement.apply(&plain, &v1_default, true).unwrap();
         assert_eq!(
             std::fs::read_to_string(&control).unwrap(),
             "cpuset io memory pids"
         );
-        assert!(!root.path().join("vessel-plain/cpu.weight").exists());
+        assert!(!root.path().join("vessel/plain/cpu.weight").exists());
 
         let weighted = placement.cgroup_for(None, "weighted").unwrap();
         weighted.create().unwrap();
@@ -213,10 +234,10 @@ mod tests {
             )
             .build()
             .unwrap();
-        weighted.apply(&cpu).unwrap();
+        placement.apply(&weighted, &cpu, true).unwrap();
         // What the kernel is asked (the file takes the last write), then the limits.
         assert_eq!(std::fs::read_to_string(&control).unwrap(), "+cpu");
-        let dir = root.path().join("vessel-weighted");
+        let dir = root.path().join("vessel/weighted");
         assert_eq!(
             std::fs::read_to_string(dir.join("cpu.weight")).unwrap(),
             "39"

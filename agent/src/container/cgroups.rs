@@ -11,21 +11,15 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 
+use super::cgroup_cpu::asks_for_cpu;
+
 /// v1 controllers a container joins (when the host mounts them).
 const V1_CONTROLLERS: &[&str] = &[
     "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices",
 ];
 /// v2 controllers enabled for containers (when available). `cpu` is not among them: it is
-/// enabled on the way down only when a container asks for a CPU weight or quota
-/// ([`Cgroup::apply`]). Each cgroup with `cpu` is a scheduling entity whose load the kernel
-/// tracks at every tick, wake-up and sleep; on KVM-PVM, where the guest kernel is emulated,
-/// a container without it ran measurably faster (`agent/README.md`). Its usage figures
-/// (`cpu.stat`) exist either way.
+/// enabled on demand (`cgroup_cpu`).
 const V2_CONTROLLERS: &[&str] = &["cpuset", "memory", "pids", "io"];
-/// The v2 controller that is enabled only on demand (see [`V2_CONTROLLERS`]).
-pub const V2_CPU_CONTROLLER: &str = "cpu";
-/// cgroup v1's default `cpu.shares`.
-const V1_DEFAULT_SHARES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -235,7 +229,11 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    fn dir(&self, controller: &str) -> Option<&Path> {
+    pub(super) fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    pub(super) fn dir(&self, controller: &str) -> Option<&Path> {
         if self.v2 {
             return self.dirs.first().map(|(_, d)| d.as_path());
         }
@@ -290,19 +288,9 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Enables the `cpu` controller from the hierarchy's root down to this cgroup's parent,
-    /// so its `cpu.weight` and `cpu.max` exist (every sibling gets them too, at their
-    /// defaults). A level that refuses is left as it is (and logged); the write of the
-    /// limit then fails and names the file.
-    fn enable_v2_cpu_controller(&self) {
-        for (parent, _) in self.v2_levels() {
-            enable_v2_controllers_of(&parent, &[V2_CPU_CONTROLLER]);
-        }
-    }
-
     /// On v2, each level from the hierarchy's root down to the cgroup's directory, with its
     /// parent: (parent, level).
-    fn v2_levels(&self) -> Vec<(PathBuf, PathBuf)> {
+    pub(super) fn v2_levels(&self) -> Vec<(PathBuf, PathBuf)> {
         let Some(dir) = self.dirs.first().map(|(_, d)| d).filter(|_| self.v2) else {
             return Vec::new();
         };
@@ -333,64 +321,20 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Applies OCI resource limits (memory, cpu, cpuset, pids).
+    /// Applies OCI resource limits (memory, cpu, cpuset, pids), turning v2's `cpu` controller
+    /// on by this cgroup's own rule (`cgroup_cpu::asks_for_cpu`).
     pub fn apply(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        self.apply_without_cpu(res)?;
+        if let Some(cpu) = res.cpu() {
+            self.apply_cpu(cpu, asks_for_cpu(cpu))?;
+        }
+        Ok(())
+    }
+
+    /// Applies every limit of `res` but the CPU's (`cgroup_cpu`).
+    pub(super) fn apply_without_cpu(&self, res: &LinuxResources) -> Result<(), CgroupError> {
         if let Some(mem) = res.memory() {
             self.apply_memory(mem.limit(), mem.swap(), mem.reservation(), mem.swappiness())?;
-        }
-        if let Some(cpu) = res.cpu() {
-            // What asks for the controller: a quota, or shares other than cgroup v1's default
-            // (1024) or unset (0). Defaults, an unlimited quota or a period alone ask for
-            // nothing: a cgroup without the controller behaves as they say.
-            let asks = cpu.quota().is_some_and(|q| q > 0)
-                || cpu
-                    .shares()
-                    .is_some_and(|s| s != 0 && s != V1_DEFAULT_SHARES);
-            // Asked for, the limits are written even if enabling failed: the write fails and
-            // names the file rather than a limit going missing.
-            let cpu_on = match (self.v2, asks) {
-                (false, _) => true,
-                (true, true) => {
-                    self.enable_v2_cpu_controller();
-                    true
-                }
-                (true, false) => self.dir("").is_some_and(|d| d.join("cpu.weight").exists()),
-            };
-            if let Some(shares) = cpu.shares().filter(|_| cpu_on) {
-                match self.v2 {
-                    true => write_in(
-                        self.dir(""),
-                        "cpu.weight",
-                        &shares_to_weight(shares).to_string(),
-                    )?,
-                    false => write_in(self.dir("cpu"), "cpu.shares", &shares.to_string())?,
-                }
-            }
-            if cpu_on && (cpu.quota().is_some() || cpu.period().is_some()) {
-                let period = cpu.period().unwrap_or(100_000);
-                let quota = cpu.quota().unwrap_or(-1);
-                if self.v2 {
-                    let q = if quota > 0 {
-                        quota.to_string()
-                    } else {
-                        "max".into()
-                    };
-                    write_in(self.dir(""), "cpu.max", &format!("{q} {period}"))?;
-                } else {
-                    write_in(self.dir("cpu"), "cpu.cfs_period_us", &period.to_string())?;
-                    write_in(
-                        self.dir("cpu"),
-                        "cpu.cfs_quota_us",
-                        &(if quota > 0 { quota } else { -1 }).to_string(),
-                    )?;
-                }
-            }
-            if let Some(cpus) = cpu.cpus().as_deref().filter(|s| !s.is_empty()) {
-                write_in(self.dir("cpuset"), "cpuset.cpus", cpus)?;
-            }
-            if let Some(mems) = cpu.mems().as_deref().filter(|s| !s.is_empty()) {
-                write_in(self.dir("cpuset"), "cpuset.mems", mems)?;
-            }
         }
         if let Some(pids) = res.pids() {
             let v = if pids.limit() > 0 {
@@ -674,21 +618,12 @@ impl Cgroup {
     }
 }
 
-/// Converts cgroup v1 cpu.shares to v2 cpu.weight (runc's formula).
-pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 100;
-    }
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
-}
-
 fn enable_v2_controllers(dir: &Path) {
     enable_v2_controllers_of(dir, V2_CONTROLLERS)
 }
 
 /// Enables those of `controllers` that `dir` has and has not enabled for its children.
-fn enable_v2_controllers_of(dir: &Path, controllers: &[&str]) {
+pub(super) fn enable_v2_controllers_of(dir: &Path, controllers: &[&str]) {
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
     for c in controllers {
@@ -735,7 +670,7 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(io_err("write", path))
 }
 
-fn write_in(dir: Option<&Path>, file: &str, value: &str) -> Result<(), CgroupError> {
+pub(super) fn write_in(dir: Option<&Path>, file: &str, value: &str) -> Result<(), CgroupError> {
     match dir {
         Some(d) => write(&d.join(file), value),
         None => {
@@ -809,12 +744,5 @@ mod tests {
             cg.dir("memory").unwrap(),
             Path::new("/sys/fs/cgroup/vessel/abc")
         );
-    }
-
-    #[test]
-    fn weight_conversion_matches_runc() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
     }
 }

@@ -58,6 +58,9 @@ pub struct ChildConfig {
     pub join: Vec<NsKind>,
     /// Report Ready and wait for Start before the final steps (CreateContainer).
     pub wait_for_start: bool,
+    /// The nice value to take before `execve` (`crate::priority`); `None`: keep the agent's.
+    #[serde(default)]
+    pub nice: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -278,6 +281,7 @@ fn warm_config_path() {
         }),
         join: Vec::new(),
         wait_for_start: true,
+        nice: Some(0),
     };
     if let Ok(bytes) = serde_json::to_vec(&cfg) {
         let _ = serde_json::from_slice::<ChildConfig>(&bytes);
@@ -338,6 +342,9 @@ fn run(sync: &UnixStream, spare: bool) -> Result<Infallible, ChildError> {
             .map_err(|e| ChildError::io("send pty master", e))?;
     }
     nix::unistd::setsid().map_err(|e| ChildError::sys("setsid", e))?;
+    if let Some(nice) = cfg.nice {
+        sys::set_nice(nice).map_err(|e| ChildError::io("setpriority", e))?;
+    }
     if terminal {
         sys::set_controlling_tty(sys::stdin_fd())
             .map_err(|e| ChildError::io("set controlling terminal", e))?;

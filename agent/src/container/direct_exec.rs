@@ -105,6 +105,7 @@ fn plan(
             .map(|(k, fd)| (fd.as_raw_fd(), k.flag().bits()))
             .collect(),
         cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
+        nice: crate::priority::container_nice(),
         oom_score_adj: process
             .oom_score_adj()
             .map(|adj| cstring("oom_score_adj", &adj.to_string()))

@@ -4,6 +4,7 @@
 
 pub mod builtin_pause;
 pub mod capabilities;
+pub mod cgroup_cpu;
 pub mod cgroup_placement;
 pub mod cgroups;
 pub mod child;
@@ -140,7 +141,7 @@ impl Container {
             "plan {planned:?}, cgroup ({made}) {:?}",
             t0.elapsed() - planned
         );
-        let result = Self::create_in(id, plan, stdin, &before);
+        let result = Self::create_in(id, plan, stdin, ctx.cgroups, &before);
         if result.is_err() {
             if let Err(e) = cgroup.destroy() {
                 log::warn!(
@@ -157,13 +158,21 @@ impl Container {
         id: &str,
         plan: spec::CreatePlan,
         stdin: bool,
+        cgroups: &cgroup_placement::CgroupPlacement,
         before: &str,
     ) -> RequestResult<Container> {
         let t_res = std::time::Instant::now();
+        let builtin_pause = plan
+            .config
+            .init
+            .as_ref()
+            .is_some_and(|init| init.builtin_pause);
         if let Some(res) = &plan.resources {
-            plan.cgroup.apply(res).map_err(|e| {
-                RequestError::invalid(format!("applying resources: {e}", e = chain(&e)))
-            })?;
+            cgroups
+                .apply(&plan.cgroup, res, !builtin_pause)
+                .map_err(|e| {
+                    RequestError::invalid(format!("applying resources: {e}", e = chain(&e)))
+                })?;
         }
         let terminal = plan.config.process.terminal().unwrap_or(false);
         let mut stdio = if terminal {
@@ -184,11 +193,6 @@ impl Container {
             (None, false) => PidNs::Inherit,
         };
         let own_pid_ns = !matches!(pid_ns, PidNs::Inherit);
-        let builtin_pause = plan
-            .config
-            .init
-            .as_ref()
-            .is_some_and(|init| init.builtin_pause);
         // Step times go to the debug log: on an emulating host (KVM-PVM) a create takes
         // seconds and these say where.
         let resources_stdio = t_res.elapsed();
@@ -367,6 +371,7 @@ impl Container {
             init: None,
             join,
             wait_for_start: false,
+            nice: crate::priority::container_nice(),
         };
         let spawned = process::spawn(&config, &stdio.child, &fds, pid_ns, &self.cgroup)?;
         drop(ns);
@@ -501,11 +506,16 @@ impl Container {
         Ok(())
     }
 
-    pub fn update(&self, resources_json: &[u8]) -> RequestResult<()> {
+    /// Applies new resources (UpdateContainer) by the placement's rules.
+    pub fn update(
+        &self,
+        resources_json: &[u8],
+        cgroups: &cgroup_placement::CgroupPlacement,
+    ) -> RequestResult<()> {
         let res: LinuxResources = serde_json::from_slice(resources_json)
             .map_err(|e| RequestError::invalid(format!("malformed OCI resources: {e}")))?;
-        self.cgroup
-            .apply(&res)
+        cgroups
+            .apply(&self.cgroup, &res, !self.builtin_pause)
             .map_err(|e| RequestError::invalid(format!("applying resources: {e}", e = chain(&e))))
     }
 

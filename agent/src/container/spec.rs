@@ -181,6 +181,7 @@ pub fn plan(id: &str, spec_json: &[u8], ctx: &CreateContext<'_>) -> RequestResul
             init: Some(init),
             join: Vec::new(),
             wait_for_start: true,
+            nice: crate::priority::container_nice(),
         },
         cgroup,
         resources: linux.resources().clone(),
