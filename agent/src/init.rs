@@ -153,8 +153,8 @@ fn leave_initramfs() -> nix::Result<()> {
     nix::unistd::chdir("/")
 }
 
-/// Enables every available controller for child cgroups but `cpu`, which a container's CPU
-/// weight or quota enables when it asks (`container::cgroup_cpu::V2_CPU_CONTROLLER`).
+/// Enables every available controller for child cgroups but `cpu`, which the pod's rule
+/// enables when its containers need it (`container::cgroup_cpu`).
 pub fn enable_cgroup_controllers(root: &Path) {
     let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = available
