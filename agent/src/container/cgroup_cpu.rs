@@ -37,7 +37,7 @@ const V2_DEFAULT_WEIGHT: u64 = 100;
 /// or v1's default. An unlimited quota or a period alone ask for nothing: a cgroup without
 /// the controller behaves as they say.
 pub fn asks_for_cpu(cpu: &LinuxCpu) -> bool {
-    cpu.quota().is_some_and(|q| q > 0)
+    sets_quota(cpu)
         || cpu
             .shares()
             .is_some_and(|s| s != 0 && s != V1_DEFAULT_SHARES)
@@ -203,7 +203,7 @@ impl PodCpuRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::cgroups::CgroupLayout;
+    use crate::container::cgroups::{fake_v2_root, v2_layout};
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxResourcesBuilder};
     use std::path::Path;
 
@@ -226,23 +226,13 @@ mod tests {
         assert_eq!(shares_to_weight(0), V2_DEFAULT_WEIGHT);
     }
 
-    /// Plain files stand in for cgroup2's: the root offers `cpu` and enabled the rest. A
-    /// written `cgroup.subtree_control` holds the last write (`+cpu`).
+    /// The fake root offers `cpu` and enabled the rest; its `subtree_control` holds the last
+    /// write (`+cpu`).
     #[test]
     fn the_pod_turns_cpu_on_when_weights_differ_and_writes_the_earlier_ones() {
-        let root = tempfile::tempdir().unwrap();
+        let root = fake_v2_root("cpuset cpu io memory pids", "cpuset io memory pids");
         let control = root.path().join("cgroup.subtree_control");
-        std::fs::write(
-            root.path().join("cgroup.controllers"),
-            "cpuset cpu io memory pids",
-        )
-        .unwrap();
-        std::fs::write(&control, "cpuset io memory pids").unwrap();
-        let layout = CgroupLayout::V2 {
-            root: root.path().to_path_buf(),
-            own: PathBuf::from("/"),
-            root_flags: String::new(),
-        };
+        let layout = v2_layout(root.path());
         let cgroup = |name: &str| {
             let c = layout
                 .container_cgroup(Some(Path::new(name)), name)
@@ -293,15 +283,9 @@ mod tests {
 
     #[test]
     fn a_quota_alone_turns_cpu_on() {
-        let root = tempfile::tempdir().unwrap();
+        let root = fake_v2_root("cpu memory", "memory");
         let control = root.path().join("cgroup.subtree_control");
-        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory").unwrap();
-        std::fs::write(&control, "memory").unwrap();
-        let layout = CgroupLayout::V2 {
-            root: root.path().to_path_buf(),
-            own: PathBuf::from("/"),
-            root_flags: String::new(),
-        };
+        let layout = v2_layout(root.path());
         let only = layout.container_cgroup(None, "only").unwrap();
         only.create().unwrap();
         let quota = LinuxResourcesBuilder::default()

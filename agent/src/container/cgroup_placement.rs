@@ -119,14 +119,7 @@ impl CgroupPlacement {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v2(root: &Path) -> CgroupLayout {
-        CgroupLayout::V2 {
-            root: root.to_path_buf(),
-            own: PathBuf::from("/"),
-            root_flags: String::new(),
-        }
-    }
+    use crate::container::cgroups::{fake_v2_root, v2_layout as v2};
 
     #[test]
     fn the_guest_is_flat_and_the_host_follows_the_spec() {
@@ -187,15 +180,9 @@ mod tests {
     #[test]
     fn on_the_host_the_cpu_controller_is_enabled_only_for_a_container_that_asks() {
         use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
-        // Plain files stand in for cgroup2's: the root offers `cpu` and enabled the rest.
-        let root = tempfile::tempdir().unwrap();
+        // The root offers `cpu` and enabled the rest.
+        let root = fake_v2_root("cpuset cpu io memory pids", "cpuset io memory pids");
         let control = root.path().join("cgroup.subtree_control");
-        std::fs::write(
-            root.path().join("cgroup.controllers"),
-            "cpuset cpu io memory pids",
-        )
-        .unwrap();
-        std::fs::write(&control, "cpuset io memory pids").unwrap();
         let placement = CgroupPlacement::new(v2(root.path()), false);
 
         let plain = placement.cgroup_for(None, "plain").unwrap();

@@ -684,6 +684,26 @@ fn read_in(dir: Option<&Path>, file: &str) -> Option<String> {
     fs::read_to_string(dir?.join(file)).ok()
 }
 
+/// A v2 layout whose hierarchy is mounted at `root`, the agent in its root cgroup.
+#[cfg(test)]
+pub(super) fn v2_layout(root: &Path) -> CgroupLayout {
+    CgroupLayout::V2 {
+        root: root.to_path_buf(),
+        own: PathBuf::from("/"),
+        root_flags: String::new(),
+    }
+}
+
+/// Plain files standing in for a cgroup2 root: `available` in `cgroup.controllers`, `enabled`
+/// in `cgroup.subtree_control` (a written `subtree_control` then holds the last write).
+#[cfg(test)]
+pub(super) fn fake_v2_root(available: &str, enabled: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    fs::write(root.path().join("cgroup.controllers"), available).unwrap();
+    fs::write(root.path().join("cgroup.subtree_control"), enabled).unwrap();
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
